@@ -1,0 +1,167 @@
+"""``sscr`` command line: parses arguments, loads params, calls the library. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sscr.config import ConfigError, Params, load_params
+
+Handler = Callable[[argparse.Namespace, Params], int | None]
+
+
+def _list_arg(text: str) -> list[int]:
+    """Parse ``[128,64]``, ``128,64`` or ``128`` into a list of ints (the seed passes JSON lists)."""
+    text = text.strip()
+    try:
+        value = json.loads(text) if text.startswith("[") else [int(v) for v in text.split(",") if v]
+    except (ValueError, json.JSONDecodeError):
+        raise argparse.ArgumentTypeError(f"expected a list of integers like [128,64], got {text!r}") from None
+    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+        raise argparse.ArgumentTypeError(f"expected a list of integers like [128,64], got {text!r}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="params file (default: params.yaml; missing = built-in defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="GROUP.KEY=VALUE",
+                        help="override one parameter, e.g. --set train.epochs=3 (repeatable)")
+    parser.add_argument("--root3", dest="root", type=Path, default=None,
+                        help="data-set root (overrides data.root; the seed's name for it)")
+
+
+# Seed flag -> params key. `sscr train` accepts the seed's flags one to one.
+SEED_FLAGS: dict[str, tuple[str, Any]] = {
+    "experiment_name": ("train.experiment_name", str),
+    "model": ("model.name", str),
+    "epochs": ("train.epochs", int),
+    "lr": ("train.lr", float),
+    "batch_size": ("train.batch_size", int),
+    "gamma": ("train.gamma", float),
+    "scale_by": ("model.scale_by", float),
+    "loss": ("loss.name", str),
+    "block_type": ("model.block_type", str),
+    "n_head": ("model.n_head", int),
+    "encoder_widths": ("model.encoder_widths", _list_arg),
+    "decoder_widths": ("model.decoder_widths", _list_arg),
+    "device": ("train.device", str),
+    "res_dir": ("train.res_dir", str),
+    "rdm_seed": ("train.rdm_seed", int),
+    "num_workers": ("train.num_workers", int),
+}
+
+
+def _seed_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = []
+    for flag, (key, _) in SEED_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value) if isinstance(value, list) else value}")
+    if getattr(args, "use_sar", None) is not None:
+        overrides.append(f"model.use_sar={str(args.use_sar).lower()}")
+    return overrides
+
+
+def load(args: argparse.Namespace) -> Params:
+    """Params from ``--params`` with ``--set`` and seed-flag overrides applied."""
+    overrides = list(args.overrides) + _seed_overrides(args)
+    if getattr(args, "root", None) is not None:
+        overrides.append(f"data.root={args.root}")
+    return load_params(args.params, overrides)
+
+
+# ---------------------------------------------------------------- handlers
+
+
+def cmd_data_synth(args: argparse.Namespace, params: Params) -> None:
+    from sscr.data.synth import write_synthetic_sample
+
+    synth = params.data.synth
+    if args.seed is not None:
+        synth = synth.model_copy(update={"seed": args.seed})
+    if args.patches_per_roi is not None:
+        synth = synth.model_copy(update={"patches_per_roi": args.patches_per_roi})
+    pids = write_synthetic_sample(
+        params.data.root, synth, patch_size=args.patch_size or params.data.patch_size,
+        seasons=params.data.seasons,
+    )
+    print(f"synthetic SEN12MS-CR sample: {len(pids)} triplets under {params.data.root}")
+
+
+def cmd_data_download(args: argparse.Namespace, params: Params) -> None:
+    from sscr.data.prepare import prepare_dataset
+
+    root = prepare_dataset(params.data)
+    print(f"data set ready under {root} (source: {params.data.source})")
+
+
+def cmd_masks(args: argparse.Namespace, params: Params) -> None:
+    from sscr.clouds.precompute import precompute_masks
+
+    masks = params.masks
+    report = precompute_masks(
+        params.data.root, args.masks_dir or masks.dir, masks.kinds, seasons=params.data.seasons,
+        patch_size=params.data.patch_size, workers=args.workers or masks.workers,
+        on_error=params.data.on_error,
+    )
+    print(f"cloud masks: {report.computed} computed, {report.skipped} already done, "
+          f"{len(report.invalid)} invalid; coverage table {report.table}")
+    for problem in report.invalid:
+        print(f"  skipped: {problem}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sscr`` argument parser with one subcommand per stage."""
+    parser = argparse.ArgumentParser(
+        prog="sscr", description="SSCR: cloud removal for Sentinel-2 with Sentinel-1 SAR (SEN12MS-CR).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="data set: synthesise the embedded sample or download SEN12MS-CR")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synth = data_commands.add_parser("synth", help="write the synthetic SEN12MS-CR-format sample")
+    _add_common(synth)
+    synth.add_argument("--root", dest="root", type=Path, default=None, help="output root (data.root)")
+    synth.add_argument("--seed", type=int, default=None, help="random seed (data.synth.seed)")
+    synth.add_argument("--patch-size", type=int, default=None, help="patch size in px (data.patch_size)")
+    synth.add_argument("--patches-per-roi", type=int, default=None, help="data.synth.patches_per_roi")
+    synth.set_defaults(handler=cmd_data_synth)
+    download = data_commands.add_parser(
+        "download", help="stage `download`: synthesise (data.source: synthetic) or fetch SEN12MS-CR")
+    _add_common(download)
+    download.set_defaults(handler=cmd_data_download)
+
+    masks = commands.add_parser("masks", help="stage `cloudmasks`: precompute cloud masks and coverage table")
+    _add_common(masks)
+    masks.add_argument("--masks-dir", type=Path, default=None, help="output directory (masks.dir)")
+    masks.add_argument("--workers", type=int, default=None, help="processes (masks.workers)")
+    masks.set_defaults(handler=cmd_masks)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sscr`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        params = load(args)
+        result = args.handler(args, params)
+    except ConfigError as err:
+        print(f"sscr: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"sscr: error: {err}", file=sys.stderr)
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Typed configuration: one pydantic model per ``params.yaml`` group.
+
+``params.yaml`` is the single source of every knob. Each stage reads only its
+groups. Unknown keys and wrong types are refused with the key's dotted name,
+so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sscr.data.layout import MODALITIES, SEASONS, season_name
+
+MaskKind = Literal["s2cloudless_mask", "s2cloudless_map", "cloud_cloudshadow_mask"]
+MASK_KINDS: tuple[str, ...] = ("s2cloudless_mask", "s2cloudless_map", "cloud_cloudshadow_mask")
+DEFAULT_PARAMS = Path("params.yaml")
+OFFICIAL_BASE_URL = "https://dataserv.ub.tum.de/s/m1554803/download?path=/&files="
+
+
+class _Group(BaseModel):
+    """Base of every group: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(_Group):
+    """Size and content of the embedded synthetic SEN12MS-CR sample."""
+
+    seed: int = 0
+    rois: dict[Literal["train", "val", "test"], int] = Field(
+        default_factory=lambda: {"train": 6, "val": 2, "test": 2}
+    )
+    patches_per_roi: int = Field(4, ge=1)
+    snow: bool = True
+
+
+class DataConfig(_Group):
+    """Where the data set is and where it comes from (stage ``download``)."""
+
+    source: Literal["synthetic", "sen12mscr"] = "synthetic"
+    root: Path = Path("data/sen12mscr")
+    seasons: list[str] = Field(default_factory=lambda: list(SEASONS))
+    modalities: list[str] = Field(default_factory=lambda: list(MODALITIES))
+    base_url: str = OFFICIAL_BASE_URL
+    patch_size: int = Field(256, ge=16)
+    on_error: Literal["raise", "skip"] = "raise"
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+
+    @field_validator("seasons")
+    @classmethod
+    def _known_seasons(cls, seasons: list[str]) -> list[str]:
+        return [season_name(s) for s in seasons]
+
+    @field_validator("modalities")
+    @classmethod
+    def _known_modalities(cls, modalities: list[str]) -> list[str]:
+        bad = [m for m in modalities if m not in MODALITIES]
+        if bad:
+            raise ValueError(f"unknown modalities {bad}; expected a subset of {list(MODALITIES)}")
+        return modalities
+
+
+class MasksConfig(_Group):
+    """Cloud-mask precomputation (stage ``cloudmasks``) and the mask the models see."""
+
+    dir: Path = Path("data/masks")
+    kinds: list[MaskKind] = Field(default_factory=lambda: list(MASK_KINDS))
+    use: MaskKind | None = "s2cloudless_map"
+    workers: int = Field(2, ge=1)
+
+
+class ModelConfig(_Group):
+    """Backbone and its hyper-parameters; ``None`` means the backbone's own default."""
+
+    name: str = "sscr"
+    use_sar: bool = True
+    use_mask: bool = True
+    scale_by: float = 10.0
+    block_type: Literal["mbconv", "residual"] = "mbconv"
+    n_head: int | None = None
+    d_model: int | None = None
+    encoder_widths: list[int] | None = None
+    decoder_widths: list[int] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _seed_alias(cls, name: str) -> str:
+        # The seed called this project's model "multisarv2".
+        return "sscr" if name == "multisarv2" else name
+
+
+class LossConfig(_Group):
+    """Training loss and the weights of the structure-aware mixed loss ``ml``."""
+
+    name: Literal["l1", "l2", "ml", "GNLL", "MGNLL"] = "ml"
+    covmode: Literal["iso", "diag"] = "diag"
+    var_floor: float = Field(1e-4, gt=0)
+    w_l1: float = Field(1.0, ge=0)
+    w_grad: float = Field(0.5, ge=0)
+    w_struct: float = Field(0.1, ge=0)
+    w_ssim: float = Field(0.2, ge=0)
+
+
+class TrainConfig(_Group):
+    """Optimisation and bookkeeping of a training run (stage ``train``)."""
+
+    experiment_name: str = "sscr"
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, ge=1)
+    gamma: float = Field(1.0, gt=0)
+    val_every: int = Field(1, ge=1)
+    rdm_seed: int = 1
+    num_workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    res_dir: Path = Path("results")
+    crop_size: int | None = Field(None, ge=16)
+    max_samples: int | None = Field(None, ge=1)
+    min_cov: float = Field(0.0, ge=0, le=1)
+    max_cov: float = Field(1.0, ge=0, le=1)
+    pretrained: Path | None = None
+    freeze: list[str] = Field(default_factory=list)
+    amp: bool = True
+
+
+class EvaluateConfig(_Group):
+    """Test-split evaluation (stage ``evaluate``)."""
+
+    split: Literal["train", "val", "test"] = "test"
+    out_dir: Path = Path("results/eval")
+    coverage_bins: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
+    plot_every: int = Field(0, ge=-1)
+    n_panels: int = Field(4, ge=0)
+    export_every: int = Field(-1, ge=-1)
+    batch_size: int = Field(4, ge=1)
+
+
+class TuneConfig(_Group):
+    """Optuna search over loss and architecture (stage ``tune``)."""
+
+    study_name: str = "sscr-tune"
+    storage: str = "sqlite:///optuna.db"
+    n_trials: int = Field(8, ge=1)
+    timeout: float | None = None
+    seed: int = 0
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    epochs: int = Field(3, ge=1)
+    losses: list[str] = Field(default_factory=lambda: ["l1", "l2", "ml", "GNLL", "MGNLL"])
+    models: list[str] = Field(default_factory=lambda: ["sscr"])
+    block_types: list[str] = Field(default_factory=lambda: ["mbconv", "residual"])
+    widths: list[int] = Field(default_factory=lambda: [16, 32])
+    n_heads: list[int] = Field(default_factory=lambda: [2, 4])
+    lr_range: tuple[float, float] = (1e-4, 3e-3)
+    w_struct_range: tuple[float, float] = (0.0, 0.5)
+    use_sar: list[bool] = Field(default_factory=lambda: [True, False])
+    best_params: Path = Path("results/tune/best_params.yaml")
+
+
+class RegistryConfig(_Group):
+    """Model registry: name, alias and the metric that decides promotion."""
+
+    model_name: str = "sscr"
+    alias: str = "champion"
+    metric: str = "PSNR"
+
+
+class Params(_Group):
+    """All of ``params.yaml``."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    masks: MasksConfig = Field(default_factory=MasksConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not fit the schema; the message names the key."""
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = [f"{source} is not valid:"]
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see params.yaml for the keys)")
+        else:
+            got = item.get("input")
+            lines.append(f"  {key}: {item['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
+    """Validate a nested dict into :class:`Params`, raising :class:`ConfigError` with key names."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err, source)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> Params:
+    """Read ``params.yaml`` (missing file = all defaults) and apply ``key.sub=value`` overrides."""
+    path = Path(path)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping of groups, got {type(raw).__name__}")
+    for override in overrides or []:
+        apply_override(raw, override)
+    return parse_params(raw, str(path))
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one ``group.key=value`` override (value parsed as YAML) to a nested dict in place."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like group.key=value")
+    key, value = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a group")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def flatten(params: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested params into ``{"group.key": value}`` for MLflow and tables."""
+    data = params.model_dump(mode="json") if isinstance(params, BaseModel) else params
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,140 @@
+"""Reading and writing SEN12MS-CR GeoTIFFs, with checks that name the file and the fix.
+
+All raster I/O goes through rasterio. Readers validate band count, size and
+dtype-compatible content and raise :class:`PatchError` (a ``ValueError``)
+carrying the offending path, so a data set of 100,000 files can report which
+one is bad instead of failing deep inside a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioIOError
+
+from sscr.data.layout import S1_BANDS, S1_DB_RANGE, S2_BANDS, S2_DN_MAX
+
+
+class PatchError(ValueError):
+    """A GeoTIFF that cannot be used as it is; ``path`` names it, the message says why."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """Georeferencing of a patch, kept with each sample for export."""
+
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+
+    def as_meta(self) -> dict[str, Any]:
+        """Plain-data form for batches and JSON (CRS as WKT/EPSG string, transform as 6 floats)."""
+        return {
+            "crs": self.crs.to_string() if self.crs else "",
+            "transform": list(self.transform)[:6],
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+def read_raster(
+    path: str | Path,
+    bands: int,
+    kind: str,
+    size: int | None = None,
+) -> tuple[np.ndarray, RasterInfo]:
+    """Read a whole GeoTIFF as (bands, H, W), checking band count and (optionally) size.
+
+    ``kind`` ("S1", "S2", "S2 cloudy") only words the error messages.
+    """
+    path = Path(path)
+    try:
+        with rasterio.open(path) as src:
+            if src.count != bands:
+                raise PatchError(
+                    path, f"{kind} patch has {src.count} bands, expected {bands}"
+                    f" ({' '.join(S1_BANDS if bands == 2 else S2_BANDS)})",
+                )
+            if size is not None and (src.width, src.height) != (size, size):
+                raise PatchError(
+                    path,
+                    f"{kind} patch is {src.width} x {src.height} px, expected {size} x {size}"
+                    " (set data.patch_size if your patches are another size)",
+                )
+            data = src.read()
+            info = RasterInfo(src.crs, src.transform, src.width, src.height)
+    except PatchError:
+        raise
+    except (RasterioIOError, OSError, ValueError) as err:
+        raise PatchError(
+            path, f"cannot read {kind} GeoTIFF ({err}); the file is corrupt or truncated:"
+            " delete it and download or regenerate it",
+        ) from None
+    return data, info
+
+
+def normalize_s1(db: np.ndarray) -> np.ndarray:
+    """S1 dB -> [0, 1]: NaN -> 0, clip to [-25, 0] dB, map linearly (benchmark "default")."""
+    lo, hi = S1_DB_RANGE
+    out = np.nan_to_num(db.astype(np.float32), nan=0.0, posinf=hi, neginf=lo)
+    out = np.clip(out, lo, hi)
+    return ((out - lo) / (hi - lo)).astype(np.float32)
+
+
+def normalize_s2(dn: np.ndarray) -> np.ndarray:
+    """S2 DN -> [0, 1]: NaN -> 0, clip to [0, 10000], divide by 10000 (benchmark "default")."""
+    out = np.nan_to_num(dn.astype(np.float32), nan=0.0)
+    return (np.clip(out, 0.0, S2_DN_MAX) / S2_DN_MAX).astype(np.float32)
+
+
+def denormalize_s2(reflectance: np.ndarray) -> np.ndarray:
+    """[0, 1] reflectance -> uint16 DN, as exported by evaluation and inference."""
+    return np.clip(np.rint(np.asarray(reflectance, dtype=np.float64) * S2_DN_MAX), 0, 65535).astype(
+        np.uint16
+    )
+
+
+def write_raster(
+    path: str | Path,
+    data: np.ndarray,
+    crs: CRS | str | None,
+    transform: Affine,
+    band_names: tuple[str, ...] | list[str] | None = None,
+    nodata: float | None = None,
+) -> Path:
+    """Write (bands, H, W) as a tiled, deflate-compressed GeoTIFF atomically (temp file, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    count, height, width = data.shape
+    profile = {
+        "driver": "GTiff",
+        "count": count,
+        "height": height,
+        "width": width,
+        "dtype": data.dtype.name,
+        "crs": crs,
+        "transform": transform,
+        "compress": "deflate",
+        "nodata": nodata,
+    }
+    if height % 16 == 0 and width % 16 == 0:
+        profile.update(tiled=True, blockxsize=min(256, width), blockysize=min(256, height))
+    with rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(data)
+        for index, name in enumerate(band_names or [], start=1):
+            dst.set_band_description(index, name)
+    tmp.replace(path)
+    return path

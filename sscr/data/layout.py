@@ -1,0 +1,146 @@
+"""SEN12MS-CR on disk: seasons, bands, file naming and the official ROI split.
+
+The data set (Ebel et al., "Multisensor data fusion for cloud removal in global
+and all-season Sentinel-2 imagery", IEEE TGRS 2021) stores co-registered
+triplets of 256 x 256 px patches at 10 m in UTM GeoTIFFs::
+
+    <root>/ROIs1158_spring_s1/s1_<roi>/ROIs1158_spring_s1_<roi>_p<patch>.tif
+    <root>/ROIs1158_spring_s2/s2_<roi>/ROIs1158_spring_s2_<roi>_p<patch>.tif
+    <root>/ROIs1158_spring_s2_cloudy/s2_cloudy_<roi>/ROIs1158_spring_s2_cloudy_<roi>_p<patch>.tif
+
+Everything that knows these names lives here, so the reader, the synthetic
+writer, the downloader and the mask stage agree on them by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+#: The four season directories of SEN12MS-CR, keyed by their short name.
+SEASONS: dict[str, str] = {
+    "spring": "ROIs1158_spring",
+    "summer": "ROIs1868_summer",
+    "fall": "ROIs1970_fall",
+    "winter": "ROIs2017_winter",
+}
+#: The three modalities of a triplet, as they appear in directory names.
+MODALITIES: tuple[str, ...] = ("s1", "s2", "s2_cloudy")
+
+S1_BANDS: tuple[str, ...] = ("VV", "VH")
+S2_BANDS: tuple[str, ...] = (
+    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12",
+)
+#: 0-based indices into the 13-band S2 stack used for RGB previews (B4, B3, B2).
+RGB_BANDS: tuple[int, int, int] = (3, 2, 1)
+PATCH_SIZE = 256
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+# Value ranges of the benchmark's "default" normalisation (REFERENCE.md section 1).
+S1_DB_RANGE: tuple[float, float] = (-25.0, 0.0)
+S2_DN_MAX = 10000.0
+
+_FILE_RE = re.compile(
+    r"^(?P<season>ROIs\d{4}_[a-z]+)_(?P<modality>s1|s2|s2_cloudy)_(?P<roi>\d+)_p(?P<patch>\d+)\.tif$"
+)
+
+
+def season_dir(season: str) -> str:
+    """Return the season directory prefix (``ROIs1158_spring``) for a short or full season name."""
+    if season in SEASONS:
+        return SEASONS[season]
+    if season in SEASONS.values():
+        return season
+    raise ValueError(
+        f"unknown season {season!r}; expected one of {sorted(SEASONS)} or {sorted(SEASONS.values())}"
+    )
+
+
+def season_name(season: str) -> str:
+    """Return the short season name (``spring``) for a short or full season name."""
+    full = season_dir(season)
+    return next(short for short, long in SEASONS.items() if long == full)
+
+
+@dataclass(frozen=True, order=True)
+class PatchId:
+    """Identity of one triplet: season directory, ROI number and patch number."""
+
+    season: str  # full season prefix, e.g. ROIs1158_spring
+    roi: int
+    patch: int
+
+    @property
+    def roi_key(self) -> str:
+        """The ROI as written in the official split file: ``<season>_s1/s1_<roi>``."""
+        return f"{self.season}_s1/s1_{self.roi}"
+
+    @property
+    def name(self) -> str:
+        """A stable sample id, ``<season>_<roi>_p<patch>``, used by masks and tables."""
+        return f"{self.season}_{self.roi}_p{self.patch}"
+
+    def relpath(self, modality: str) -> Path:
+        """Path of this patch's file for ``modality`` relative to the data-set root."""
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+        return (
+            Path(f"{self.season}_{modality}")
+            / f"{modality}_{self.roi}"
+            / f"{self.season}_{modality}_{self.roi}_p{self.patch}.tif"
+        )
+
+    @classmethod
+    def from_filename(cls, filename: str) -> tuple[PatchId, str] | None:
+        """Parse ``ROIs1158_spring_s2_cloudy_7_p12.tif`` into (PatchId, modality), or None."""
+        match = _FILE_RE.match(Path(filename).name)
+        if match is None:
+            return None
+        return (
+            cls(match["season"], int(match["roi"]), int(match["patch"])),
+            match["modality"],
+        )
+
+
+def archive_name(season: str, modality: str) -> str:
+    """Name of the official tar.gz archive holding one season and modality."""
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+    return f"{season_dir(season)}_{modality}.tar.gz"
+
+
+@lru_cache(maxsize=1)
+def official_splits() -> dict[str, frozenset[str]]:
+    """The official train/val/test ROI lists, as exact ``<season>_s1/s1_<roi>`` keys.
+
+    Matching is by exact key (set membership), never by substring: a substring
+    test would let ``s1_106`` match ``s1_1`` and leak test ROIs into training.
+    """
+    text = resources.files("sscr.data").joinpath("splits.json").read_text()
+    raw = json.loads(text)
+    return {split: frozenset(raw[split]) for split in SPLITS}
+
+
+def split_of(pid: PatchId) -> str | None:
+    """The official split of a patch's ROI, or None if the ROI is in no list."""
+    for split, keys in official_splits().items():
+        if pid.roi_key in keys:
+            return split
+    return None
+
+
+def parse_roi_key(key: str) -> tuple[str, int]:
+    """Split ``ROIs1158_spring_s1/s1_106`` into (``ROIs1158_spring``, 106)."""
+    season_part, roi_part = key.split("/")
+    return season_part.removesuffix("_s1"), int(roi_part.removeprefix("s1_"))
+
+
+EXPECTED_LAYOUT = """\
+<root>/ROIs1158_spring_s1/s1_<roi>/ROIs1158_spring_s1_<roi>_p<patch>.tif
+<root>/ROIs1158_spring_s2/s2_<roi>/ROIs1158_spring_s2_<roi>_p<patch>.tif
+<root>/ROIs1158_spring_s2_cloudy/s2_cloudy_<roi>/ROIs1158_spring_s2_cloudy_<roi>_p<patch>.tif
+(likewise for ROIs1868_summer, ROIs1970_fall, ROIs2017_winter)"""
