@@ -115,6 +115,65 @@ def cmd_masks(args: argparse.Namespace, params: Params) -> None:
         print(f"  skipped: {problem}", file=sys.stderr)
 
 
+def cmd_train(args: argparse.Namespace, params: Params) -> None:
+    from sscr.train import train
+
+    if args.pretrained is not None:
+        params.train.pretrained = args.pretrained
+    if args.freeze:
+        params.train.freeze = args.freeze
+    result = train(params, resume=args.resume)
+    print(f"trained {params.model.name}: {result.epochs_done} epochs, best validation PSNR "
+          f"{result.best_val_psnr:.3f} dB at epoch {result.best_epoch}; MLflow run {result.run_id}; "
+          f"checkpoint {result.best_checkpoint}")
+
+
+def cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
+    from sscr.evaluate import evaluate
+
+    if args.export_every is not None:
+        params.evaluate.export_every = args.export_every
+    if args.plot_every is not None:
+        params.evaluate.plot_every = args.plot_every
+    metrics = evaluate(params, checkpoint=args.checkpoint, load_config=args.load_config)
+    print(f"{metrics['n_images']} test images: PSNR {metrics['test']['PSNR']:.2f} dB overall, "
+          f"{metrics['test_cloudy']['PSNR']:.2f} dB inside clouds (cloudy input: "
+          f"{metrics['baseline_cloudy']['PSNR']:.2f} dB, gain {metrics['gain_cloudy_PSNR']:+.2f} dB); "
+          f"SSIM {metrics['test']['SSIM']:.4f}, SAM {metrics['test']['SAM']:.2f} deg -> "
+          f"{params.evaluate.out_dir / 'metrics.json'}")
+
+
+def cmd_register(args: argparse.Namespace, params: Params) -> None:
+    from sscr.tracking import register_evaluated
+    from sscr.train import run_dir
+
+    registry = params.registry
+    decision = register_evaluated(
+        args.run_json or run_dir(params) / "run.json", args.metrics or params.evaluate.out_dir / "metrics.json",
+        registry.model_name, registry.alias, registry.metric, out=args.out,
+    )
+    print(f"registered {decision.model_name} v{decision.version}: "
+          f"{'promoted to' if decision.promoted else 'not promoted to'} @{registry.alias} ({decision.reason})")
+
+
+def cmd_promote(args: argparse.Namespace, params: Params) -> None:
+    from sscr import tracking
+
+    registry = params.registry
+    tracking.configure()
+    version = args.version or tracking.newest_version(registry.model_name)
+    decision = tracking.promote(registry.model_name, version, registry.alias, registry.metric)
+    print(f"{decision.model_name} v{decision.version}: {'promoted' if decision.promoted else 'kept'} "
+          f"({decision.reason})")
+
+
+def cmd_sync_metrics(args: argparse.Namespace, params: Params) -> None:
+    from sscr import tracking
+
+    tracking.configure()
+    print(f"uploaded {tracking.replay_fallback(args.fallback)} metric values from {args.fallback}")
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -144,6 +203,48 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--masks-dir", type=Path, default=None, help="output directory (masks.dir)")
     masks.add_argument("--workers", type=int, default=None, help="processes (masks.workers)")
     masks.set_defaults(handler=cmd_masks)
+
+    train = commands.add_parser(
+        "train", help="stage `train`: train a model (the seed's flags are accepted as overrides)")
+    _add_common(train)
+    for flag, (key, kind) in SEED_FLAGS.items():
+        train.add_argument(f"--{flag}", type=kind, default=None, help=f"overrides {key}")
+    train.add_argument("--use_sar", action=argparse.BooleanOptionalAction, default=None,
+                       help="fuse S1 SAR (model.use_sar); --no-use_sar for the optical-only ablation")
+    train.add_argument("--pretrain", action="store_true",
+                       help="the seed's switch for mono-temporal SEN12MS-CR training; always the case here")
+    train.add_argument("--resume", action="store_true", help="continue the interrupted run of this experiment")
+    train.add_argument("--pretrained", type=Path, default=None, help="checkpoint to start from (train.pretrained)")
+    train.add_argument("--freeze", nargs="+", default=None, metavar="PREFIX",
+                       help="freeze parameters whose names start with these prefixes (train.freeze)")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="stage `evaluate`: metrics, tables, panels on the test split")
+    _add_common(evaluate)
+    evaluate.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the run's model_best.pt)")
+    evaluate.add_argument("--load_config", type=Path, default=None,
+                          help="a run's conf.json (or a checkpoint): evaluate with the config it was trained with")
+    evaluate.add_argument("--export_every", type=int, default=None,
+                          help="export every N-th prediction as GeoTIFF (evaluate.export_every; -1 = none)")
+    evaluate.add_argument("--plot_every", type=int, default=None, help="panel every N-th sample (evaluate.plot_every)")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    register = commands.add_parser("register", help="stage `register`: register the evaluated model, promote if better")
+    _add_common(register)
+    register.add_argument("--run-json", type=Path, default=None, help="training run.json (default: the run's)")
+    register.add_argument("--metrics", type=Path, default=None, help="evaluation metrics.json")
+    register.add_argument("--out", type=Path, default=Path("results/register.json"), help="decision file")
+    register.set_defaults(handler=cmd_register)
+
+    promote = commands.add_parser("promote", help="move @champion to a version if it beats the champion")
+    _add_common(promote)
+    promote.add_argument("--version", default=None, help="model version (default: the newest)")
+    promote.set_defaults(handler=cmd_promote)
+
+    sync = commands.add_parser("sync-metrics", help="upload metrics kept locally while MLflow was unreachable")
+    _add_common(sync)
+    sync.add_argument("fallback", type=Path, help="the metrics_fallback.jsonl a training run reported")
+    sync.set_defaults(handler=cmd_sync_metrics)
     return parser
 
 

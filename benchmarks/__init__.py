@@ -1,0 +1,1 @@
+"""Measured comparisons; each script writes its results as text under benchmarks/results/."""

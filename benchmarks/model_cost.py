@@ -1,0 +1,257 @@
+"""Cost of every backbone at its default widths on 256 x 256 patches: parameters, FLOPs, time, memory.
+
+    python -m benchmarks.model_cost            # batch 1 and 8, 5 timed repeats
+    python -m benchmarks.model_cost --quick    # batch 1, 3 timed repeats
+
+Method:
+
+- Parameters and forward FLOPs: :func:`sscr.models.model_cost` (``FlopCounterMode``,
+  2 FLOPs per multiply-add, convolutions and matmuls).
+- Time: wall clock of a forward (eval mode, no gradients) and of a forward + backward
+  (train mode, loss = mean of every output) on random inputs; one untimed warm-up,
+  then the median of ``--repeats`` runs. The models are timed round-robin inside the
+  same process, so a load change on a shared machine hits all of them alike; ratios
+  are to ``uncrtaints`` at the same batch size.
+- Peak memory: each (model, batch, mode) runs once in a fresh subprocess; the figure is
+  the rise of the process' peak resident set size (``getrusage`` ``ru_maxrss``) over the
+  level after building the model and its inputs, i.e. the activations, gradients and
+  workspace of that one pass (on CUDA: ``torch.cuda.max_memory_allocated`` instead).
+  A configuration whose memory, extrapolated from batch 1, would not fit in half the
+  memory available now is not run, and the table says so.
+
+Writes the markdown table to ``benchmarks/results/model_cost.md``
+(``model_cost_quick.md`` with ``--quick``) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+import torch
+
+from sscr.models import build_model, example_inputs, model_cost, select_device
+
+MODELS = ["sscr", "uncrtaints", "utae", "unet"]
+REFERENCE = "uncrtaints"
+SIZE = 256
+RESULTS = Path(__file__).resolve().parent / "results"
+MODES = ("forward", "train")
+
+
+@dataclass
+class Row:
+    """Measurements of one model at one batch size."""
+
+    model: str
+    batch: int
+    params: int
+    flops: int
+    times: dict[str, list[float]] = field(default_factory=lambda: {mode: [] for mode in MODES})
+    memory_mib: dict[str, float | str] = field(default_factory=dict)
+
+    def median_ms(self, mode: str) -> float | None:
+        """Median time of ``mode`` in milliseconds (None when not run)."""
+        return 1000 * statistics.median(self.times[mode]) if self.times[mode] else None
+
+
+def random_inputs(model: torch.nn.Module, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Random inputs in [0, 1] of the shapes the model takes (seeded)."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = {k: v.shape for k, v in example_inputs(model, SIZE, SIZE, batch).items()}
+    return {k: torch.rand(shape, generator=gen).to(device) for k, shape in shapes.items()}
+
+
+def run_once(model: torch.nn.Module, inputs: dict[str, torch.Tensor], mode: str) -> None:
+    """One forward (``forward``) or forward + backward (``train``) pass."""
+    if mode == "forward":
+        model.eval()
+        with torch.no_grad():
+            model(**inputs)
+    else:
+        model.train()
+        out = model(**inputs)
+        sum(v.mean() for v in out.values()).backward()
+        model.zero_grad(set_to_none=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(model: torch.nn.Module, inputs: dict[str, torch.Tensor], mode: str, device: torch.device) -> float:
+    """Seconds of one pass."""
+    _sync(device)
+    start = time.perf_counter()
+    run_once(model, inputs, mode)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def _memory_child(name: str, batch: int, mode: str, device: str, threads: int, queue: mp.Queue) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = build_model(name).to(dev)
+    inputs = random_inputs(model, batch, dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        run_once(model, inputs, mode)
+        queue.put((torch.cuda.max_memory_allocated(dev) - base) / 2**20)
+    else:
+        base = _peak_rss_mib()
+        run_once(model, inputs, mode)
+        queue.put(_peak_rss_mib() - base)
+
+
+def peak_memory_mib(name: str, batch: int, mode: str, device: torch.device, threads: int) -> float | str:
+    """Peak memory of one pass, measured in a fresh process (see the module docstring)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_memory_child, args=(name, batch, mode, str(device), threads, queue))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        return f"failed (exit {child.exitcode})"
+    return queue.get()
+
+
+def measure(batches: list[int], repeats: int, device: torch.device, threads: int) -> list[Row]:
+    """All measurements; models timed round-robin in this process."""
+    torch.set_num_threads(threads)
+    rows: list[Row] = []
+    for batch in batches:
+        models = {}
+        for name in MODELS:
+            torch.manual_seed(0)
+            models[name] = build_model(name).to(device)
+            cost = model_cost(models[name], SIZE, SIZE, batch)
+            rows.append(Row(name, batch, cost["params"], cost["flops"]))
+        batch_rows = {row.model: row for row in rows if row.batch == batch}
+
+        runnable: dict[str, list[str]] = {mode: [] for mode in MODES}
+        budget = 0.5 * psutil.virtual_memory().available / 2**20
+        for name in MODELS:
+            for mode in MODES:
+                single = next((r.memory_mib.get(mode) for r in rows if r.model == name and r.batch == 1), None)
+                estimate = single * batch if isinstance(single, float) and batch > 1 else None
+                if estimate is not None and estimate > budget:
+                    batch_rows[name].memory_mib[mode] = f"not run (~{estimate / 1024:.0f} GiB)"
+                    continue
+                print(f"memory: {name} batch {batch} {mode} ...", flush=True)
+                batch_rows[name].memory_mib[mode] = peak_memory_mib(name, batch, mode, device, threads)
+                if isinstance(batch_rows[name].memory_mib[mode], float):
+                    runnable[mode].append(name)
+
+        for mode in MODES:
+            inputs = {name: random_inputs(models[name], batch, device) for name in runnable[mode]}
+            for repeat in range(repeats + 1):  # the first round warms up and is not kept
+                for name in runnable[mode]:
+                    seconds = timed(models[name], inputs[name], mode, device)
+                    if repeat:
+                        batch_rows[name].times[mode].append(seconds)
+                print(f"time: batch {batch} {mode} round {repeat}/{repeats} done", flush=True)
+        del models
+    return rows
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    return f"{value / reference:.2f}" if value is not None and reference else "-"
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:,.0f}" if value is not None else "not run"
+
+
+def _mib(value: float | str | None) -> str:
+    return f"{value:,.0f}" if isinstance(value, float) else (value or "-")
+
+
+def table(rows: list[Row]) -> str:
+    """Markdown table, one line per (batch, model), ratios to uncrtaints at the same batch."""
+    lines = [
+        "| model | batch | params | GFLOPs (fwd) | FLOPs / uncrtaints | forward ms | forward / uncrtaints "
+        "| fwd+bwd ms | fwd+bwd / uncrtaints | peak MiB fwd | peak MiB fwd+bwd |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        ref = next(r for r in rows if r.model == REFERENCE and r.batch == row.batch)
+        fwd, train = row.median_ms("forward"), row.median_ms("train")
+        lines.append(
+            f"| {row.model} | {row.batch} | {row.params:,} | {row.flops / 1e9:.1f} | {row.flops / ref.flops:.2f} "
+            f"| {_ms(fwd)} | {_ratio(fwd, ref.median_ms('forward'))} "
+            f"| {_ms(train)} | {_ratio(train, ref.median_ms('train'))} "
+            f"| {_mib(row.memory_mib.get('forward'))} | {_mib(row.memory_mib.get('train'))} |"
+        )
+    return "\n".join(lines)
+
+
+def report(rows: list[Row], args: argparse.Namespace, device: torch.device, threads: int, seconds: float) -> str:
+    """The results file: context, table, method."""
+    command = "python -m benchmarks.model_cost" + (" --quick" if args.quick else "")
+    if args.threads:
+        command += f" --threads {args.threads}"
+    return "\n".join([
+        "# Model cost at 256 x 256 (default widths)",
+        "",
+        f"Command: `{command}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {seconds / 60:.0f} min).",
+        f"Machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} logical CPUs, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM; torch {torch.__version__}, device {device}, "
+        f"{threads} torch thread(s); load average at the end {', '.join(f'{x:.1f}' for x in psutil.getloadavg())}.",
+        f"Inputs: 13-band S2 + 2-band S1 + cloud mask, batch {', '.join(str(b) for b in args.batches)}; "
+        f"deterministic heads (variance None). Times: median of {args.repeats} runs after one warm-up.",
+        "",
+        table(rows),
+        "",
+        "FLOPs: `sscr.models.model_cost` (torch `FlopCounterMode`, 2 per multiply-add, convolutions and matmuls). "
+        "Forward: eval mode, no gradients. fwd+bwd: train mode, backward of the mean of every output. "
+        "Peak MiB: rise of the peak resident set size of a fresh process during one pass (CPU), "
+        "or `max_memory_allocated` (CUDA); \"not run\" = batch-1 memory x batch would exceed half the free RAM. "
+        "Timings come from a shared machine: compare ratios within this table, not absolute times across runs.",
+        "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print the table, write the results file."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="batch 1 only, 3 repeats")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 5; quick 3)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/...)")
+    args = parser.parse_args(argv)
+    args.batches = [1] if args.quick else [1, 8]
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    out = args.out or RESULTS / ("model_cost_quick.md" if args.quick else "model_cost.md")
+    device = select_device(args.device)
+    threads = args.threads or torch.get_num_threads()
+
+    start = time.perf_counter()
+    rows = measure(args.batches, args.repeats, device, threads)
+    text = report(rows, args, device, threads, time.perf_counter() - start)
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""Full-scene inference: throughput and peak memory against scene size.
+
+    python -m benchmarks.scene_inference            # 2048 px and a whole Sentinel-2 tile (10980 px)
+    python -m benchmarks.scene_inference --quick    # 512 and 1024 px: a smoke test for CI
+
+Synthetic scenes (cloudy S2, 13 bands uint16 DN, and S1, 2 bands float32 dB, as
+tiled GeoTIFFs in UTM) are written once under ``benchmarks/.cache/`` from a few
+patches of :func:`sscr.data.synth.synth_patch`. Each run of
+:func:`sscr.infer.infer_scene` happens in a fresh subprocess so its peak RSS
+(``ru_maxrss``) belongs to that scene size alone. Models are randomly
+initialised: throughput does not depend on the weights.
+
+Full mode measures the default ``sscr`` model at 2048 px with the s2cloudless
+mask on and off, estimates the 10980 px time from those rates, and runs the
+10980 px scene itself with the costliest configuration that fits
+``--budget-minutes``; if none does, it runs the memory comparison (2048 vs 10980
+px) with a tiny model, whose buffers and I/O are the same as the default model's.
+Results: a markdown table on stdout and in ``benchmarks/results/scene_inference.md``
+(``scene_inference_quick.md`` for ``--quick``, so a CI smoke does not overwrite the full results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+RESULTS = HERE / "results" / "scene_inference.md"
+RESULTS_QUICK = HERE / "results" / "scene_inference_quick.md"
+SENTINEL2_TILE = 10980
+SOURCE_PATCH = 512
+SOURCE_PATCHES = 6
+TILE, OVERLAP, BATCH = 256, 32, 4
+MODELS = {
+    "sscr": {},  # the project's model with its defaults (widths 32, 64, 128)
+    "tiny-unet": {"encoder_widths": [8, 16]},  # for the memory comparison when the default model is too slow
+}
+MODEL_NAMES = {"sscr": "sscr", "tiny-unet": "unet"}
+
+
+@dataclass
+class Run:
+    """One measured scene inference."""
+
+    size: int
+    model: str
+    mask: bool
+    tiles: int
+    seconds: float
+    pixels_per_second: float
+    peak_rss_mib: float
+    rss_before_mib: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.size} x {self.size}"
+
+
+# ---------------------------------------------------------------- synthetic scenes
+
+
+def scene_paths(size: int) -> tuple[Path, Path]:
+    """Cached (S2 cloudy, S1) GeoTIFFs of a ``size`` x ``size`` scene, written on first use."""
+    s2_path, s1_path = CACHE / f"s2_cloudy_{size}.tif", CACHE / f"s1_{size}.tif"
+    if not (s2_path.exists() and s1_path.exists()):
+        write_scene(size, s2_path, s1_path)
+    return s2_path, s1_path
+
+
+def write_scene(size: int, s2_path: Path, s1_path: Path) -> None:
+    """Fill a scene block by block with flipped and rotated synthetic patches (bounded memory, atomic)."""
+    import rasterio
+    from affine import Affine
+    from rasterio.windows import Window
+
+    from sscr.data.layout import S1_BANDS, S2_BANDS, PatchId
+    from sscr.data.synth import synth_patch
+
+    started = time.perf_counter()
+    print(f"writing synthetic {size} x {size} scene to {CACHE} (once) ...", flush=True)
+    patches = [synth_patch(PatchId("ROIs1158_spring", 7, index + 1), SOURCE_PATCH, seed=11)
+               for index in range(SOURCE_PATCHES)]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    transform = Affine(10.0, 0.0, 399960.0, 0.0, -10.0, 5000040.0)  # a Sentinel-2 tile origin in UTM 33N
+    common = {"driver": "GTiff", "width": size, "height": size, "crs": "EPSG:32633", "transform": transform,
+              "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    partials = [path.with_name(f".{path.name}.partial") for path in (s2_path, s1_path)]
+    with rasterio.Env(GDAL_CACHEMAX=64), \
+            rasterio.open(partials[0], "w", count=13, dtype="uint16", predictor=2, **common) as s2, \
+            rasterio.open(partials[1], "w", count=2, dtype="float32", predictor=3, **common) as s1:
+        for dataset, names in ((s2, S2_BANDS), (s1, S1_BANDS)):
+            for index, name in enumerate(names, start=1):
+                dataset.set_band_description(index, name)
+        for row in range(0, size, SOURCE_PATCH):
+            for col in range(0, size, SOURCE_PATCH):
+                index = (row // SOURCE_PATCH * 7 + col // SOURCE_PATCH * 3) % SOURCE_PATCHES
+                turns = (row // SOURCE_PATCH + col // SOURCE_PATCH) % 4
+                height, width = min(SOURCE_PATCH, size - row), min(SOURCE_PATCH, size - col)
+                window = Window(col, row, width, height)
+                for dataset, key in ((s2, "s2_cloudy"), (s1, "s1")):
+                    block = np.rot90(patches[index][key], turns, axes=(1, 2))[:, :height, :width]
+                    dataset.write(np.ascontiguousarray(block), window=window)
+    for partial, path in zip(partials, (s2_path, s1_path), strict=True):
+        partial.replace(path)
+    print(f"  written in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+# ---------------------------------------------------------------- one run, in a fresh process
+
+
+def worker(size: int, model_key: str, mask: bool) -> None:
+    """Run infer_scene once and print a JSON line with its report and this process's peak RSS."""
+    import psutil
+    import torch
+
+    from sscr.infer import infer_scene
+    from sscr.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(MODEL_NAMES[model_key], **MODELS[model_key]).eval()
+    s2_path, s1_path = scene_paths(size)
+    out_path = CACHE / f"out_{size}_{model_key}_{'mask' if mask else 'nomask'}.tif"
+    rss_before = psutil.Process().memory_info().rss / 2**20
+    try:
+        report = infer_scene(model, s2_path, s1_path, out_path, tile=TILE, overlap=OVERLAP, batch_size=BATCH,
+                             mask_kind="s2cloudless_map" if mask and model.use_mask else None, progress=False)
+    finally:
+        out_path.unlink(missing_ok=True)  # a 10980 px output is ~2 GB: keep the cache small
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"size": size, "model": model_key, "mask": mask, "tiles": report.tiles,
+                      "seconds": report.seconds, "pixels_per_second": report.pixels_per_second,
+                      "peak_rss_mib": peak, "rss_before_mib": rss_before}), flush=True)
+
+
+def measure(size: int, model_key: str, mask: bool) -> Run:
+    """Run :func:`worker` in a fresh interpreter and collect its measurements."""
+    scene_paths(size)  # written here, not inside the measured process
+    print(f"running {size} x {size}, model {model_key}, mask {'on' if mask else 'off'} ...", flush=True)
+    env = dict(os.environ, SSCR_S2CLOUDLESS_THREADS=str(os.cpu_count() or 1))
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scene_inference", "--worker", str(size), model_key, str(int(mask))],
+        cwd=HERE.parent, env=env, capture_output=True, text=True, check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark worker failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    run = Run(**json.loads(done.stdout.strip().splitlines()[-1]))
+    print(f"  {run.seconds:.0f} s, {run.pixels_per_second / 1e3:.1f} kpx/s, peak RSS {run.peak_rss_mib:.0f} MiB",
+          flush=True)
+    return run
+
+
+def tiles_of(size: int) -> int:
+    """Tiles infer_scene runs on a square scene (the stride is rounded to 16 px)."""
+    stride = (TILE - OVERLAP) // 16 * 16
+    per_axis = 1 if size <= TILE else math.ceil((size - (TILE - stride)) / stride)
+    return per_axis**2
+
+
+# ---------------------------------------------------------------- report
+
+
+def table(runs: list[Run]) -> list[str]:
+    lines = ["| scene | model | s2cloudless mask | tiles | time | s / tile | Mpx / s | peak RSS | RSS before |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for run in runs:
+        lines.append(
+            f"| {run.label} | {run.model} | {'on' if run.mask else 'off'} | {run.tiles} | {run.seconds:.0f} s | "
+            f"{run.seconds / run.tiles:.2f} | {run.pixels_per_second / 1e6:.3f} | {run.peak_rss_mib:.0f} MiB | "
+            f"{run.rss_before_mib:.0f} MiB |"
+        )
+    return lines
+
+
+def memory_ratios(runs: list[Run]) -> list[str]:
+    lines = []
+    for big in runs:
+        for small in runs:
+            if (small.model, small.mask) == (big.model, big.mask) and small.size < big.size:
+                lines.append(
+                    f"- peak RSS {big.label} / {small.label} ({big.model}, mask {'on' if big.mask else 'off'}): "
+                    f"{big.peak_rss_mib:.0f} / {small.peak_rss_mib:.0f} MiB = "
+                    f"**{big.peak_rss_mib / small.peak_rss_mib:.3f}** for {big.size**2 / small.size**2:.0f}x the pixels"
+                )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the measurements, print and write the markdown report."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="512 and 1024 px only (CI smoke)")
+    parser.add_argument("--budget-minutes", type=float, default=30.0,
+                        help="largest estimated run time for the 10980 px scene with the default model")
+    parser.add_argument("--worker", nargs=3, metavar=("SIZE", "MODEL", "MASK"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(int(args.worker[0]), args.worker[1], bool(int(args.worker[2])))
+        return 0
+
+    load = os.getloadavg()[0]
+    notes: list[str] = []
+    runs: list[Run] = []
+    if args.quick:
+        runs += [measure(512, "sscr", True), measure(1024, "sscr", True)]
+    else:
+        on, off = measure(2048, "sscr", True), measure(2048, "sscr", False)
+        runs += [on, off]
+        scale = tiles_of(SENTINEL2_TILE) / tiles_of(2048)
+        estimate = {True: on.seconds * scale / 60, False: off.seconds * scale / 60}
+        notes.append(f"- estimated {SENTINEL2_TILE} px time for sscr from the 2048 px rates "
+                     f"({tiles_of(SENTINEL2_TILE)} vs {tiles_of(2048)} tiles): mask on {estimate[True]:.0f} min, "
+                     f"mask off {estimate[False]:.0f} min")
+        fitting = [mask for mask in (True, False) if estimate[mask] <= args.budget_minutes]
+        if fitting:
+            mask = fitting[0]
+            if not mask:
+                notes.append(f"- the {SENTINEL2_TILE} px scene ran with the mask off: with it, over "
+                             f"{args.budget_minutes:.0f} min")
+            runs.append(measure(SENTINEL2_TILE, "sscr", mask))
+        else:
+            notes.append(
+                f"- both exceed the {args.budget_minutes:.0f} min budget, so the memory comparison runs "
+                f"`tiny-unet` (U-Net, widths 8, 16, mask off) at 2048 and {SENTINEL2_TILE} px: streaming "
+                "buffers, reads and writes are those of any model; only the model's own constant working set differs"
+            )
+            runs += [measure(2048, "tiny-unet", False), measure(SENTINEL2_TILE, "tiny-unet", False)]
+
+    import torch
+
+    lines = [
+        "# Full-scene inference: throughput and memory",
+        "",
+        f"`python -m benchmarks.scene_inference{' --quick' if args.quick else ''}`, "
+        f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+        f"(load average {load:.1f} at start, shared with other jobs), torch {torch.__version__} "
+        f"with {torch.get_num_threads()} threads, no GPU. Tile {TILE}, overlap {OVERLAP}, batch {BATCH}; "
+        "randomly initialised models; each run in a fresh process (peak RSS = its ru_maxrss).",
+        "",
+        *table(runs),
+        "",
+        *memory_ratios(runs),
+        *notes,
+        "",
+    ]
+    text = "\n".join(lines)
+    print("\n" + text)
+    results = RESULTS_QUICK if args.quick else RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

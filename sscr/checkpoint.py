@@ -1,0 +1,87 @@
+"""Checkpoints: written atomically, loaded with ``weights_only=True``, refused clearly when wrong.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so
+``torch.load(..., weights_only=True)`` reads it without unpickling any code
+from a user-supplied path. Every checkpoint carries the model name, the
+model's resolved constructor arguments and the full params it was trained
+with, so it can be rebuilt and evaluated with nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what was expected."""
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``.
+
+    A crash at any moment leaves either the previous complete file or the new
+    complete file, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict safely (``weights_only=True``), with errors that say what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable SSCR checkpoint (a PyTorch tensor file saved by `sscr train`): "
+            f"{str(err).splitlines()[0]}"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
+        raise CheckpointError(
+            f"{path} is a tensor file but not an SSCR checkpoint (expected keys 'model', 'model_name', "
+            "'model_config', 'config'); pass a model_best.pt or checkpoint_last.pt written by `sscr train`"
+        )
+    return state
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load a state dict into ``model``; a different architecture gives a clear error naming ``source``."""
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:
+        detail = str(err).split("\n\t")[0:3]
+        raise CheckpointError(
+            f"{source} holds weights of another architecture than {type(model).__name__} "
+            f"({'; '.join(d.strip() for d in detail)[:300]}); build the model the checkpoint was "
+            "trained with (its model_name and model_config), or pick a matching checkpoint"
+        ) from None
+
+
+def build_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[
+    nn.Module, dict[str, Any]
+]:
+    """Rebuild the model a checkpoint was trained with and load its weights; returns (model, checkpoint)."""
+    from sscr.models import build_model
+
+    state = load_checkpoint(path, map_location)
+    model = build_model(state["model_name"], **state.get("model_config", {}))
+    load_weights(model, state["model"], path)
+    return model, state

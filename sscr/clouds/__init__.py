@@ -1,0 +1,17 @@
+"""Cloud and cloud-shadow masks of Sentinel-2 patches, and their one-off precomputation."""
+
+from sscr.clouds.detect import (
+    cloud_shadow_mask,
+    compute_masks,
+    s2cloudless_map,
+    s2cloudless_mask,
+    s2cloudless_probability,
+)
+
+__all__ = [
+    "cloud_shadow_mask",
+    "compute_masks",
+    "s2cloudless_map",
+    "s2cloudless_mask",
+    "s2cloudless_probability",
+]

@@ -1,0 +1,283 @@
+"""Evaluation (stage ``evaluate``): benchmark metrics on the test split, where the work is.
+
+Reports, for the model and for the "cloudy input as prediction" baseline:
+overall, inside clouds and on clear pixels; by cloud-coverage bin and by
+season; UCE/AUCE for variance-predicting models. Writes ``metrics.json``
+(DVC metrics), CSV tables (DVC plots), PNG panels and optional GeoTIFF
+exports, and logs all of it to the training run in MLflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from sscr.checkpoint import build_from_checkpoint
+from sscr.config import Params, parse_params
+from sscr.data.io import denormalize_s2, write_raster
+from sscr.data.layout import S2_BANDS
+from sscr.train import build_dataset, model_inputs, run_dir
+
+REGIONS = ("all", "cloudy", "clear")
+
+
+@dataclass
+class EvalInputs:
+    """A checkpoint and the params to evaluate it with."""
+
+    checkpoint: Path
+    params: Params
+
+
+def resolve_inputs(params: Params, checkpoint: str | Path | None = None,
+                   load_config: str | Path | None = None) -> EvalInputs:
+    """Which checkpoint to evaluate, with which params.
+
+    ``load_config`` (the seed's ``--load_config``: a run's ``conf.json``, or a
+    checkpoint path) brings the model, loss and mask settings the run was
+    trained with; data location and evaluation options stay those of ``params``.
+    """
+    source: Path | None = None
+    if load_config is not None:
+        load_config = Path(load_config)
+        if load_config.suffix == ".json":
+            trained = parse_params(json.loads(load_config.read_text()), str(load_config))
+            checkpoint = checkpoint or load_config.parent / "model_best.pt"
+        else:
+            checkpoint = checkpoint or load_config
+            trained = None
+        source = Path(checkpoint)
+    else:
+        checkpoint = Path(checkpoint) if checkpoint else run_dir(params) / "model_best.pt"
+        trained = None
+    checkpoint = Path(checkpoint)
+    if trained is None:
+        from sscr.checkpoint import load_checkpoint
+
+        trained = parse_params(load_checkpoint(checkpoint)["config"], str(source or checkpoint))
+    merged = trained.model_copy(update={"data": params.data, "evaluate": params.evaluate,
+                                        "registry": params.registry})
+    return EvalInputs(checkpoint, merged)
+
+
+def coverage_bin(coverage: float, edges: list[float]) -> str:
+    """Label ``"lo-hi"`` of the coverage bin holding ``coverage`` (bins [lo, hi), the last one closed)."""
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        if lo <= coverage < hi or (hi == edges[-1] and coverage == hi):
+            return f"{lo:.1f}-{hi:.1f}"
+    return f">{edges[-1]:.1f}"
+
+
+def _regions(summary_entry: dict[str, float], prefix: str) -> dict[str, dict[str, float]]:
+    """Split a flat accumulator entry (``PSNR``, ``cloudy/PSNR``, ...) into named region dicts."""
+    out: dict[str, dict[str, float]] = {}
+    for region in REGIONS:
+        head = "" if region == "all" else f"{region}/"
+        values = {key[len(head):]: value for key, value in summary_entry.items()
+                  if key.startswith(head) and "/" not in key[len(head):]}
+        out[prefix + ("" if region == "all" else f"_{region}")] = values
+    return out
+
+
+def evaluate(
+    params: Params,
+    checkpoint: str | Path | None = None,
+    load_config: str | Path | None = None,
+    run_id: str | None = None,
+    log_to_mlflow: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on ``evaluate.split``; returns the metrics written to ``metrics.json``."""
+    from sscr.metrics import MetricAccumulator, cloud_metrics
+
+    inputs = resolve_inputs(params, checkpoint, load_config)
+    params = inputs.params
+    cfg = params.evaluate
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, state = build_from_checkpoint(inputs.checkpoint)
+    model.eval()
+    device = torch.device("cpu")
+    dataset = build_dataset(params, cfg.split)
+    if len(dataset) == 0:
+        raise ValueError(f"no {cfg.split} samples under {params.data.root}")
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=params.train.num_workers)
+    model_acc, baseline_acc = MetricAccumulator(), MetricAccumulator()
+    panels_dir, export_dir = out_dir / "panels", out_dir / "export"
+    panel_files: list[Path] = []
+    index = 0
+    for batch in tqdm(loader, desc=f"evaluate {cfg.split}", unit="batch", disable=not progress):
+        with torch.no_grad():
+            out = model(**model_inputs(batch, device))
+        pred, target, mask = out["mean"].float(), batch["target"], batch["mask"]
+        var = out["var"].float() if "var" in out else None
+        groups = [[f"season={season}", f"coverage={coverage_bin(float(cov), cfg.coverage_bins)}"]
+                  for season, cov in zip(batch["meta"]["season"], batch["coverage"], strict=True)]
+        model_acc.add_batch(cloud_metrics(target, pred, mask, var=var), groups)
+        baseline_acc.add_batch(cloud_metrics(target, batch["cloudy"], mask), groups)
+        for i in range(pred.shape[0]):
+            sample = {k: (v[i] if k != "meta" else {m: batch["meta"][m][i] for m in batch["meta"]})
+                      for k, v in batch.items()}
+            if index < cfg.n_panels or (cfg.plot_every > 0 and index % cfg.plot_every == 0):
+                panel_files.append(_write_panel(sample, pred[i], None if var is None else var[i], panels_dir))
+            if cfg.export_every > 0 and index % cfg.export_every == 0:
+                export_prediction(sample, pred[i], None if var is None else var[i], export_dir)
+            index += 1
+
+    model_summary, baseline_summary = model_acc.summary(), baseline_acc.summary()
+    metrics: dict[str, Any] = {}
+    metrics.update(_regions(model_summary["all"], "test"))
+    metrics.update(_regions(baseline_summary["all"], "baseline"))
+    metrics["gain_cloudy_PSNR"] = metrics["test_cloudy"]["PSNR"] - metrics["baseline_cloudy"]["PSNR"]
+    metrics["n_images"] = index
+    metrics["model"] = state["model_name"]
+    metrics["use_sar"] = bool(model.use_sar)
+    if var is not None:
+        metrics["uncertainty"] = {k: v for k, v in model_summary["all"].items() if "UCE" in k}
+    bins = _group_rows(model_summary, baseline_summary, "coverage",
+                       [coverage_bin((lo + hi) / 2, cfg.coverage_bins)
+                        for lo, hi in zip(cfg.coverage_bins[:-1], cfg.coverage_bins[1:], strict=True)])
+    seasons = _group_rows(model_summary, baseline_summary, "season", ["spring", "summer", "fall", "winter"])
+    metrics["by_coverage"] = {row["bin"]: {"n": row["n"], "PSNR": row["model_PSNR"],
+                                           "baseline_PSNR": row["baseline_PSNR"]} for row in bins}
+    metrics["by_season"] = {row["season"]: {"n": row["n"], "PSNR": row["model_PSNR"],
+                                            "baseline_PSNR": row["baseline_PSNR"]} for row in seasons}
+    _write_json(out_dir / "metrics.json", metrics)
+    _write_csv(out_dir / "coverage_bins.csv", bins)
+    _write_csv(out_dir / "seasons.csv", seasons)
+    if log_to_mlflow:
+        _log(params, inputs.checkpoint, run_id or state.get("run_id"), metrics, out_dir, bins, panel_files)
+    return metrics
+
+
+def _group_rows(model_summary: dict[str, dict[str, float]], baseline_summary: dict[str, dict[str, float]],
+                field: str, labels: list[str]) -> list[dict[str, Any]]:
+    """One row per group label present: image count and cloudy-region metrics, model vs baseline."""
+    nan = float("nan")
+    rows = []
+    for label in labels:
+        key = f"{field}={label}"
+        if key not in model_summary:
+            continue
+        model, base = model_summary[key], baseline_summary[key]
+        rows.append({
+            "bin" if field == "coverage" else "season": label,
+            "n": int(model["n"]),
+            "model_PSNR": model.get("cloudy/PSNR", nan),
+            "baseline_PSNR": base.get("cloudy/PSNR", nan),
+            "model_SSIM": model.get("cloudy/SSIM", nan),
+            "baseline_SSIM": base.get("cloudy/SSIM", nan),
+            "model_SAM": model.get("cloudy/SAM", nan),
+            "baseline_SAM": base.get("cloudy/SAM", nan),
+            "model_all_PSNR": model.get("PSNR", nan),
+        })
+    return rows
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, float) and not np.isfinite(value):
+        return None if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(_clean(data), indent=2))
+    tmp.replace(path)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with tmp.open("w", newline="") as handle:
+        if rows:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows([{k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
+    tmp.replace(path)
+
+
+def _write_panel(sample: dict[str, Any], pred: torch.Tensor, var: torch.Tensor | None, panels_dir: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from sscr.plots import prediction_panel
+
+    panels_dir.mkdir(parents=True, exist_ok=True)
+    figure = prediction_panel(sample, pred, var)
+    path = panels_dir / f"{sample['meta']['sample_id']}.png"
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def export_prediction(sample: dict[str, Any], pred: torch.Tensor, var: torch.Tensor | None, export_dir: Path) -> Path:
+    """Write a prediction as a GeoTIFF: 13 uint16 DN bands (+ per-band std in DN when predicted).
+
+    Same CRS and transform as the input patch. The variance is stored as its
+    square root in DN (``<band>_std``) so it fits the uint16 file.
+    """
+    from affine import Affine
+
+    meta = sample["meta"]
+    transform = Affine(*[float(v) for v in meta["transform"]])
+    bands = denormalize_s2(pred.cpu().numpy())
+    names = list(S2_BANDS)
+    if var is not None:
+        std = np.sqrt(np.clip(var.float().cpu().numpy(), 0, None))
+        std = np.broadcast_to(std, pred.shape) if std.shape[0] == 1 else std
+        bands = np.concatenate([bands, denormalize_s2(std)])
+        names += [f"{band}_std" for band in S2_BANDS]
+    return write_raster(export_dir / f"{meta['sample_id']}_pred.tif", bands, meta["crs"] or None, transform,
+                        band_names=names)
+
+
+def _log(params: Params, checkpoint: Path, run_id: str | None, metrics: dict[str, Any], out_dir: Path,
+         bins: list[dict[str, Any]], panel_files: list[Path]) -> None:
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    from sscr import tracking
+    from sscr.plots import metric_by_bin_figure
+
+    if not run_id:
+        print("sscr: no MLflow run id in the checkpoint; evaluation results are only on disk")
+        return
+    tracking.configure()
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(flat_metrics(metrics, prefix="test_"))
+        mlflow.log_artifact(str(out_dir / "metrics.json"), "evaluation")
+        mlflow.log_artifact(str(out_dir / "coverage_bins.csv"), "evaluation")
+        mlflow.log_artifact(str(out_dir / "seasons.csv"), "evaluation")
+        for path in panel_files:
+            mlflow.log_artifact(str(path), "evaluation/panels")
+        if bins:
+            figure = metric_by_bin_figure(bins)
+            mlflow.log_figure(figure, "evaluation/psnr_by_coverage.png")
+            plt.close(figure)
+
+
+def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Finite scalar metrics as ``{"PSNR": .., "cloudy_PSNR": .., "baseline_cloudy_PSNR": ..}``."""
+    flat: dict[str, float] = {}
+    for group, values in metrics.items():
+        if group.startswith("by_"):
+            continue
+        if not isinstance(values, dict):
+            if isinstance(values, int | float) and not isinstance(values, bool) and np.isfinite(values):
+                flat[f"{prefix}{group}"] = float(values)
+            continue
+        base = group.removeprefix("test").strip("_")
+        for key, value in values.items():
+            if isinstance(value, int | float) and np.isfinite(value):
+                name = f"{base}_{key}" if base else key
+                flat[f"{prefix}{name}"] = float(value)
+    return flat

@@ -1,0 +1,105 @@
+"""Backbones for cloud removal, built by name from a registry.
+
+>>> model = build_model("sscr", variance="diag")
+>>> out = model(cloudy, sar, mask)          # {"mean", "var", "structure"}
+
+Every backbone takes the ``params.yaml`` ``model:`` keys (minus ``name``) plus
+``variance`` (None, "diag" or "iso"), exposes ``use_sar``, ``use_mask``,
+``variance`` and ``config`` (its resolved keyword arguments, so
+``build_model(name, **model.config)`` rebuilds it exactly), and maps
+``forward(cloudy, sar=None, mask=None)`` to a dict with ``"mean"`` in [0, 1]
+(plus ``"var"`` > 0 with a variance, plus ``"structure"`` for ``sscr``).
+A new backbone is one new module in this package and a ``@register_model`` decorator.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from sscr.models import sscr, uncrtaints, unet, utae  # noqa: F401  (registers the backbones)
+from sscr.models._base import CloudRemovalModel
+from sscr.models._registry import ALIASES, list_models, model_class, register_model, resolve_name
+from sscr.models.blocks import S1_BANDS, S2_BANDS
+
+__all__ = [
+    "ALIASES",
+    "CloudRemovalModel",
+    "available_models",
+    "build_model",
+    "model_cost",
+    "register_model",
+    "resolve_name",
+    "select_device",
+]
+
+
+def available_models() -> list[str]:
+    """Names accepted by :func:`build_model` (aliases such as ``multisarv2`` also work)."""
+    return list_models()
+
+
+def build_model(name: str, **params: Any) -> nn.Module:
+    """Build backbone ``name`` with ``params`` (the ``model:`` keys minus ``name``, plus ``variance``).
+
+    Unknown name -> ValueError listing the available names; unknown keyword -> TypeError naming it.
+    """
+    cls = model_class(name)
+    accepted = [
+        p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"{resolve_name(name)} got unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}"
+        )
+    return cls(**params)
+
+
+def example_inputs(
+    model: nn.Module, height: int = 256, width: int = 256, batch: int = 1
+) -> dict[str, torch.Tensor]:
+    """Zero inputs of the right shapes for ``model`` (SAR and mask only when it uses them)."""
+    device = next(model.parameters()).device
+    inputs = {"cloudy": torch.zeros(batch, S2_BANDS, height, width, device=device)}
+    if getattr(model, "use_sar", False):
+        inputs["sar"] = torch.zeros(batch, S1_BANDS, height, width, device=device)
+    if getattr(model, "use_mask", False):
+        inputs["mask"] = torch.zeros(batch, 1, height, width, device=device)
+    return inputs
+
+
+def model_cost(model: nn.Module, height: int = 256, width: int = 256, batch: int = 1) -> dict[str, int]:
+    """Parameters and forward FLOPs of ``model`` for a (batch, 13, height, width) input.
+
+    FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add;
+    convolutions, matmuls and attention, not element-wise ops) over one forward in eval
+    mode on zero inputs of the right shapes (SAR and mask as ``use_sar`` / ``use_mask``
+    say). The forward runs on a copy of the model on the ``meta`` device: the counts are
+    those of a real forward, which no backbone's control flow depends on the values of,
+    but it takes no time nor memory. ``model`` itself is left untouched.
+    """
+    params = sum(p.numel() for p in model.parameters())
+    shadow = copy.deepcopy(model).to("meta").eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        shadow(**example_inputs(shadow, height, width, batch))
+    return {"params": int(params), "flops": int(counter.get_total_flops())}
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cpu``; ``cuda`` (RuntimeError when absent)."""
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference == "cpu":
+        return torch.device("cpu")
+    if preference.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {preference!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+        return torch.device(preference)
+    raise ValueError(f"unknown device preference {preference!r}; expected 'auto', 'cpu' or 'cuda'")

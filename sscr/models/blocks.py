@@ -1,0 +1,364 @@
+"""Building blocks shared by every backbone: convolutions, norms, MBConv, residual blocks,
+L-TAE temporal attention, low-resolution multi-head attention and the mean / variance heads.
+
+Each block exists once, here; backbones import them and never redefine a variant.
+The MBConv, squeeze-excitation, L-TAE and temporal aggregation follow UnCRtainTS
+(Ebel et al., CVPRW 2023, github.com/PatrickTUM/UnCRtainTS) and U-TAE
+(Sainte Fare Garnot and Landrieu, ICCV 2021, github.com/VSainteuf/utae-paps).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NormKind = Literal["group", "batch", "none"]
+BlockType = Literal["mbconv", "residual"]
+Variance = Literal["diag", "iso"] | None
+
+S2_BANDS = 13
+S1_BANDS = 2
+VAR_FLOOR = 1e-6
+"""Added to every predicted variance so a Gaussian NLL never divides by zero."""
+
+BLOCK_TYPES: tuple[str, ...] = ("mbconv", "residual")
+VARIANCES: tuple[str | None, ...] = (None, "diag", "iso")
+
+
+def norm_layer(kind: NormKind, channels: int, groups: int = 4) -> nn.Module:
+    """A 2-d normalisation: ``group`` (``groups`` groups, fewer if they do not divide), ``batch`` or none."""
+    if kind == "group":
+        groups = math.gcd(groups, channels)
+        return nn.GroupNorm(groups, channels)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; expected 'group', 'batch' or 'none'")
+
+
+def conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int = 3,
+    stride: int = 1,
+    groups: int = 1,
+    bias: bool = True,
+    padding: int | None = None,
+) -> nn.Conv2d:
+    """A convolution with reflect padding (no dark frame at tile borders); 'same' size by default."""
+    padding = kernel_size // 2 if padding is None else padding
+    return nn.Conv2d(
+        in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+        groups=groups, bias=bias, padding_mode="reflect" if padding else "zeros",
+    )
+
+
+class ConvNormAct(nn.Sequential):
+    """Convolution (reflect padded), normalisation, activation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        norm: NormKind = "group",
+        act: type[nn.Module] | None = nn.ReLU,
+        padding: int | None = None,
+    ) -> None:
+        layers: list[nn.Module] = [
+            conv2d(in_channels, out_channels, kernel_size, stride, bias=norm == "none", padding=padding),
+            norm_layer(norm, out_channels),
+        ]
+        if act is not None:
+            layers.append(act())
+        super().__init__(*layers)
+
+
+def double_conv(in_channels: int, out_channels: int, norm: NormKind) -> nn.Sequential:
+    """Two 3x3 conv-norm-ReLU layers: the U-Net stage (and U-TAE's input stage)."""
+    return nn.Sequential(
+        ConvNormAct(in_channels, out_channels, 3, norm=norm),
+        ConvNormAct(out_channels, out_channels, 3, norm=norm),
+    )
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-excitation: channel gates from globally pooled features (as in UnCRtainTS' MBConv)."""
+
+    def __init__(self, in_channels: int, channels: int, ratio: float = 0.25) -> None:
+        super().__init__()
+        hidden = max(1, int(in_channels * ratio))
+        self.fc = nn.Sequential(
+            nn.Linear(channels, hidden, bias=False),
+            nn.GELU(),
+            nn.Linear(hidden, channels, bias=False),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Scale each channel of ``features`` (B, C, H, W) by its learned gate."""
+        gates = self.fc(features.mean(dim=(2, 3)))
+        return features * gates[:, :, None, None]
+
+
+class MBConv(nn.Module):
+    """Inverted residual with squeeze-excitation (MBConv), pre-normalised, channel preserving.
+
+    norm -> 1x1 expand (x ``expansion``) -> norm -> GELU -> 3x3 depthwise (reflect)
+    -> norm -> GELU -> SE -> 1x1 project -> norm, added to the input.
+    """
+
+    def __init__(self, channels: int, norm: NormKind = "group", expansion: int = 4) -> None:
+        super().__init__()
+        hidden = channels * expansion
+        self.pre_norm = norm_layer(norm, channels)
+        self.branch = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=False),
+            norm_layer(norm, hidden),
+            nn.GELU(),
+            conv2d(hidden, hidden, 3, groups=hidden, bias=False),
+            norm_layer(norm, hidden),
+            nn.GELU(),
+            SqueezeExcite(channels, hidden),
+            nn.Conv2d(hidden, channels, 1, bias=False),
+            norm_layer(norm, channels),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        return features + self.branch(self.pre_norm(features))
+
+
+class ResidualBlock(nn.Module):
+    """Basic residual block: 3x3 conv, norm, ReLU, 3x3 conv, norm, added to the input, ReLU."""
+
+    def __init__(self, channels: int, norm: NormKind = "group") -> None:
+        super().__init__()
+        self.branch = nn.Sequential(
+            ConvNormAct(channels, channels, 3, norm=norm),
+            ConvNormAct(channels, channels, 3, norm=norm, act=None),
+        )
+        self.act = nn.ReLU()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        return self.act(features + self.branch(features))
+
+
+def make_block(block_type: BlockType, channels: int, norm: NormKind) -> nn.Module:
+    """One channel-preserving block of the requested type (``mbconv`` or ``residual``)."""
+    if block_type == "mbconv":
+        return MBConv(channels, norm)
+    if block_type == "residual":
+        return ResidualBlock(channels, norm)
+    raise ValueError(f"unknown block_type {block_type!r}; expected one of {list(BLOCK_TYPES)}")
+
+
+def block_stack(block_type: BlockType, widths: list[int], in_channels: int, norm: NormKind) -> nn.Sequential:
+    """Blocks of the given widths in sequence; a 1x1 projection wherever the width changes."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for width in widths:
+        if width != channels:
+            layers.append(ConvNormAct(channels, width, 1, norm=norm))
+            channels = width
+        layers.append(make_block(block_type, width, norm))
+    return nn.Sequential(*layers)
+
+
+class PositionalEncoder(nn.Module):
+    """Sinusoidal encoding of acquisition positions (days or indices), repeated once per head."""
+
+    def __init__(self, dim: int, period: float = 1000.0, repeat: int = 1) -> None:
+        super().__init__()
+        self.repeat = repeat
+        exponent = 2 * (torch.arange(dim, dtype=torch.float32) // 2) / dim
+        self.register_buffer("denominator", torch.pow(period, exponent), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """(N, T) positions -> (N, T, dim * repeat) encodings."""
+        table = positions[:, :, None].float() / self.denominator[None, None, :]
+        even = torch.arange(table.shape[-1], device=table.device) % 2 == 0
+        table = torch.where(even, torch.sin(table), torch.cos(table))  # sin on 2i, cos on 2i+1
+        return table.repeat(1, 1, self.repeat)
+
+
+class LTAE2d(nn.Module):
+    """Lightweight temporal attention encoder (L-TAE) applied at every pixel of a (B, T, C, H, W) map.
+
+    Each head has one learned master query; keys come from the (normed, projected,
+    position-encoded) features, values are the per-head channel groups. Returns the
+    attended features (B, C_out, H, W) and the attention masks (heads, B, T, H, W)
+    that U-TAE uses to collapse time at every resolution.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_head: int = 16,
+        d_k: int = 4,
+        d_model: int = 256,
+        out_channels: int | None = None,
+        period: float = 1000.0,
+    ) -> None:
+        super().__init__()
+        if in_channels % n_head or d_model % n_head:
+            raise ValueError(
+                f"L-TAE needs in_channels ({in_channels}) and d_model ({d_model}) divisible by n_head ({n_head})"
+            )
+        out_channels = out_channels or in_channels
+        self.n_head, self.d_k, self.d_model = n_head, d_k, d_model
+        self.in_norm = nn.GroupNorm(n_head, in_channels)
+        self.in_proj = nn.Linear(in_channels, d_model)
+        self.positional = PositionalEncoder(d_model // n_head, period, repeat=n_head)
+        self.query = nn.Parameter(torch.randn(n_head, d_k) * math.sqrt(2.0 / d_k))
+        self.key = nn.Linear(d_model, n_head * d_k)
+        nn.init.normal_(self.key.weight, mean=0.0, std=math.sqrt(2.0 / d_k))
+        self.mlp = nn.Sequential(nn.Linear(d_model, out_channels), nn.BatchNorm1d(out_channels), nn.ReLU())
+        self.out_norm = nn.GroupNorm(n_head, out_channels) if out_channels % n_head == 0 else nn.Identity()
+
+    def forward(
+        self, features: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, T, C, H, W), positions (B, T) or None (= 0, 1, ..., T-1)."""
+        batch, steps, channels, height, width = features.shape
+        if positions is None:
+            positions = torch.arange(steps, device=features.device).expand(batch, steps)
+        # one sequence per pixel: (B*H*W, T, C)
+        seq = features.permute(0, 3, 4, 1, 2).reshape(batch * height * width, steps, channels)
+        seq = self.in_norm(seq.transpose(1, 2)).transpose(1, 2)
+        seq = self.in_proj(seq)
+        pixel_positions = positions[:, None, None, :].expand(batch, height, width, steps)
+        seq = seq + self.positional(pixel_positions.reshape(-1, steps))
+
+        n = seq.shape[0]
+        keys = self.key(seq).view(n, steps, self.n_head, self.d_k).permute(2, 0, 1, 3)  # h, N, T, dk
+        scores = torch.einsum("hd,hntd->hnt", self.query, keys) / math.sqrt(self.d_k)
+        attention = scores.softmax(dim=-1)  # h, N, T
+        values = seq.view(n, steps, self.n_head, self.d_model // self.n_head).permute(2, 0, 1, 3)
+        attended = torch.einsum("hnt,hntd->nhd", attention, values).reshape(n, self.d_model)
+
+        out = self.out_norm(self.mlp(attended))
+        out = out.view(batch, height, width, -1).permute(0, 3, 1, 2)
+        attention = attention.view(self.n_head, batch, height, width, steps).permute(0, 1, 4, 2, 3)
+        return out, attention
+
+
+def temporal_aggregate(features: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """Collapse time with grouped attention masks (U-TAE's ``att_group`` mode).
+
+    features (B, T, C, H, W) with C divisible by the number of heads; attention
+    (heads, B, T, h, w) at any resolution, resized (bilinear up, average down) to H x W.
+    Channel group g is averaged over time with head g's weights. Returns (B, C, H, W).
+    """
+    heads, batch, steps = attention.shape[:3]
+    height, width = features.shape[-2:]
+    masks = attention.reshape(heads * batch, steps, *attention.shape[-2:])
+    if masks.shape[-2:] != (height, width):
+        if masks.shape[-2] < height:
+            masks = F.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False)
+        else:
+            masks = F.adaptive_avg_pool2d(masks, (height, width))
+    masks = masks.view(heads, batch, steps, 1, height, width)
+    groups = torch.stack(features.chunk(heads, dim=2))  # heads, B, T, C/heads, H, W
+    return torch.cat(list((masks * groups).sum(dim=2)), dim=1)
+
+
+class LowResAttention(nn.Module):
+    """Global context by multi-head attention whose keys and values live on a small fixed grid.
+
+    Queries are the pixels of the (already low-resolution) feature map; keys and
+    values are its average-pooled version on at most ``grid`` x ``grid`` cells, so
+    the cost grows linearly with the number of pixels. Followed by a pointwise
+    feed-forward layer; both are pre-normalised residual updates.
+    """
+
+    def __init__(self, channels: int, n_head: int, d_model: int, grid: int = 16) -> None:
+        super().__init__()
+        if d_model % n_head:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_head ({n_head})")
+        self.n_head, self.d_model, self.grid = n_head, d_model, grid
+        self.norm = nn.GroupNorm(1, channels)
+        self.query = nn.Conv2d(channels, d_model, 1)
+        self.key_value = nn.Conv2d(channels, 2 * d_model, 1)
+        self.proj = nn.Conv2d(d_model, channels, 1)
+        self.ffn = nn.Sequential(
+            nn.GroupNorm(1, channels),
+            nn.Conv2d(channels, 2 * channels, 1),
+            nn.GELU(),
+            nn.Conv2d(2 * channels, channels, 1),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        batch, _, height, width = features.shape
+        normed = self.norm(features)
+        head_dim = self.d_model // self.n_head
+        query = self.query(normed).view(batch, self.n_head, head_dim, height * width)
+        pooled = F.adaptive_avg_pool2d(normed, (min(self.grid, height), min(self.grid, width)))
+        key, value = self.key_value(pooled).flatten(2).chunk(2, dim=1)
+        key = key.reshape(batch, self.n_head, head_dim, -1)
+        value = value.reshape(batch, self.n_head, head_dim, -1)
+        # explicit matmuls (not SDPA) so FlopCounterMode counts them on every device
+        scores = torch.matmul(query.transpose(2, 3), key) / math.sqrt(head_dim)  # B, h, HW, cells
+        context = torch.matmul(value, scores.softmax(dim=-1).transpose(2, 3))  # B, h, hd, HW
+        features = features + self.proj(context.reshape(batch, self.d_model, height, width))
+        return features + self.ffn(features)
+
+
+class OutputHeads(nn.Module):
+    """1x1 convolution to the mean (13 bands, sigmoid) and, if asked, the variance (softplus).
+
+    ``variance``: None (mean only), ``"diag"`` (one variance per band, 13 channels)
+    or ``"iso"`` (one variance shared by all bands). The network works on data
+    multiplied by ``scale_by`` (as UnCRtainTS), so the softplus output is a
+    variance in those units; it is divided by ``scale_by**2`` to be a variance of
+    [0, 1] reflectance, then floored by :data:`VAR_FLOOR`. ``norm`` is applied to
+    the raw outputs (UnCRtainTS normalises its output convolution).
+    """
+
+    def __init__(
+        self, in_channels: int, variance: Variance, scale_by: float, norm: NormKind = "none"
+    ) -> None:
+        super().__init__()
+        self.variance = variance
+        self.scale_by = scale_by
+        self.n_var = {None: 0, "diag": S2_BANDS, "iso": 1}[variance]
+        out = S2_BANDS + self.n_var
+        self.conv = nn.Conv2d(in_channels, out, 1)
+        self.norm = norm_layer(norm, out, groups=1)
+
+    def logits(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw mean logits (B, 13, H, W) and raw variance (B, 13 or 1, H, W) or None."""
+        raw = self.norm(self.conv(features))
+        return raw[:, :S2_BANDS], (raw[:, S2_BANDS:] if self.n_var else None)
+
+    def variance_from_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        """Softplus, back to [0, 1] units, floored: always > 0."""
+        return F.softplus(raw) / self.scale_by**2 + VAR_FLOOR
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"mean": sigmoid in [0, 1], "var": > 0 (only with a variance)}."""
+        mean_logits, raw_var = self.logits(features)
+        out = {"mean": torch.sigmoid(mean_logits)}
+        if raw_var is not None:
+            out["var"] = self.variance_from_raw(raw_var)
+        return out
+
+
+def init_weights(module: nn.Module) -> None:
+    """He-normal convolutions, unit / zero norms; leaves linear layers (L-TAE sets its own) alone."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, (nn.BatchNorm2d, nn.GroupNorm, nn.BatchNorm1d)) and layer.affine:
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)

@@ -1,0 +1,85 @@
+"""``unet``: the plain U-Net baseline (Ronneberger et al., MICCAI 2015), mono-temporal."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sscr.models._base import CloudRemovalModel
+from sscr.models._registry import register_model
+from sscr.models.blocks import ConvNormAct, OutputHeads, double_conv, init_weights
+
+DEFAULT_ENCODER_WIDTHS = [32, 64, 128, 256]
+
+
+@register_model("unet")
+class UNet(CloudRemovalModel):
+    """Plain U-Net on the stacked input (13 S2 + 2 S1 + 1 mask channels, as configured).
+
+    Each level: two 3x3 conv, batch norm, ReLU (reflect padding); 2x2 max pooling down,
+    2x2 transposed convolution up, skip concatenation. ``encoder_widths`` default
+    ``[32, 64, 128, 256]``; ``decoder_widths`` (one per level, highest resolution first)
+    default to the encoder widths. H and W must be multiples of ``2 ** (levels - 1)``
+    (8 by default). ``block_type``, ``n_head`` and ``d_model`` are accepted and ignored.
+    """
+
+    def __init__(
+        self,
+        *,
+        use_sar: bool = True,
+        use_mask: bool = True,
+        scale_by: float = 10.0,
+        block_type: str = "mbconv",
+        n_head: int | None = None,
+        d_model: int | None = None,
+        encoder_widths: list[int] | None = None,
+        decoder_widths: list[int] | None = None,
+        variance: str | None = None,
+    ) -> None:
+        encoder_widths = list(DEFAULT_ENCODER_WIDTHS if encoder_widths is None else encoder_widths)
+        decoder_widths = list(encoder_widths if decoder_widths is None else decoder_widths)
+        super().__init__(
+            use_sar=use_sar, use_mask=use_mask, scale_by=scale_by, block_type=block_type,
+            n_head=n_head, d_model=d_model, encoder_widths=encoder_widths,
+            decoder_widths=decoder_widths, variance=variance,
+        )
+        if len(decoder_widths) != len(encoder_widths):
+            raise ValueError(
+                f"unet: decoder_widths {decoder_widths} needs one width per encoder level "
+                f"({len(encoder_widths)})"
+            )
+        levels = len(encoder_widths)
+        self.size_multiple = 2 ** (levels - 1)
+        self.stem = double_conv(self.in_channels, encoder_widths[0], "batch")
+        self.down = nn.ModuleList(
+            nn.Sequential(nn.MaxPool2d(2), double_conv(encoder_widths[i - 1], encoder_widths[i], "batch"))
+            for i in range(1, levels)
+        )
+        self.bottom = (
+            ConvNormAct(encoder_widths[-1], decoder_widths[-1], 1, norm="batch")
+            if decoder_widths[-1] != encoder_widths[-1] else nn.Identity()
+        )
+        # up[i] goes from level i + 1 to level i
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(decoder_widths[i + 1], decoder_widths[i], 2, stride=2) for i in range(levels - 1)
+        )
+        self.merge = nn.ModuleList(
+            double_conv(decoder_widths[i] + encoder_widths[i], decoder_widths[i], "batch")
+            for i in range(levels - 1)
+        )
+        self.heads = OutputHeads(decoder_widths[0], variance, self.scale_by)
+        init_weights(self)
+
+    def forward(
+        self, cloudy: torch.Tensor, sar: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """cloudy (B, 13, H, W), sar (B, 2, H, W), mask (B, [1,] H, W) -> {"mean", ["var"]}."""
+        features = self.stem(self.prepare(cloudy, sar, mask).stacked(self.scale_by)[:, 0])
+        skips = [features]
+        for down in self.down:
+            skips.append(down(skips[-1]))
+        features = self.bottom(skips.pop())
+        for level in reversed(range(len(self.up))):
+            features = self.up[level](features)
+            features = self.merge[level](torch.cat((features, skips[level]), dim=1))
+        return self.heads(features)

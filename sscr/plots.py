@@ -1,0 +1,97 @@
+"""Figures a person looks at: cloudy RGB, SAR, prediction, target, error and uncertainty panels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from sscr.data.layout import RGB_BANDS  # noqa: E402
+
+RGB_GAIN = 3.5  # TOA reflectance of land is ~0.03-0.3: brighten for display only
+
+
+def _array(image: Any) -> np.ndarray:
+    if isinstance(image, torch.Tensor):
+        image = image.detach().float().cpu().numpy()
+    return np.asarray(image, dtype=np.float32)
+
+
+def rgb(s2: Any) -> np.ndarray:
+    """(13, H, W) reflectance in [0, 1] -> (H, W, 3) display RGB (B4, B3, B2), brightened and clipped."""
+    data = _array(s2)
+    return np.clip(np.stack([data[b] for b in RGB_BANDS], axis=-1) * RGB_GAIN, 0, 1)
+
+
+def sar_composite(sar: Any) -> np.ndarray:
+    """(2, H, W) normalised S1 -> (H, W, 3) false colour (VV, VH, VV - VH), each stretched to 2-98 %."""
+    data = _array(sar)
+    channels = [data[0], data[1], np.clip(data[0] - data[1] + 0.5, 0, 1)]
+    out = []
+    for channel in channels:
+        lo, hi = np.percentile(channel, [2, 98])
+        out.append(np.clip((channel - lo) / max(hi - lo, 1e-6), 0, 1))
+    return np.stack(out, axis=-1)
+
+
+def sample_panel(cloudy: Any, sar: Any, target: Any, mask: Any, title: str = "") -> plt.Figure:
+    """One sample of the data set: cloudy RGB, SAR, target RGB and cloud mask."""
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
+    for ax, image, name in zip(
+        axes, [rgb(cloudy), sar_composite(sar), rgb(target), _array(mask)],
+        ["cloudy S2 (RGB)", "S1 (VV, VH, ratio)", "clear S2 target (RGB)", "cloud mask"], strict=True,
+    ):
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def prediction_panel(sample: dict[str, Any], prediction: Any, variance: Any | None = None) -> plt.Figure:
+    """Cloudy RGB, SAR, prediction, target, absolute error and (when predicted) uncertainty."""
+    pred, target = _array(prediction), _array(sample["target"])
+    error = np.abs(pred - target).mean(axis=0)
+    panels = [
+        (rgb(sample["cloudy"]), "cloudy S2 (RGB)", None),
+        (sar_composite(sample["sar"]), "S1 SAR (VV, VH, ratio)", None),
+        (rgb(pred), "prediction (RGB)", None),
+        (rgb(target), "target (RGB)", None),
+        (error, f"|error| mean over bands (MAE {error.mean():.4f})", "magma"),
+    ]
+    if variance is not None:
+        panels.append((np.sqrt(_array(variance).mean(axis=0)), "predicted std (mean over bands)", "viridis"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.5))
+    for ax, (image, name, cmap) in zip(axes, panels, strict=True):
+        shown = ax.imshow(image, cmap=cmap)
+        if cmap is not None:
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    meta = sample.get("meta", {})
+    coverage = sample.get("coverage")
+    fig.suptitle(f"{meta.get('sample_id', '')}  cloud coverage {coverage:.0%}" if coverage is not None
+                 else str(meta.get("sample_id", "")), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def metric_by_bin_figure(rows: list[dict[str, Any]], metric: str = "PSNR") -> plt.Figure:
+    """Bar chart of a metric inside clouds by coverage bin, model vs the cloudy-input baseline."""
+    labels = [row["bin"] for row in rows]
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(x - 0.2, [row[f"model_{metric}"] for row in rows], 0.4, label="SSCR")
+    ax.bar(x + 0.2, [row[f"baseline_{metric}"] for row in rows], 0.4, label="cloudy input")
+    ax.set_xticks(x, labels)
+    ax.set_xlabel("cloud coverage bin")
+    ax.set_ylabel(f"{metric} inside clouds")
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,428 @@
+"""Everything MLflow: tracking store, runs, resilient metric logging, the logged model, registry, promotion.
+
+Default store: ``sqlite:///mlflow.db`` with artifacts in ``mlartifacts/``, both
+in the working directory and git-ignored. ``MLFLOW_TRACKING_URI`` overrides
+it, so a team's remote server (PostgreSQL backend, shared artifact store)
+works unchanged. Credentials inside URIs are never logged or printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_ARTIFACT_DIR = "mlartifacts"
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+
+
+def redact(text: str) -> str:
+    """Hide ``user:password@`` in any URI inside ``text``."""
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}***@", str(text))
+
+
+def tracking_uri() -> str:
+    """The tracking URI in use: ``MLFLOW_TRACKING_URI`` if set, else the local SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def configure(uri: str | None = None) -> str:
+    """Point MLflow (tracking and registry) at ``uri`` or :func:`tracking_uri`; returns the URI."""
+    uri = uri or tracking_uri()
+    if uri.startswith("http"):
+        # Fail over to the local fallback within seconds instead of MLflow's multi-minute retry loop.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def experiment_id(name: str) -> str:
+    """Id of experiment ``name``, created if needed (local store: artifacts under ``mlartifacts/``)."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if tracking_uri().startswith("sqlite:") and not os.environ.get("MLFLOW_DEFAULT_ARTIFACT_ROOT"):
+        location = (Path.cwd() / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        # Created concurrently by another process.
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def git_commit() -> tuple[str, bool]:
+    """(commit, dirty) of the working directory's git repository, or ("", False) outside one."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                timeout=10).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "", False
+    return commit, bool(status.strip())
+
+
+def run_tags(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Provenance tags: git commit and dirty flag, DVC stage and experiment, command line."""
+    commit, dirty = git_commit()
+    tags = {
+        "git.commit": commit,
+        "git.dirty": str(dirty).lower(),
+        "dvc.stage": os.environ.get("DVC_STAGE", ""),
+        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "command": redact(" ".join(sys.argv))[:500],
+    }
+    tags.update(extra or {})
+    return {key: value for key, value in tags.items() if value}
+
+
+def log_params_flat(flat: Mapping[str, Any]) -> None:
+    """Log flattened params (credentials redacted; values stringified, lists as JSON)."""
+    clean = {}
+    for key, value in flat.items():
+        text = json.dumps(value) if isinstance(value, list | dict | tuple) else str(value)
+        clean[key] = redact(text)[:6000]
+    mlflow.log_params(clean)
+
+
+def dataset_digest(files: list[Path], extra: str = "") -> str:
+    """Fingerprint of a data set from its file names and sizes (cheap at 450 GiB, stable across clones)."""
+    digest = hashlib.sha256(extra.encode())
+    for path in sorted(files):
+        digest.update(f"{path.parent.name}/{path.name}:{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def log_dataset(name: str, root: Path, files: list[Path], context: str, extra: str = "") -> None:
+    """Record the data set as an MLflow input (name, source path, digest) with a context (train/val/test)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = resolve_dataset_source(str(Path(root).resolve()))
+    dataset = MetaDataset(source=source, name=name, digest=dataset_digest(files, extra))
+    mlflow.log_input(dataset, context=context)
+
+
+class MetricLogger:
+    """Logs metrics to one run; if the tracking server is unreachable, buffers and retries.
+
+    Nothing is lost silently: failed batches are appended to a JSONL fallback
+    file (reported once on stderr), retried at every later call and at
+    :meth:`close`; :func:`replay_fallback` uploads what is left later.
+    """
+
+    def __init__(self, run_id: str, fallback: Path) -> None:
+        self.run_id = run_id
+        self.fallback = Path(fallback)
+        self.client = MlflowClient()
+        self._pending: list[dict[str, Any]] = []
+        self._warned = False
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log ``metrics`` at ``step`` (non-finite values are skipped: MLflow rejects them on some stores)."""
+        stamp = int(time.time() * 1000)
+        self._pending.extend(
+            {"key": key, "value": float(value), "step": int(step), "timestamp": stamp}
+            for key, value in metrics.items() if np.isfinite(value)
+        )
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send pending metrics; True when nothing is left pending."""
+        if not self._pending:
+            return True
+        from mlflow.entities import Metric
+
+        batch = self._pending
+        try:
+            for start in range(0, len(batch), 500):
+                self.client.log_batch(self.run_id, metrics=[Metric(**m) for m in batch[start:start + 500]])
+        except Exception as err:  # noqa: BLE001 - any transport error must not stop training
+            self._spill(batch, err)
+            return False
+        self._pending = []
+        if self.fallback.exists():
+            self.fallback.unlink()
+        return True
+
+    def _spill(self, batch: list[dict[str, Any]], err: Exception) -> None:
+        self.fallback.parent.mkdir(parents=True, exist_ok=True)
+        with self.fallback.open("w") as handle:  # rewrite: the file always mirrors what is pending
+            for metric in batch:
+                handle.write(json.dumps({"run_id": self.run_id, **metric}) + "\n")
+        if not self._warned:
+            print(f"sscr: MLflow tracking at {redact(tracking_uri())} is unreachable ({type(err).__name__}); "
+                  f"training goes on, metrics are kept in {self.fallback} and retried", file=sys.stderr)
+            self._warned = True
+
+    def close(self) -> bool:
+        """Final flush; reports the fallback file if the server is still unreachable."""
+        done = self.flush()
+        if not done:
+            print(f"sscr: {len(self._pending)} metric values could not reach MLflow; they are in "
+                  f"{self.fallback}; upload them later with `sscr sync-metrics {self.fallback}`", file=sys.stderr)
+        return done
+
+
+def replay_fallback(path: str | Path) -> int:
+    """Upload the metrics of a fallback JSONL file to their runs; returns how many were sent."""
+    from mlflow.entities import Metric
+
+    path = Path(path)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    client = MlflowClient()
+    by_run: dict[str, list[Metric]] = {}
+    for row in rows:
+        by_run.setdefault(row.pop("run_id"), []).append(Metric(**row))
+    for run_id, metrics in by_run.items():
+        for start in range(0, len(metrics), 500):
+            client.log_batch(run_id, metrics=metrics[start:start + 500])
+    path.unlink()
+    return len(rows)
+
+
+@contextlib.contextmanager
+def training_run(
+    experiment: str,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    nested: bool = False,
+    system_metrics: bool = True,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start (or resume, with ``run_id``) a run with provenance tags and system metrics.
+
+    On an exception the run ends FAILED (KeyboardInterrupt: KILLED) and the
+    exception propagates; otherwise it ends FINISHED.
+    """
+    configure()
+    exp_id = experiment_id(experiment)
+    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=run_name,
+                           nested=nested, log_system_metrics=system_metrics, tags=None if run_id else tags)
+    try:
+        if not run_id:
+            mlflow.set_tags(run_tags())
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+# ---------------------------------------------------------------- the logged model
+
+
+class SSCRPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc wrapper: cloudy S2 (+ S1) in [0, 1] -> cloud-free S2 (and variance).
+
+    Input: a dict of arrays, ``cloudy`` (B, 13, H, W) and, for SAR models,
+    ``sar`` (B, 2, H, W), both normalised as the benchmark does (S2 DN / 10000,
+    S1 dB mapped from [-25, 0] to [0, 1]). The cloud mask the model was
+    trained with is computed from ``cloudy`` with s2cloudless. Output: a dict
+    with ``mean`` (B, 13, H, W) in [0, 1] and, for probabilistic models, ``var``.
+    """
+
+    def load_context(self, context: Any) -> None:
+        from sscr.checkpoint import build_from_checkpoint
+
+        self.model, state = build_from_checkpoint(context.artifacts["checkpoint"])
+        self.model.eval()
+        self.mask_kind = state.get("config", {}).get("masks", {}).get("use")
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from sscr.infer import predict_arrays
+
+        cloudy = np.asarray(model_input["cloudy"], dtype=np.float32)
+        sar = model_input.get("sar") if hasattr(model_input, "get") else None
+        sar = np.asarray(sar, dtype=np.float32) if sar is not None else None
+        return predict_arrays(self.model, cloudy, sar, mask_kind=self.mask_kind)
+
+
+def log_model(checkpoint: Path, use_sar: bool, example_size: int = 32) -> str:
+    """Log the model as an MLflow pyfunc with signature and input example; returns its model URI."""
+    from mlflow.models import infer_signature
+
+    rng = np.random.default_rng(0)
+    example = {"cloudy": rng.uniform(0, 0.3, (1, 13, example_size, example_size)).astype(np.float32)}
+    if use_sar:
+        example["sar"] = rng.uniform(0.2, 0.8, (1, 2, example_size, example_size)).astype(np.float32)
+    wrapper = SSCRPyfunc()
+    wrapper.load_context(type("Ctx", (), {"artifacts": {"checkpoint": str(checkpoint)}})())
+    output = wrapper.predict(None, example)
+    signature = infer_signature(example, output)
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=SSCRPyfunc(), artifacts={"checkpoint": str(checkpoint)},
+        signature=signature, input_example=example,
+    )
+    return info.model_uri
+
+
+# ---------------------------------------------------------------- registry and promotion
+
+
+@dataclass
+class PromotionDecision:
+    """What promotion decided for one model version, recorded on the version as tags."""
+
+    model_name: str
+    version: str
+    promoted: bool
+    metric: str
+    candidate_score: float
+    champion_version: str | None
+    champion_score: float | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON files and Prefect artifacts."""
+        return asdict(self)
+
+
+def _lock_path() -> Path:
+    uri = tracking_uri()
+    key = hashlib.sha256(redact(uri).encode() + uri.encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sscr"
+    base.mkdir(parents=True, exist_ok=True)
+    return base / f"promotion-{key}.lock"
+
+
+@contextlib.contextmanager
+def promotion_lock(timeout: float = 300) -> Iterator[None]:
+    """Serialise promotions: a PostgreSQL advisory lock on a PostgreSQL store, else a file lock.
+
+    Two promotions at once would otherwise both read the old champion and
+    both move the alias; under the lock the second sees the first's result.
+    """
+    uri = tracking_uri()
+    if uri.startswith("postgresql"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(5353835)"))
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(5353835)"))
+        engine.dispose()
+    else:
+        from filelock import FileLock
+
+        with FileLock(str(_lock_path()), timeout=timeout):
+            yield
+
+
+def _score(tags: Mapping[str, str], metric: str) -> float | None:
+    value = tags.get(f"metric.{metric}")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def promote(model_name: str, version: str, alias: str = "champion", metric: str = "PSNR") -> PromotionDecision:
+    """Move ``alias`` to ``version`` only if its ``metric`` tag beats the current holder's (higher wins).
+
+    The decision, both scores and the previous champion are written as tags on
+    the candidate version. Versions are never deleted or overwritten.
+    """
+    client = MlflowClient()
+    with promotion_lock():
+        candidate = client.get_model_version(model_name, version)
+        score = _score(candidate.tags, metric)
+        if score is None:
+            raise ValueError(f"model version {model_name}/{version} has no metric.{metric} tag; evaluate it "
+                             "first (`sscr evaluate`) and register it with its metrics (`sscr register`)")
+        try:
+            champion = client.get_model_version_by_alias(model_name, alias)
+        except mlflow.exceptions.MlflowException:
+            champion = None
+        champion_score = _score(champion.tags, metric) if champion else None
+        if champion is not None and champion.version == candidate.version:
+            promoted, reason = False, f"version {version} already holds @{alias}"
+        elif champion is None or champion_score is None:
+            promoted, reason = True, f"no current @{alias}"
+        elif score > champion_score:
+            promoted, reason = True, f"{metric} {score:.4f} > champion v{champion.version} {champion_score:.4f}"
+        else:
+            promoted, reason = False, f"{metric} {score:.4f} <= champion v{champion.version} {champion_score:.4f}"
+        if promoted:
+            client.set_registered_model_alias(model_name, alias, version)
+        decision = PromotionDecision(
+            model_name, str(version), promoted, metric, score,
+            champion.version if champion else None, champion_score, reason,
+        )
+        for key, value in {
+            "promotion.decision": "promoted" if promoted else "kept",
+            "promotion.reason": reason,
+            "promotion.candidate_score": f"{score:.6f}",
+            "promotion.champion_version": decision.champion_version or "",
+            "promotion.champion_score": "" if champion_score is None else f"{champion_score:.6f}",
+        }.items():
+            client.set_model_version_tag(model_name, str(version), key, value)
+    return decision
+
+
+def register(run_id: str, metrics: Mapping[str, float], model_name: str = "sscr") -> str:
+    """Register ``runs:/<run_id>/model`` as a new version of ``model_name`` with metrics as tags."""
+    tags = {f"metric.{key}": f"{value:.6f}" for key, value in metrics.items() if np.isfinite(value)}
+    tags["run_id"] = run_id
+    version = mlflow.register_model(f"runs:/{run_id}/model", model_name, tags=tags)
+    return str(version.version)
+
+
+def newest_version(model_name: str) -> str:
+    """The highest version number registered under ``model_name``."""
+    versions = MlflowClient().search_model_versions(f"name='{model_name}'")
+    if not versions:
+        raise ValueError(f"no registered versions of {model_name!r}; run `sscr register` first")
+    return str(max(int(v.version) for v in versions))
+
+
+def register_evaluated(run_json: str | Path, metrics_json: str | Path, model_name: str = "sscr",
+                       alias: str = "champion", metric: str = "PSNR",
+                       out: str | Path | None = None) -> PromotionDecision:
+    """Stage ``register``: register the evaluated run's model with its test metrics, then promote.
+
+    Reads the run id from the training ``run.json`` and the metrics from the
+    evaluation ``metrics.json``; writes the decision to ``out`` (JSON).
+    """
+    from sscr.evaluate import flat_metrics
+
+    configure()
+    run = json.loads(Path(run_json).read_text())
+    if not run.get("model_uri"):
+        raise ValueError(f"{run_json} records no logged model; train with model logging on")
+    metrics = flat_metrics(json.loads(Path(metrics_json).read_text()))
+    if metric not in metrics:
+        raise ValueError(f"{metrics_json} has no {metric!r}; metrics are {sorted(metrics)}")
+    version = register(run["run_id"], metrics, model_name)
+    decision = promote(model_name, version, alias=alias, metric=metric)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(decision.as_dict(), indent=2))
+    return decision
