@@ -13,9 +13,12 @@ Method:
   same process, so a load change on a shared machine hits all of them alike; ratios
   are to ``uncrtaints`` at the same batch size.
 - Peak memory: each (model, batch, mode) runs once in a fresh subprocess; the figure is
-  the rise of the process' peak resident set size (``getrusage`` ``ru_maxrss``) over the
-  level after building the model and its inputs, i.e. the activations, gradients and
-  workspace of that one pass (on CUDA: ``torch.cuda.max_memory_allocated`` instead).
+  the rise of the process' peak resident set size over its resident size after building
+  the model and its inputs, i.e. the activations, gradients and workspace of that one
+  pass. On Linux the peak is ``VmHWM`` of ``/proc/self/status``, reset just before the
+  pass through ``/proc/self/clear_refs`` (``getrusage`` is no use here: after ``exec`` it
+  starts from the parent's size). Elsewhere ``ru_maxrss`` is the fallback, which can
+  under-read. On CUDA: ``torch.cuda.max_memory_allocated``.
   A configuration whose memory, extrapolated from batch 1, would not fit in half the
   memory available now is not run, and the table says so.
 
@@ -98,7 +101,28 @@ def timed(model: torch.nn.Module, inputs: dict[str, torch.Tensor], mode: str, de
     return time.perf_counter() - start
 
 
-def _peak_rss_mib() -> float:
+def _proc_status_mib(field: str) -> float | None:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB; None off Linux."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024  # kB
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process' peak RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _proc_status_mib("VmHWM") is not None
+
+
+def _ru_maxrss_mib() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
@@ -114,10 +138,14 @@ def _memory_child(name: str, batch: int, mode: str, device: str, threads: int, q
         base = torch.cuda.memory_allocated(dev)
         run_once(model, inputs, mode)
         queue.put((torch.cuda.max_memory_allocated(dev) - base) / 2**20)
-    else:
-        base = _peak_rss_mib()
+    elif _reset_peak_rss():
+        base = _proc_status_mib("VmRSS")
         run_once(model, inputs, mode)
-        queue.put(_peak_rss_mib() - base)
+        queue.put(_proc_status_mib("VmHWM") - base)
+    else:
+        base = _ru_maxrss_mib()
+        run_once(model, inputs, mode)
+        queue.put(_ru_maxrss_mib() - base)
 
 
 def peak_memory_mib(name: str, batch: int, mode: str, device: torch.device, threads: int) -> float | str:
@@ -221,8 +249,9 @@ def report(rows: list[Row], args: argparse.Namespace, device: torch.device, thre
         "",
         "FLOPs: `sscr.models.model_cost` (torch `FlopCounterMode`, 2 per multiply-add, convolutions and matmuls). "
         "Forward: eval mode, no gradients. fwd+bwd: train mode, backward of the mean of every output. "
-        "Peak MiB: rise of the peak resident set size of a fresh process during one pass (CPU), "
-        "or `max_memory_allocated` (CUDA); \"not run\" = batch-1 memory x batch would exceed half the free RAM. "
+        "Peak MiB: rise of the peak resident set size (Linux `VmHWM`, reset before the pass) of a fresh "
+        "process during one pass over its size before it (CPU), or `max_memory_allocated` (CUDA); "
+        "\"not run\" = batch-1 memory x batch would exceed half the free RAM. "
         "Timings come from a shared machine: compare ratios within this table, not absolute times across runs.",
         "",
     ])

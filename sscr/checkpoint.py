@@ -25,7 +25,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what was expected."""
 
 
-def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
+def save_atomic(obj: dict[str, Any], path: str | Path, fault_point: str = "") -> Path:
     """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``.
 
     A crash at any moment leaves either the previous complete file or the new
@@ -38,6 +38,10 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
         torch.save(obj, handle)
         handle.flush()
         os.fsync(handle.fileno())
+    if fault_point:
+        from sscr import faults
+
+        faults.checkpoint(fault_point)  # a crash between the write and the rename
     os.replace(tmp, path)
     return path
 

@@ -174,6 +174,31 @@ def cmd_sync_metrics(args: argparse.Namespace, params: Params) -> None:
     print(f"uploaded {tracking.replay_fallback(args.fallback)} metric values from {args.fallback}")
 
 
+def cmd_infer(args: argparse.Namespace, params: Params) -> None:
+    from sscr.infer import infer_scene, load_model
+
+    model, mask_kind = load_model(args.model, device=args.device)
+    report = infer_scene(model, args.s2, args.s1, args.out, var_path=args.var_out, tile=args.tile,
+                         overlap=args.overlap, batch_size=args.batch_size, mask_kind=args.mask_kind or mask_kind,
+                         progress=not args.no_progress)
+    print(json.dumps(report.as_dict(), default=str))
+
+
+def cmd_ensemble(args: argparse.Namespace, params: Params) -> None:
+    from sscr.ensemble import ensemble, ensemble_dirs
+
+    if all(path.is_dir() for path in args.predictions):
+        if args.out_dir is None:
+            raise ValueError("ensembling directories needs --out-dir")
+        results = ensemble_dirs(args.predictions, args.out_dir, allow_missing=args.allow_missing)
+        print(f"ensembled {len(results)} predictions of {len(args.predictions)} models into {args.out_dir}")
+    else:
+        if args.out_mean is None or args.out_var is None:
+            raise ValueError("ensembling files needs --out-mean and --out-var")
+        ensemble(args.predictions, args.out_mean, args.out_var)
+        print(f"mean -> {args.out_mean}, epistemic variance -> {args.out_var}")
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -245,6 +270,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(sync)
     sync.add_argument("fallback", type=Path, help="the metrics_fallback.jsonl a training run reported")
     sync.set_defaults(handler=cmd_sync_metrics)
+
+    infer = commands.add_parser("infer", help="cloud-free GeoTIFF for a cloudy S2 scene of any size (+ S1)")
+    _add_common(infer)
+    infer.add_argument("--model", required=True,
+                       help="checkpoint path or MLflow model URI, e.g. models:/sscr@champion")
+    infer.add_argument("--s2", type=Path, required=True, help="cloudy S2 GeoTIFF, 13 bands uint16 DN")
+    infer.add_argument("--s1", type=Path, default=None, help="co-registered S1 GeoTIFF, 2 bands dB (SAR models)")
+    infer.add_argument("--out", type=Path, required=True, help="output cloud-free GeoTIFF (13 bands uint16 DN)")
+    infer.add_argument("--var-out", type=Path, default=None, help="output variance GeoTIFF (variance models)")
+    infer.add_argument("--tile", type=int, default=256, help="tile size in px")
+    infer.add_argument("--overlap", type=int, default=32, help="overlap between tiles in px (blended)")
+    infer.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    infer.add_argument("--mask-kind", choices=["s2cloudless_mask", "s2cloudless_map", "cloud_cloudshadow_mask"],
+                       default=None, help="cloud mask fed to the model (default: the one it was trained with)")
+    infer.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    infer.add_argument("--no-progress", action="store_true", help="no progress bar")
+    infer.set_defaults(handler=cmd_infer)
+
+    ensemble = commands.add_parser("ensemble", help="mean and epistemic variance of several models' predictions")
+    _add_common(ensemble)
+    ensemble.add_argument("predictions", type=Path, nargs="+",
+                          help="prediction GeoTIFFs of one scene, or several models' export/ directories")
+    ensemble.add_argument("--out-mean", type=Path, default=None, help="mean GeoTIFF (for files)")
+    ensemble.add_argument("--out-var", type=Path, default=None, help="variance GeoTIFF (for files)")
+    ensemble.add_argument("--out-dir", type=Path, default=None, help="output directory (for directories)")
+    ensemble.add_argument("--allow-missing", action="store_true",
+                          help="skip predictions missing from some directories")
+    ensemble.set_defaults(handler=cmd_ensemble)
     return parser
 
 
@@ -258,9 +311,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"sscr: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as err:
-        print(f"sscr: error: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:
+        # Our own errors and bad inputs are reported in one line that names the file and the fix;
+        # anything else is a bug and keeps its traceback.
+        if isinstance(err, FileNotFoundError | ValueError) or type(err).__module__.startswith("sscr."):
+            print(f"sscr: error: {err}", file=sys.stderr)
+            return 1
+        raise
     return int(result or 0)
 
 

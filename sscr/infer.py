@@ -458,7 +458,8 @@ def infer_scene(
     ``s2_path``: 13 bands, L1C DN (uint16); ``s1_path``: 2 bands (VV, VH) in dB on the
     same grid (CRS, transform, size), required when the model fuses SAR. Tiles of
     ``tile`` px overlapping by ``overlap`` px (the stride is rounded down to a multiple
-    of 16) are normalised as the data set is, masked with ``mask_kind`` when the model
+    of 16 and of the model's ``size_multiple``, see :meth:`SceneTiling.plan`) are
+    normalised as the data set is, masked with ``mask_kind`` when the model
     uses a cloud mask (computed per tile from its DN), run ``batch_size`` at a time and
     blended with cosine ramps. Output: 13 bands uint16 DN with the S2 CRS and transform
     (tiled, deflate; pixels where all S2 bands are 0, L1C no-data, are 0 = nodata), plus

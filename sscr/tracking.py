@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,8 +37,15 @@ def redact(text: str) -> str:
 
 
 def tracking_uri() -> str:
-    """The tracking URI in use: ``MLFLOW_TRACKING_URI`` if set, else the local SQLite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """The tracking URI in use: ``MLFLOW_TRACKING_URI`` if set, else ``mlflow.db`` in the working directory.
+
+    The default is made absolute so that a process that changes directory
+    (or MLflow's per-URI store cache) never mixes two stores.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{(Path.cwd() / uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def configure(uri: str | None = None) -> str:
@@ -70,15 +78,17 @@ def experiment_id(name: str) -> str:
 
 
 def git_commit() -> tuple[str, bool]:
-    """(commit, dirty) of the working directory's git repository, or ("", False) outside one."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                                timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                text=True, check=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "", False
-    return commit, bool(status.strip())
+    """(commit, dirty) of the code that runs: the working directory's repository, else the package's."""
+    for where in (Path.cwd(), Path(__file__).resolve().parent):
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                    timeout=10, cwd=where).stdout.strip()
+            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                    text=True, check=True, timeout=10, cwd=where).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        return commit, bool(status.strip())
+    return "", False
 
 
 def run_tags(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -117,7 +127,9 @@ def log_dataset(name: str, root: Path, files: list[Path], context: str, extra: s
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    source = resolve_dataset_source(str(Path(root).resolve()))
+    with warnings.catch_warnings():  # a local path resolves to two equivalent local-artifact sources
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(Path(root).resolve()))
     dataset = MetaDataset(source=source, name=name, digest=dataset_digest(files, extra))
     mlflow.log_input(dataset, context=context)
 
@@ -235,47 +247,63 @@ def training_run(
 # ---------------------------------------------------------------- the logged model
 
 
-class SSCRPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc wrapper: cloudy S2 (+ S1) in [0, 1] -> cloud-free S2 (and variance).
+# MLflow warns at class definition that predict() has no type hints (they are left out on purpose, since
+# tensor-dict inputs have none MLflow supports) and resets the warning filters while doing so: mute display.
+_show, warnings.showwarning = warnings.showwarning, lambda *args, **kwargs: None
+try:
 
-    Input: a dict of arrays, ``cloudy`` (B, 13, H, W) and, for SAR models,
-    ``sar`` (B, 2, H, W), both normalised as the benchmark does (S2 DN / 10000,
-    S1 dB mapped from [-25, 0] to [0, 1]). The cloud mask the model was
-    trained with is computed from ``cloudy`` with s2cloudless. Output: a dict
-    with ``mean`` (B, 13, H, W) in [0, 1] and, for probabilistic models, ``var``.
-    """
+    class SSCRPyfunc(mlflow.pyfunc.PythonModel):
+        """MLflow pyfunc wrapper: cloudy S2 (+ S1) in [0, 1] -> cloud-free S2 (and variance).
 
-    def load_context(self, context: Any) -> None:
-        from sscr.checkpoint import build_from_checkpoint
+        Input: a dict of arrays, ``cloudy`` (B, 13, H, W) and, for SAR models,
+        ``sar`` (B, 2, H, W), both normalised as the benchmark does (S2 DN / 10000,
+        S1 dB mapped from [-25, 0] to [0, 1]). The cloud mask the model was
+        trained with is computed from ``cloudy`` with s2cloudless. Output: a dict
+        with ``mean`` (B, 13, H, W) in [0, 1] and, for probabilistic models, ``var``.
+        """
 
-        self.model, state = build_from_checkpoint(context.artifacts["checkpoint"])
-        self.model.eval()
-        self.mask_kind = state.get("config", {}).get("masks", {}).get("use")
+        # Untyped on purpose: MLflow turns type hints on these methods into a (here wrong) input schema.
+        def load_context(self, context):
+            from sscr.checkpoint import build_from_checkpoint
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from sscr.infer import predict_arrays
+            self.model, state = build_from_checkpoint(context.artifacts["checkpoint"])
+            self.model.eval()
+            self.mask_kind = state.get("config", {}).get("masks", {}).get("use")
 
-        cloudy = np.asarray(model_input["cloudy"], dtype=np.float32)
-        sar = model_input.get("sar") if hasattr(model_input, "get") else None
-        sar = np.asarray(sar, dtype=np.float32) if sar is not None else None
-        return predict_arrays(self.model, cloudy, sar, mask_kind=self.mask_kind)
+        def predict(self, context, model_input, params=None):
+            from sscr.infer import predict_arrays
+
+            cloudy = np.asarray(model_input["cloudy"], dtype=np.float32)
+            sar = model_input.get("sar") if hasattr(model_input, "get") else None
+            sar = np.asarray(sar, dtype=np.float32) if sar is not None else None
+            return predict_arrays(self.model, cloudy, sar, mask_kind=self.mask_kind)
+finally:
+    warnings.showwarning = _show
+
+
+def _tensor_schema(arrays: Mapping[str, np.ndarray]) -> Any:
+    """A tensor schema with free batch, height and width: (-1, bands, -1, -1) per named array."""
+    from mlflow.types.schema import Schema, TensorSpec
+
+    return Schema([TensorSpec(np.dtype(np.float32), (-1, a.shape[1], -1, -1), name) for name, a in arrays.items()])
 
 
 def log_model(checkpoint: Path, use_sar: bool, example_size: int = 32) -> str:
     """Log the model as an MLflow pyfunc with signature and input example; returns its model URI."""
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature
 
     rng = np.random.default_rng(0)
     example = {"cloudy": rng.uniform(0, 0.3, (1, 13, example_size, example_size)).astype(np.float32)}
     if use_sar:
         example["sar"] = rng.uniform(0.2, 0.8, (1, 2, example_size, example_size)).astype(np.float32)
     wrapper = SSCRPyfunc()
-    wrapper.load_context(type("Ctx", (), {"artifacts": {"checkpoint": str(checkpoint)}})())
+    wrapper.load_context(type("Context", (), {"artifacts": {"checkpoint": str(checkpoint)}})())
     output = wrapper.predict(None, example)
-    signature = infer_signature(example, output)
+    signature = ModelSignature(inputs=_tensor_schema(example), outputs=_tensor_schema(output))
+    # Models from code: the logged model is this package's source file, not a pickled object.
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=SSCRPyfunc(), artifacts={"checkpoint": str(checkpoint)},
-        signature=signature, input_example=example,
+        name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+        artifacts={"checkpoint": str(checkpoint)}, signature=signature, input_example=example,
     )
     return info.model_uri
 
@@ -386,11 +414,11 @@ def promote(model_name: str, version: str, alias: str = "champion", metric: str 
     return decision
 
 
-def register(run_id: str, metrics: Mapping[str, float], model_name: str = "sscr") -> str:
-    """Register ``runs:/<run_id>/model`` as a new version of ``model_name`` with metrics as tags."""
+def register(run_id: str, metrics: Mapping[str, float], model_name: str = "sscr", model_uri: str | None = None) -> str:
+    """Register the run's logged model as a new version of ``model_name`` with metrics as tags."""
     tags = {f"metric.{key}": f"{value:.6f}" for key, value in metrics.items() if np.isfinite(value)}
     tags["run_id"] = run_id
-    version = mlflow.register_model(f"runs:/{run_id}/model", model_name, tags=tags)
+    version = mlflow.register_model(model_uri or f"runs:/{run_id}/model", model_name, tags=tags)
     return str(version.version)
 
 
@@ -419,7 +447,7 @@ def register_evaluated(run_json: str | Path, metrics_json: str | Path, model_nam
     metrics = flat_metrics(json.loads(Path(metrics_json).read_text()))
     if metric not in metrics:
         raise ValueError(f"{metrics_json} has no {metric!r}; metrics are {sorted(metrics)}")
-    version = register(run["run_id"], metrics, model_name)
+    version = register(run["run_id"], metrics, model_name, run["model_uri"])
     decision = promote(model_name, version, alias=alias, metric=metric)
     if out is not None:
         out = Path(out)

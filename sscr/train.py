@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from sscr import faults
 from sscr.checkpoint import FORMAT, load_checkpoint, load_weights, save_atomic
 from sscr.config import Params, flatten
 from sscr.data.dataset import SEN12MSCR
@@ -286,6 +287,7 @@ def train(
             total, parts_sum, count = 0.0, {}, 0
             bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress or rank != 0)
             for step, batch in enumerate(bar):
+                faults.checkpoint(f"train.batch:{epoch}:{step}")
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                     output = net(**model_inputs(batch, device))
@@ -310,6 +312,7 @@ def train(
             row.update({f"train_{k}": v / max(count, 1) for k, v in parts_sum.items()})
             validate_now = epoch % cfg.val_every == 0 or epoch == cfg.epochs
             if rank == 0 and validate_now:
+                faults.checkpoint(f"train.validate:{epoch}")
                 val = validate(model, val_loader, device, desc=f"validate {epoch}")
                 row.update({f"val_{key}": value for key, value in val.items()})
                 if val["PSNR"] > best["psnr"]:
@@ -320,7 +323,7 @@ def train(
                 save_atomic(_checkpoint(model, params, epoch, run_id, extra={
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "best": best, "history": history,
-                }), last_path)
+                }), last_path, fault_point=f"checkpoint.write:{epoch}")
                 _write_history(out_dir / "metrics.csv", history)
                 logger.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
                 if on_epoch_end is not None and validate_now:

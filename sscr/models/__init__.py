@@ -1,7 +1,9 @@
 """Backbones for cloud removal, built by name from a registry.
 
->>> model = build_model("sscr", variance="diag")
->>> out = model(cloudy, sar, mask)          # {"mean", "var", "structure"}
+Example::
+
+    model = build_model("sscr", variance="diag")
+    out = model(cloudy, sar, mask)          # {"mean", "var", "structure"}
 
 Every backbone takes the ``params.yaml`` ``model:`` keys (minus ``name``) plus
 ``variance`` (None, "diag" or "iso"), exposes ``use_sar``, ``use_mask``,
@@ -9,34 +11,45 @@ Every backbone takes the ``params.yaml`` ``model:`` keys (minus ``name``) plus
 ``build_model(name, **model.config)`` rebuilds it exactly), and maps
 ``forward(cloudy, sar=None, mask=None)`` to a dict with ``"mean"`` in [0, 1]
 (plus ``"var"`` > 0 with a variance, plus ``"structure"`` for ``sscr``).
-A new backbone is one new module in this package and a ``@register_model`` decorator.
+A new backbone is one new module in this package with a ``@register_model`` class:
+every public module here is imported below, so nothing else needs editing.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import inspect
+import pkgutil
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from sscr.models import sscr, uncrtaints, unet, utae  # noqa: F401  (registers the backbones)
 from sscr.models._base import CloudRemovalModel
 from sscr.models._registry import ALIASES, list_models, model_class, register_model, resolve_name
-from sscr.models.blocks import S1_BANDS, S2_BANDS
+from sscr.models.blocks import S1_CHANNELS, S2_CHANNELS
 
 __all__ = [
     "ALIASES",
     "CloudRemovalModel",
     "available_models",
     "build_model",
+    "example_inputs",
     "model_cost",
     "register_model",
     "resolve_name",
     "select_device",
 ]
+
+SHARED_MODULES = {"blocks"}
+"""Modules of this package that hold no backbone."""
+
+# Importing a backbone module runs its @register_model: import them all.
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_") and _module.name not in SHARED_MODULES:
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def available_models() -> list[str]:
@@ -66,9 +79,9 @@ def example_inputs(
 ) -> dict[str, torch.Tensor]:
     """Zero inputs of the right shapes for ``model`` (SAR and mask only when it uses them)."""
     device = next(model.parameters()).device
-    inputs = {"cloudy": torch.zeros(batch, S2_BANDS, height, width, device=device)}
+    inputs = {"cloudy": torch.zeros(batch, S2_CHANNELS, height, width, device=device)}
     if getattr(model, "use_sar", False):
-        inputs["sar"] = torch.zeros(batch, S1_BANDS, height, width, device=device)
+        inputs["sar"] = torch.zeros(batch, S1_CHANNELS, height, width, device=device)
     if getattr(model, "use_mask", False):
         inputs["mask"] = torch.zeros(batch, 1, height, width, device=device)
     return inputs

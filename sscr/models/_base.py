@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sscr.models.blocks import BLOCK_TYPES, S1_BANDS, S2_BANDS, VARIANCES
+from sscr.models.blocks import BLOCK_TYPES, S1_CHANNELS, S2_CHANNELS, VARIANCES
 
 
 @dataclass
@@ -111,7 +111,7 @@ class CloudRemovalModel(nn.Module):
     @property
     def in_channels(self) -> int:
         """Channels per time step fed to the network: 13 optical, + 2 SAR, + 1 mask."""
-        return S2_BANDS + S1_BANDS * self.use_sar + self.use_mask
+        return S2_CHANNELS + S1_CHANNELS * self.use_sar + self.use_mask
 
     def prepare(
         self, cloudy: torch.Tensor, sar: torch.Tensor | None, mask: torch.Tensor | None
@@ -120,9 +120,9 @@ class CloudRemovalModel(nn.Module):
         name = self.model_name
         if cloudy.dim() == 4:
             cloudy = cloudy.unsqueeze(1)
-        if cloudy.dim() != 5 or cloudy.shape[2] != S2_BANDS:
+        if cloudy.dim() != 5 or cloudy.shape[2] != S2_CHANNELS:
             raise ValueError(
-                f"{name}: cloudy must be (B, {S2_BANDS}, H, W) or (B, T, {S2_BANDS}, H, W), got {tuple(cloudy.shape)}"
+                f"{name}: cloudy must be (B, {S2_CHANNELS}, H, W) or (B, T, {S2_CHANNELS}, H, W), got {tuple(cloudy.shape)}"
             )
         batch, steps, _, height, width = cloudy.shape
         if steps > 1 and not self.temporal:
@@ -131,8 +131,8 @@ class CloudRemovalModel(nn.Module):
 
         if self.use_sar:
             if sar is None:
-                raise ValueError(f"{name} was built with use_sar=True: pass sar (B, {S1_BANDS}, H, W)")
-            sar = self._as_steps(sar, S1_BANDS, "sar", batch, steps, height, width)
+                raise ValueError(f"{name} was built with use_sar=True: pass sar (B, {S1_CHANNELS}, H, W)")
+            sar = self._as_steps(sar, S1_CHANNELS, "sar", batch, steps, height, width)
         else:
             sar = None
 

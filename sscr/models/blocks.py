@@ -20,8 +20,10 @@ NormKind = Literal["group", "batch", "none"]
 BlockType = Literal["mbconv", "residual"]
 Variance = Literal["diag", "iso"] | None
 
-S2_BANDS = 13
-S1_BANDS = 2
+S2_CHANNELS = 13
+"""Sentinel-2 L1C bands B1 ... B12 (the names live in ``sscr.data.layout.S2_BANDS``)."""
+S1_CHANNELS = 2
+"""Sentinel-1 GRD polarisations VV, VH."""
 VAR_FLOOR = 1e-6
 """Added to every predicted variance so a Gaussian NLL never divides by zero."""
 
@@ -295,6 +297,12 @@ class LowResAttention(nn.Module):
             nn.Conv2d(2 * channels, channels, 1),
         )
 
+    def custom_init(self) -> None:
+        """Zero output projections: the block starts as the identity and learns how much context to add."""
+        for conv in (self.proj, self.ffn[-1]):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
         batch, _, height, width = features.shape
@@ -320,7 +328,8 @@ class OutputHeads(nn.Module):
     multiplied by ``scale_by`` (as UnCRtainTS), so the softplus output is a
     variance in those units; it is divided by ``scale_by**2`` to be a variance of
     [0, 1] reflectance, then floored by :data:`VAR_FLOOR`. ``norm`` is applied to
-    the raw outputs (UnCRtainTS normalises its output convolution).
+    the raw outputs (UnCRtainTS normalises its output convolution). Outputs are
+    float32 even under autocast, so losses and metrics keep their precision.
     """
 
     def __init__(
@@ -329,15 +338,19 @@ class OutputHeads(nn.Module):
         super().__init__()
         self.variance = variance
         self.scale_by = scale_by
-        self.n_var = {None: 0, "diag": S2_BANDS, "iso": 1}[variance]
-        out = S2_BANDS + self.n_var
+        self.n_var = {None: 0, "diag": S2_CHANNELS, "iso": 1}[variance]
+        out = S2_CHANNELS + self.n_var
         self.conv = nn.Conv2d(in_channels, out, 1)
         self.norm = norm_layer(norm, out, groups=1)
 
+    def custom_init(self) -> None:
+        """Start at mean 0.5 and variance softplus(0) / scale_by**2."""
+        init_output_conv(self.conv)
+
     def logits(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Raw mean logits (B, 13, H, W) and raw variance (B, 13 or 1, H, W) or None."""
-        raw = self.norm(self.conv(features))
-        return raw[:, :S2_BANDS], (raw[:, S2_BANDS:] if self.n_var else None)
+        """Raw mean logits (B, 13, H, W) and raw variance (B, 13 or 1, H, W) or None, in float32."""
+        raw = self.norm(self.conv(features)).float()  # float32 outputs even under mixed precision
+        return raw[:, :S2_CHANNELS], (raw[:, S2_CHANNELS:] if self.n_var else None)
 
     def variance_from_raw(self, raw: torch.Tensor) -> torch.Tensor:
         """Softplus, back to [0, 1] units, floored: always > 0."""
@@ -352,8 +365,19 @@ class OutputHeads(nn.Module):
         return out
 
 
+def init_output_conv(conv: nn.Conv2d, std: float = 0.01) -> None:
+    """Near-zero weights, zero bias: an output starts at sigmoid(0) / softplus(0), not saturated."""
+    nn.init.normal_(conv.weight, std=std)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
 def init_weights(module: nn.Module) -> None:
-    """He-normal convolutions, unit / zero norms; leaves linear layers (L-TAE sets its own) alone."""
+    """He-normal convolutions, unit / zero norms, then each submodule's own ``custom_init()``.
+
+    Linear layers keep PyTorch's default (the L-TAE sets its own); heads and gates
+    define ``custom_init`` so they start unsaturated.
+    """
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
@@ -362,3 +386,6 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(layer, (nn.BatchNorm2d, nn.GroupNorm, nn.BatchNorm1d)) and layer.affine:
             nn.init.ones_(layer.weight)
             nn.init.zeros_(layer.bias)
+    for layer in module.modules():
+        if layer is not module and hasattr(layer, "custom_init"):
+            layer.custom_init()

@@ -30,31 +30,34 @@ from torch import nn
 from sscr.models._base import CloudRemovalModel
 from sscr.models._registry import register_model
 from sscr.models.blocks import (
-    S1_BANDS,
-    S2_BANDS,
+    S1_CHANNELS,
+    S2_CHANNELS,
     ConvNormAct,
     LowResAttention,
     OutputHeads,
+    init_output_conv,
     init_weights,
     make_block,
 )
 
 DEFAULT_ENCODER_WIDTHS = [32, 64, 128]
 DEFAULT_N_HEAD = 4
+SAR_WIDTH_RATIO = 0.5
+"""The SAR branch is half as wide as the optical one (two input bands, structure only; at least 8)."""
 GATE_MASK_WEIGHT = 4.0
-"""Initial gate logit = 4 * (2 * cloud - 1) / 2: about 0.12 SAR on clear pixels, 0.88 under clouds."""
+"""Initial gate logit = 4 * cloud - 2: about 12 % SAR on clear pixels, 88 % under clouds (then learned)."""
 
 
 class CloudGatedFusion(nn.Module):
     """fused = optical + gate * (proj(sar) - optical), gate = sigmoid(1x1 conv of [optical, sar, cloud])."""
 
-    def __init__(self, channels: int, use_mask: bool) -> None:
+    def __init__(self, channels: int, sar_channels: int, use_mask: bool) -> None:
         super().__init__()
         self.use_mask = use_mask
-        self.sar_proj = nn.Conv2d(channels, channels, 1)
-        self.gate = nn.Conv2d(2 * channels + int(use_mask), channels, 1)
+        self.sar_proj = nn.Conv2d(sar_channels, channels, 1)
+        self.gate = nn.Conv2d(channels + sar_channels + int(use_mask), channels, 1)
 
-    def reset_gate(self) -> None:
+    def custom_init(self) -> None:
         """Start from a gate driven by the cloud probability alone (learned from there on)."""
         nn.init.normal_(self.gate.weight, std=0.01)
         nn.init.zeros_(self.gate.bias)
@@ -97,21 +100,27 @@ class StructureHead(nn.Module):
         super().__init__()
         self.proj = nn.ModuleList(nn.Conv2d(width, 1, 1) for width in widths)
 
+    def custom_init(self) -> None:
+        """Start unsaturated (0.5 everywhere)."""
+        for conv in self.proj:
+            init_output_conv(conv)
+
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Features of every level, highest resolution first -> structure in [0, 1]."""
         size = features[0].shape[-2:]
         logits = self.proj[0](features[0])
         for proj, level in zip(self.proj[1:], features[1:], strict=True):
             logits = logits + F.interpolate(proj(level), size=size, mode="bilinear", align_corners=False)
-        return torch.sigmoid(logits)
+        return torch.sigmoid(logits.float())
 
 
 @register_model("sscr")
 class SSCR(CloudRemovalModel):
     """SSCR: SAR structure branch, optical branch, cloud-gated fusion per scale, light decoder.
 
-    Defaults: ``encoder_widths [32, 64, 128]`` (one scale each, /2 between scales),
-    ``decoder_widths`` = encoder widths (highest resolution first), ``n_head 4``,
+    Defaults: ``encoder_widths [32, 64, 128]`` (one scale each, /2 between scales; the
+    SAR branch uses half of each), ``decoder_widths`` = encoder widths (highest
+    resolution first, the last one is the bottleneck width), ``n_head 4``,
     ``d_model`` = last encoder width, ``block_type mbconv``. H and W must be
     multiples of ``2 ** (levels - 1)`` (4 by default); the attention grid adapts to
     any size. Outputs ``mean`` (B, 13, H, W), ``structure`` (B, 1, H, W) and, with a
@@ -153,12 +162,16 @@ class SSCR(CloudRemovalModel):
             )
         levels = len(encoder_widths)
         self.size_multiple = 2 ** (levels - 1)
-        self.optical = Branch(S2_BANDS + int(self.use_mask), encoder_widths, block_type)
+        self.optical = Branch(S2_CHANNELS + int(self.use_mask), encoder_widths, block_type)
         if self.use_sar:
-            self.sar = Branch(S1_BANDS, encoder_widths, block_type)
-            self.fusion = nn.ModuleList(CloudGatedFusion(width, self.use_mask) for width in encoder_widths)
+            sar_widths = [max(8, round(width * SAR_WIDTH_RATIO)) for width in encoder_widths]
+            self.sar = Branch(S1_CHANNELS, sar_widths, block_type)
+            self.fusion = nn.ModuleList(
+                CloudGatedFusion(width, sar_width, self.use_mask)
+                for width, sar_width in zip(encoder_widths, sar_widths, strict=True)
+            )
         self.context = LowResAttention(encoder_widths[-1], n_head, d_model)
-        self.structure_head = StructureHead(encoder_widths)
+        self.structure_head = StructureHead(sar_widths if self.use_sar else encoder_widths)
 
         self.bottom = (
             ConvNormAct(encoder_widths[-1], decoder_widths[-1], 1, norm="group", act=nn.GELU)
@@ -175,9 +188,8 @@ class SSCR(CloudRemovalModel):
             self.blend = nn.Conv2d(decoder_widths[0], 1, 1)
 
         init_weights(self)
-        if self.use_sar:
-            for fusion in self.fusion:
-                fusion.reset_gate()
+        if not self.use_mask:
+            init_output_conv(self.blend)
 
     def forward(
         self, cloudy: torch.Tensor, sar: torch.Tensor | None = None, mask: torch.Tensor | None = None
@@ -189,15 +201,17 @@ class SSCR(CloudRemovalModel):
         optical_in = cloudy * self.scale_by if cloud is None else torch.cat((cloudy * self.scale_by, cloud), 1)
         sar_features = inputs.sar[:, 0] * self.scale_by if inputs.sar is not None else None
 
+        levels = len(self.optical.blocks)
+        # cloud probability per scale: the fraction of cloudy pixels under each cell
+        clouds = [cloud] + [None if cloud is None else F.avg_pool2d(cloud, 2**level) for level in range(1, levels)]
         skips: list[torch.Tensor] = []
         structure_features: list[torch.Tensor] = []
         features = optical_in
-        for level in range(len(self.optical.blocks)):
+        for level in range(levels):
             features = self.optical.level(level, features)
             if sar_features is not None:
                 sar_features = self.sar.level(level, sar_features)
-                level_cloud = None if cloud is None else F.avg_pool2d(cloud, 2**level) if level else cloud
-                features = self.fusion[level](features, sar_features, level_cloud)
+                features = self.fusion[level](features, sar_features, clouds[level])
                 structure_features.append(sar_features)
             else:
                 structure_features.append(features)

@@ -1,0 +1,128 @@
+"""Training: tracked in MLflow, atomic checkpoints, resume after SIGKILL, NaN handling."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from sscr.checkpoint import load_checkpoint
+from sscr.train import TrainingDiverged, run_dir, train
+
+
+def test_training_run_is_fully_tracked(tiny_params):
+    result = train(tiny_params, progress=False)
+    assert result.epochs_done == 2 and len(result.history) == 2
+    folder = run_dir(tiny_params)
+    for name in ("conf.json", "checkpoint_last.pt", "model_best.pt", "metrics.csv", "run.json"):
+        assert (folder / name).exists(), name
+    run = MlflowClient().get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "2" and run.data.params["model.name"] == "sscr"
+    assert int(run.data.params["model.n_params"]) > 0
+    assert run.data.tags["git.commit"]
+    history = MlflowClient().get_metric_history(result.run_id, "val_PSNR")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert math.isfinite(run.data.metrics["best_val_PSNR"])
+    contexts = {inp.tags[0].value for inp in run.inputs.dataset_inputs}
+    assert contexts == {"train", "val"}
+    assert all(len(inp.dataset.digest) == 16 for inp in run.inputs.dataset_inputs)
+    artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id)}
+    assert {"checkpoints", "config", "figures", "training"} <= artifacts
+    info = json.loads((folder / "run.json").read_text())
+    assert info["run_id"] == result.run_id and info["model_uri"]
+    # The logged model answers with cloud-free imagery from cloudy S2 + S1.
+    model = mlflow.pyfunc.load_model(info["model_uri"])
+    rng = np.random.default_rng(0)
+    cloudy = rng.uniform(0, 0.5, (1, 13, 64, 64)).astype(np.float32)
+    sar = rng.uniform(0, 1, (1, 2, 64, 64)).astype(np.float32)
+    out = model.predict({"cloudy": cloudy, "sar": sar})
+    assert out["mean"].shape == (1, 13, 64, 64)
+    assert 0.0 <= out["mean"].min() and out["mean"].max() <= 1.0
+    assert model.metadata.signature is not None
+
+
+def test_checkpoint_holds_its_config_and_loads_weights_only(tiny_params):
+    train(tiny_params, progress=False, log_model=False)
+    state = load_checkpoint(run_dir(tiny_params) / "model_best.pt")
+    assert state["model_name"] == "sscr"
+    assert state["config"]["train"]["epochs"] == 2
+    assert state["model_config"]["encoder_widths"] == [8, 16]
+
+
+def test_nan_loss_fails_cleanly_and_keeps_the_good_checkpoint(tiny_params, monkeypatch):
+    import sscr.losses
+
+    real_build = sscr.losses.build_loss
+    calls = {"n": 0}
+
+    def poisoned(cfg):  # fault injection: the loss turns NaN on the first batch of epoch 2
+        loss = real_build(cfg)
+        original = loss.forward
+
+        def forward(output, target, mask=None):
+            total, parts = original(output, target, mask)
+            calls["n"] += 1
+            return (total * float("nan"), parts) if calls["n"] > 3 else (total, parts)
+
+        loss.forward = forward
+        return loss
+
+    monkeypatch.setattr(sscr.losses, "build_loss", poisoned)
+    tiny_params.train.epochs = 3
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2"):
+        train(tiny_params, progress=False, log_model=False)
+    state = load_checkpoint(run_dir(tiny_params) / "checkpoint_last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    runs = mlflow.search_runs(experiment_names=["sscr"], output_format="list")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def _write_params(tmp_path: Path, params) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    return path
+
+
+@pytest.mark.parametrize("moment", ["train.batch:2:1", "train.validate:2", "checkpoint.write:2"])
+def test_sigkill_then_resume_finishes_in_the_same_run(tiny_params, tmp_path, moment):
+    tiny_params.train.epochs = 3
+    params_file = _write_params(tmp_path, tiny_params)
+    env = {**os.environ, "SSCR_FAULT": moment, "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
+    command = [sys.executable, "-m", "sscr.cli", "train", "--params", str(params_file)]
+    killed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    last = run_dir(tiny_params) / "checkpoint_last.pt"
+    assert load_checkpoint(last)["epoch"] == 1  # the crash never leaves a corrupt or newer-than-real file
+    env.pop("SSCR_FAULT")
+    resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    state = load_checkpoint(last)
+    assert state["epoch"] == 3
+    runs = mlflow.search_runs(experiment_names=["sscr"], output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in MlflowClient().get_metric_history(runs[0].info.run_id, "train_loss")]
+    assert sorted(set(steps)) == [1, 2, 3]
+    assert state["run_id"] == runs[0].info.run_id
+    assert not list(run_dir(tiny_params).glob(".*.partial")) or moment == "checkpoint.write:2"
+
+
+def test_resume_refuses_other_params(tiny_params):
+    train(tiny_params, progress=False, log_model=False)
+    tiny_params.train.lr = 0.5
+    from sscr.train import ResumeError
+
+    with pytest.raises(ResumeError, match="train.lr"):
+        train(tiny_params, resume=True, progress=False, log_model=False)
