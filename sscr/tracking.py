@@ -401,7 +401,7 @@ def promote(model_name: str, version: str, alias: str = "champion", metric: str 
             client.set_registered_model_alias(model_name, alias, version)
         decision = PromotionDecision(
             model_name, str(version), promoted, metric, score,
-            champion.version if champion else None, champion_score, reason,
+            str(champion.version) if champion else None, champion_score, reason,
         )
         for key, value in {
             "promotion.decision": "promoted" if promoted else "kept",

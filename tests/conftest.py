@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from affine import Affine
+from tiny import TINY, deep_update
 
 from sscr.data.io import write_raster
 from sscr.data.layout import S1_BANDS, S2_BANDS, PatchId
@@ -59,25 +60,6 @@ def triplet_writer():
 
 # ---------------------------------------------------------------- a tiny pipeline, shared by end-to-end tests
 
-#: Overrides of params.yaml that make the whole pipeline run in seconds (64 px patches, tiny widths).
-TINY: dict = {
-    "data": {"patch_size": 64, "synth": {"rois": {"train": 3, "val": 1, "test": 1}, "patches_per_roi": 2}},
-    "masks": {"workers": 1},
-    "model": {"encoder_widths": [8, 16], "decoder_widths": [8, 16], "n_head": 2, "d_model": 16},
-    "loss": {"name": "l1"},
-    "train": {"epochs": 2, "batch_size": 2, "crop_size": None, "val_every": 1},
-    "evaluate": {"n_panels": 1, "batch_size": 2},
-}
-
-
-def deep_update(base: dict, update: dict) -> dict:
-    """Recursively merge ``update`` into a copy of ``base``."""
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = deep_update(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
 @pytest.fixture(scope="session")
 def tiny_sample(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny synthetic SEN12MS-CR tree and its precomputed masks, written once per session: (root, masks)."""
@@ -109,3 +91,47 @@ def tiny_params(tmp_path, tiny_sample, monkeypatch):
                              "train": {"res_dir": str(tmp_path / "results")},
                              "evaluate": {"out_dir": str(tmp_path / "results" / "eval")}})
     return parse_params(raw)
+
+
+@pytest.fixture(scope="session")
+def trained_workspace(tmp_path_factory, tiny_sample):
+    """One tiny model trained and evaluated once per session: (workspace dir, params).
+
+    The workspace holds its own MLflow store (mlflow.db, mlartifacts/) and results/.
+    Tests using it chdir there and call ``sscr.tracking.configure()``; they use their
+    own registered-model names so that they do not depend on each other's order.
+    """
+    from sscr import tracking
+    from sscr.config import parse_params
+    from sscr.evaluate import evaluate
+    from sscr.train import train
+
+    workspace = tmp_path_factory.mktemp("workspace")
+    root, masks = tiny_sample
+    params = parse_params(deep_update(TINY, {
+        "data": {"root": str(root)}, "masks": {"dir": str(masks)},
+        "train": {"res_dir": str(workspace / "results")},
+        "evaluate": {"out_dir": str(workspace / "results" / "eval")},
+    }))
+    previous = Path.cwd()
+    os.chdir(workspace)
+    try:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        tracking.configure()
+        train(params, progress=False)
+        evaluate(params, progress=False)
+    finally:
+        os.chdir(previous)
+    return workspace, params
+
+
+@pytest.fixture
+def in_workspace(trained_workspace, monkeypatch):
+    """chdir into the trained workspace and point MLflow at its store; returns (workspace, params)."""
+    from sscr import tracking
+
+    workspace, params = trained_workspace
+    monkeypatch.chdir(workspace)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.configure()
+    return workspace, params

@@ -1,0 +1,72 @@
+"""The champion model served by `mlflow models serve` answers a real HTTP request."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from sscr import tracking
+from sscr.train import run_dir
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_served_champion_returns_cloud_free_patch(in_workspace, tmp_path):
+    workspace, params = in_workspace
+    run = json.loads((run_dir(params) / "run.json").read_text())
+    version = tracking.register(run["run_id"], {"PSNR": 30.0}, "serve-test", run["model_uri"])
+    assert tracking.promote("serve-test", version).promoted
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/serve-test@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            time.sleep(1)
+        else:
+            pytest.fail("the model server did not come up in 240 s")
+        rng = np.random.default_rng(1)
+        cloudy = rng.uniform(0.0, 0.4, (1, 13, 64, 64)).astype(np.float32)
+        cloudy[:, :, 16:48, 16:48] = 0.6  # a bright, thick cloud in the middle
+        sar = rng.uniform(0.2, 0.8, (1, 2, 64, 64)).astype(np.float32)
+        response = requests.post(
+            f"http://127.0.0.1:{port}/invocations",
+            json={"inputs": {"cloudy": cloudy.tolist(), "sar": sar.tolist()}}, timeout=120,
+        )
+        assert response.status_code == 200, response.text[:2000]
+        mean = np.asarray(response.json()["predictions"]["mean"], dtype=np.float32)
+        assert mean.shape == (1, 13, 64, 64)
+        assert np.isfinite(mean).all() and mean.min() >= 0.0 and mean.max() <= 1.0
+        # Under the cloud the answer is not the cloud: the model replaced those pixels.
+        assert np.abs(mean[:, :, 20:44, 20:44] - cloudy[:, :, 20:44, 20:44]).mean() > 0.05
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
