@@ -167,6 +167,20 @@ def cmd_promote(args: argparse.Namespace, params: Params) -> None:
           f"({decision.reason})")
 
 
+def cmd_tune(args: argparse.Namespace, params: Params) -> None:
+    from sscr.tracking import redact
+    from sscr.tune import run_study
+
+    result = run_study(params, n_trials=args.n_trials, timeout=args.timeout, storage=args.storage,
+                       progress=not args.no_progress)
+    states = ", ".join(f"{count} {state.lower()}" for state, count in sorted(result.states.items()))
+    print(f"study {result.study_name} ({redact(args.storage or params.tune.storage)}): {states} of "
+          f"{result.n_trials} trials; MLflow parent run {result.parent_run_id}")
+    if result.best_trial is not None:
+        print(f"best: trial {result.best_trial}, validation PSNR {result.best_value:.3f} dB -> "
+              f"{result.best_params_path}")
+
+
 def cmd_sync_metrics(args: argparse.Namespace, params: Params) -> None:
     from sscr import tracking
 
@@ -265,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(promote)
     promote.add_argument("--version", default=None, help="model version (default: the newest)")
     promote.set_defaults(handler=cmd_promote)
+
+    tune = commands.add_parser(
+        "tune", help="stage `tune`: Optuna search over loss and architecture (run it in several shells to add workers)")
+    _add_common(tune)
+    tune.add_argument("--n-trials", type=int, default=None, help="the study's total trial budget (tune.n_trials)")
+    tune.add_argument("--timeout", type=float, default=None, help="seconds for this worker (tune.timeout)")
+    tune.add_argument("--storage", default=None,
+                      help="study storage: SQLAlchemy URL or journal:<path> (tune.storage)")
+    tune.add_argument("--no-progress", action="store_true", help="no progress bars")
+    tune.set_defaults(handler=cmd_tune)
 
     sync = commands.add_parser("sync-metrics", help="upload metrics kept locally while MLflow was unreachable")
     _add_common(sync)

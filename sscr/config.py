@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sscr.data.layout import MODALITIES, SEASONS, season_name
 
@@ -140,24 +140,59 @@ class EvaluateConfig(_Group):
 
 
 class TuneConfig(_Group):
-    """Optuna search over loss and architecture (stage ``tune``)."""
+    """Optuna search over loss and architecture (stage ``tune``, ``sscr tune``; see :mod:`sscr.tune`).
+
+    ``storage``: an SQLAlchemy URL (SQLite file by default, PostgreSQL for a
+    team) or ``journal:<path>`` for Optuna's journal file. ``n_trials`` is the
+    study's total over all workers and restarts. ``lr_range`` is searched on a
+    log scale, ``widths`` are base widths (levels double them).
+    """
 
     study_name: str = "sscr-tune"
     storage: str = "sqlite:///optuna.db"
     n_trials: int = Field(8, ge=1)
-    timeout: float | None = None
+    timeout: float | None = Field(None, gt=0)
     seed: int = 0
+    sampler_startup_trials: int = Field(4, ge=0)
     pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner_startup_trials: int = Field(2, ge=0)
+    pruner_warmup_epochs: int = Field(1, ge=0)
     epochs: int = Field(3, ge=1)
-    losses: list[str] = Field(default_factory=lambda: ["l1", "l2", "ml", "GNLL", "MGNLL"])
-    models: list[str] = Field(default_factory=lambda: ["sscr"])
-    block_types: list[str] = Field(default_factory=lambda: ["mbconv", "residual"])
-    widths: list[int] = Field(default_factory=lambda: [16, 32])
-    n_heads: list[int] = Field(default_factory=lambda: [2, 4])
+    losses: list[Literal["l1", "l2", "ml", "GNLL", "MGNLL"]] = Field(
+        default_factory=lambda: ["l1", "l2", "ml", "GNLL", "MGNLL"], min_length=1)
+    models: list[str] = Field(default_factory=lambda: ["sscr"], min_length=1)
+    block_types: list[Literal["mbconv", "residual"]] = Field(
+        default_factory=lambda: ["mbconv", "residual"], min_length=1)
+    widths: list[int] = Field(default_factory=lambda: [16, 32], min_length=1)
+    n_heads: list[int] = Field(default_factory=lambda: [2, 4], min_length=1)
     lr_range: tuple[float, float] = (1e-4, 3e-3)
     w_struct_range: tuple[float, float] = (0.0, 0.5)
-    use_sar: list[bool] = Field(default_factory=lambda: [True, False])
+    use_sar: list[bool] = Field(default_factory=lambda: [True, False], min_length=1)
+    heartbeat_interval: int = Field(30, ge=1)
+    grace_period: int = Field(120, ge=2)
+    trials_dir: Path = Path("results/tune")
     best_params: Path = Path("results/tune/best_params.yaml")
+
+    @field_validator("lr_range", "w_struct_range")
+    @classmethod
+    def _ordered(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        if bounds[0] > bounds[1] or bounds[0] < 0:
+            raise ValueError(f"expected [low, high] with 0 <= low <= high, got {list(bounds)}")
+        return bounds
+
+    @field_validator("lr_range")
+    @classmethod
+    def _positive_lr(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        if bounds[0] <= 0:
+            raise ValueError(f"learning rates are searched on a log scale: the low end must be > 0, got {bounds[0]}")
+        return bounds
+
+    @model_validator(mode="after")
+    def _grace_after_heartbeat(self) -> TuneConfig:
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"tune.grace_period ({self.grace_period} s) must exceed tune.heartbeat_interval "
+                             f"({self.heartbeat_interval} s), or live trials would be failed as stale")
+        return self
 
 
 class RegistryConfig(_Group):

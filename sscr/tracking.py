@@ -235,13 +235,30 @@ def training_run(
             mlflow.set_tags(run_tags())
         yield run
     except KeyboardInterrupt:
-        mlflow.end_run(status="KILLED")
+        _end_run("KILLED")
         raise
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        _end_run("FAILED")
         raise
     else:
-        mlflow.end_run(status="FINISHED")
+        _end_run("FINISHED")
+
+
+def _end_run(status: str) -> None:
+    """End the active run; if the server is unreachable, say so (the run stays RUNNING there) and go on."""
+    try:
+        mlflow.end_run(status=status)
+    except Exception as err:  # noqa: BLE001 - never let bookkeeping turn a result into a crash
+        print(f"sscr: could not mark the MLflow run {status} ({type(err).__name__}); the tracking server at "
+              f"{redact(tracking_uri())} is unreachable. Its metrics are kept locally; see above.", file=sys.stderr)
+        # end_run popped the run before failing, but left its system-metrics thread running: stop it.
+        with contextlib.suppress(Exception):
+            from mlflow.tracking import fluent
+
+            monitors = fluent.run_id_to_system_metrics_monitor
+            run_id = fluent._last_active_run_id.get()
+            if run_id in monitors:
+                monitors.pop(run_id).finish()
 
 
 # ---------------------------------------------------------------- the logged model

@@ -256,10 +256,10 @@ def train(
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"empty split under {params.data.root}: {len(train_set)} train and {len(val_set)} "
                          "val samples; check data.root, data.seasons and train.min_cov/max_cov")
-    sampler = None
-    if world > 1:
-        sampler = torch.utils.data.distributed.DistributedSampler(train_set, num_replicas=world, rank=rank,
-                                                                  shuffle=True, seed=cfg.rdm_seed)
+    # The same sampler in one process and under DDP: each rank takes every world-th index of one seeded
+    # permutation, so a DDP step sees exactly the samples of the matching single-process batch.
+    sampler = torch.utils.data.distributed.DistributedSampler(train_set, num_replicas=world, rank=rank,
+                                                              shuffle=True, seed=cfg.rdm_seed)
     per_rank_batch = max(1, cfg.batch_size // world)
     val_loader = DataLoader(val_set, batch_size=per_rank_batch, num_workers=cfg.num_workers)
 
@@ -277,11 +277,8 @@ def train(
         stopped = False
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             train_set.epoch = epoch
-            generator = torch.Generator().manual_seed(cfg.rdm_seed * 1000 + epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            loader = DataLoader(train_set, batch_size=per_rank_batch, shuffle=sampler is None, sampler=sampler,
-                                generator=generator, num_workers=cfg.num_workers, drop_last=len(train_set) > per_rank_batch)
+            sampler.set_epoch(epoch)
+            loader = DataLoader(train_set, batch_size=per_rank_batch, sampler=sampler, num_workers=cfg.num_workers)
             torch.manual_seed(cfg.rdm_seed * 1000 + epoch)
             net.train()
             total, parts_sum, count = 0.0, {}, 0
@@ -410,6 +407,31 @@ def _relog_missing(run_id: str, history: list[dict[str, float]]) -> None:
 
 def _finish_run(params: Params, model: nn.Module, best_path: Path, val_set: SEN12MSCR, out_dir: Path,
                 result: TrainResult, log_model: bool) -> str:
+    """Log the best checkpoint, figures and the MLflow model; write ``run.json``. Returns the model URI.
+
+    If the tracking server is unreachable by now, the run's results stay on disk
+    (checkpoint, metrics.csv, metrics fallback) and this says so instead of failing.
+    """
+    from sscr import tracking
+
+    model_uri = ""
+    try:
+        model_uri = _log_results(params, best_path, val_set, out_dir, result, log_model)
+    except Exception as err:  # noqa: BLE001 - any transport error: training itself has succeeded
+        print(f"sscr: could not log the model and artifacts to MLflow at {tracking.redact(tracking.tracking_uri())} "
+              f"({type(err).__name__}: {tracking.redact(str(err))[:200]}); the best checkpoint is {best_path}")
+    info = {"run_id": result.run_id, "model_uri": model_uri, "experiment": params.train.experiment_name,
+            "best_epoch": result.best_epoch, "best_val_psnr": result.best_val_psnr,
+            "epochs_done": result.epochs_done, "stopped_early": result.stopped_early}
+    tmp = out_dir / ".run.json.partial"
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(out_dir / "run.json")
+    return model_uri
+
+
+def _log_results(params: Params, best_path: Path, val_set: SEN12MSCR, out_dir: Path, result: TrainResult,
+                 log_model: bool) -> str:
+    import matplotlib.pyplot as plt
     import mlflow
 
     from sscr import tracking
@@ -426,19 +448,10 @@ def _finish_run(params: Params, model: nn.Module, best_path: Path, val_set: SEN1
         with torch.no_grad():
             out = best_model(**model_inputs({k: sample[k][None] for k in ("cloudy", "sar", "mask")},
                                             torch.device("cpu")))
-        figure = prediction_panel(sample, out["mean"][0], out.get("var", [None])[0] if "var" in out else None)
+        figure = prediction_panel(sample, out["mean"][0], out["var"][0] if "var" in out else None)
         mlflow.log_figure(figure, f"figures/val_{sample['meta']['sample_id']}.png")
-        import matplotlib.pyplot as plt
-
         plt.close(figure)
-    model_uri = tracking.log_model(best_path, params.model.use_sar) if log_model else ""
-    info = {"run_id": result.run_id, "model_uri": model_uri, "experiment": params.train.experiment_name,
-            "best_epoch": result.best_epoch, "best_val_psnr": result.best_val_psnr,
-            "epochs_done": result.epochs_done, "stopped_early": result.stopped_early}
-    tmp = out_dir / ".run.json.partial"
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(out_dir / "run.json")
-    return model_uri
+    return tracking.log_model(best_path, params.model.use_sar) if log_model else ""
 
 
 def result_dict(result: TrainResult) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 from tqdm import tqdm
 
-from sscr.data.index import Triplet, index_dataset
+from sscr.data.index import Triplet, check_content, index_dataset
 from sscr.data.io import PatchError, read_raster, write_raster
 from sscr.data.layout import PatchId
 
@@ -88,6 +88,9 @@ def compute_sample(triplet: Triplet, masks_dir: Path, kinds: Sequence[str], patc
     if done is not None:
         return triplet.pid.name, done, False
     dn, info = read_raster(cloudy_path, 13, "S2 cloudy", patch_size)
+    # The data set refuses these at training time: find them here, where on_error=skip can leave them out.
+    check_content(triplet, read_raster(triplet.path("s1"), 2, "S1", patch_size)[0],
+                  read_raster(triplet.path("s2"), 13, "S2", patch_size)[0])
     masks = compute_masks(dn, list(kinds))
     stack = np.stack([masks[kind].astype(np.float32) for kind in kinds])
     cover = {kind: coverage(masks[kind]) for kind in kinds}
@@ -136,7 +139,12 @@ def precompute_masks(
     bar = tqdm(total=len(index.triplets), desc="cloud masks", unit="patch", disable=not progress)
     if workers <= 1:
         for triplet in index.triplets:
-            record(compute_sample(triplet, masks_dir, kinds, patch_size))
+            try:
+                record(compute_sample(triplet, masks_dir, kinds, patch_size))
+            except PatchError as err:
+                if on_error == "raise":
+                    raise
+                report.invalid.append(str(err))
             bar.update()
     else:
         context = multiprocessing.get_context("spawn")

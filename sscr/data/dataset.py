@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from sscr.clouds.precompute import coverage, read_coverage_table, read_mask
 from sscr.config import MASK_KINDS
-from sscr.data.index import IndexReport, Triplet, index_dataset
+from sscr.data.index import IndexReport, Triplet, check_content, index_dataset
 from sscr.data.io import normalize_s1, normalize_s2, read_raster
 from sscr.data.layout import PATCH_SIZE, RGB_BANDS, S1_BANDS, S2_BANDS
 
@@ -80,9 +80,13 @@ class SEN12MSCR(Dataset):
         )
         triplets = self.report.triplets
         self._coverage: dict[str, float] = {}
+        self.not_in_table = 0
         if cloud_mask is not None and self.masks_dir is not None:
+            # The coverage table lists the samples the mask stage validated: others are left out and counted.
             table = read_coverage_table(self.masks_dir)
             self._coverage = {name: row[cloud_mask] for name, row in table.items() if cloud_mask in row}
+            self.not_in_table = sum(t.pid.name not in self._coverage for t in triplets)
+            triplets = [t for t in triplets if t.pid.name in self._coverage]
         lo, hi = coverage_range
         if (lo, hi) != (0.0, 1.0):
             if cloud_mask is None:
@@ -114,6 +118,7 @@ class SEN12MSCR(Dataset):
         s1_db, info = read_raster(triplet.path("s1"), 2, "S1", self.patch_size)
         target_dn, _ = read_raster(triplet.path("s2"), 13, "S2", self.patch_size)
         cloudy_dn, _ = read_raster(triplet.path("s2_cloudy"), 13, "S2 cloudy", self.patch_size)
+        check_content(triplet, s1_db, target_dn)
         height, width = cloudy_dn.shape[1:]
         if self.cloud_mask is None:
             mask = np.zeros((height, width), np.float32)

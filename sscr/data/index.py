@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import rasterio
 from rasterio.errors import RasterioIOError
 
@@ -136,6 +137,16 @@ def check_triplet(triplet: Triplet, patch_size: int | None) -> None:
                 triplet.path(modality),
                 f"CRS {crs[modality]} does not match its S1 partner {triplet.path('s1')} ({crs['s1']})",
             )
+
+
+def check_content(triplet: Triplet, s1_db: np.ndarray, target_dn: np.ndarray) -> None:
+    """Refuse patches that carry no information: all-NaN S1, blank (all-zero) clear S2."""
+    if np.isnan(s1_db).all():
+        raise PatchError(triplet.path("s1"), "S1 patch is all NaN (no SAR backscatter); delete the triplet, "
+                         "or set data.on_error: skip and rerun the cloudmasks stage to leave it out")
+    if not np.any(target_dn > 0):
+        raise PatchError(triplet.path("s2"), "clear S2 target is blank (all zero DN), nothing to learn or score "
+                         "against; delete the triplet, or set data.on_error: skip and rerun the cloudmasks stage")
 
 
 def index_dataset(
