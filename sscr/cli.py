@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -123,6 +124,8 @@ def cmd_train(args: argparse.Namespace, params: Params) -> None:
     if args.freeze:
         params.train.freeze = args.freeze
     result = train(params, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     print(f"trained {params.model.name}: {result.epochs_done} epochs, best validation PSNR "
           f"{result.best_val_psnr:.3f} dB at epoch {result.best_epoch}; MLflow run {result.run_id}; "
           f"checkpoint {result.best_checkpoint}")

@@ -68,8 +68,9 @@ def experiment_id(name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     location = None
-    if tracking_uri().startswith("sqlite:") and not os.environ.get("MLFLOW_DEFAULT_ARTIFACT_ROOT"):
-        location = (Path.cwd() / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
+    if not tracking_uri().startswith(("http:", "https:", "databricks")):
+        # A database store has no artifact root of its own: keep artifacts beside it, in mlartifacts/.
+        location = os.environ.get("MLFLOW_DEFAULT_ARTIFACT_ROOT") or (Path.cwd() / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:

@@ -249,7 +249,9 @@ def train(
         start_epoch, best, history = state["epoch"], dict(state["best"]), list(state["history"])
     net: nn.Module = model
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Unused outputs (e.g. the structure head under an l1 loss) leave parameters without gradients.
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  find_unused_parameters=True)
 
     train_set = TrainingView(build_dataset(params, "train"), cfg.crop_size, cfg.rdm_seed)
     val_set = build_dataset(params, "val")
@@ -304,6 +306,8 @@ def train(
                     parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
                 bar.set_postfix(loss=f"{total / count:.4f}")
             scheduler.step()
+            if world > 1:  # the epoch's loss over all ranks, not rank 0's share
+                total, count, parts_sum = _sum_over_ranks(total, count, parts_sum)
             row: dict[str, float] = {"epoch": epoch, "train_loss": total / max(count, 1),
                                      "lr": optimizer.param_groups[0]["lr"]}
             row.update({f"train_{k}": v / max(count, 1) for k, v in parts_sum.items()})
@@ -347,6 +351,16 @@ class _no_run:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def _sum_over_ranks(total: float, count: int, parts: dict[str, float]) -> tuple[float, int, dict[str, float]]:
+    import torch.distributed as dist
+
+    keys = sorted(parts)
+    tensor = torch.tensor([total, float(count), *[parts[k] for k in keys]], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    values = tensor.tolist()
+    return values[0], int(values[1]), dict(zip(keys, values[2:], strict=True))
 
 
 def _broadcast_flag(flag: bool) -> bool:

@@ -39,7 +39,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
+import socket
 import threading
 import time
 import warnings
@@ -304,6 +306,7 @@ class Objective:
             return math.nan
         overrides = suggest(trial, cfg, self.params)
         trial.set_user_attr("overrides", overrides)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         tags = {"optuna.study": cfg.study_name, "optuna.trial": str(trial.number)}
 
         def report(epoch: int, val_metrics: dict[str, float]) -> bool:

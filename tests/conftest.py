@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +139,52 @@ def in_workspace(trained_workspace, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracking.configure()
     return workspace, params
+
+
+def _postgres_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory) -> str:
+    """A real PostgreSQL server on 127.0.0.1 for this session; yields ``postgresql://sscr@127.0.0.1:<port>``.
+
+    Uses the Debian package's binaries (``.ci/run`` installs them); as root the
+    server runs as the ``postgres`` user, as PostgreSQL refuses to run as root.
+    """
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: `apt-get install postgresql`")
+    # Not under pytest's tmp dir: that is private to root, and the server runs as `postgres`.
+    base = Path(tempfile.mkdtemp(prefix="sscr-postgres-"))
+    base.chmod(0o755)
+    data, socket_dir = base / "data", base / "socket"
+    socket_dir.mkdir()
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        prefix = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(base, "postgres")
+        shutil.chown(socket_dir, "postgres")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    subprocess.run(prefix + [initdb, "-D", str(data), "-A", "trust", "-U", "sscr", "--no-sync"], check=True,
+                   capture_output=True)
+    subprocess.run(prefix + [pg_ctl, "-D", str(data), "-l", str(base / "server.log"), "-w", "-o",
+                             f"-h 127.0.0.1 -p {port} -k {socket_dir} -c fsync=off", "start"],
+                   check=True, capture_output=True)
+    url = f"postgresql://sscr@127.0.0.1:{port}"
+    try:
+        import psycopg
+
+        with psycopg.connect(f"{url}/postgres", autocommit=True) as conn:
+            for name in ("mlflow", "optuna"):
+                conn.execute(f"CREATE DATABASE {name}")
+        yield url
+    finally:
+        subprocess.run(prefix + [pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,241 @@
+"""Prefect flow ``pipeline``: download -> cloudmasks -> train -> evaluate -> register, one task per DVC stage.
+
+Each stage task runs ``dvc repro --single-item <stage>`` in the project
+directory, so DVC decides what is out of date and ``dvc.lock`` stays the
+record; the tasks run in the pipeline's order, so skipping DVC's upstream walk
+loses nothing.
+
+Flow parameters (``model``, ``loss``, ``epochs``, ``use_sar`` and any
+``params.yaml`` key in ``overrides``, as ``group.key=value``) are written into
+``params.yaml`` before the first stage with the code behind
+``dvc exp run --set-param`` (``dvc.utils.hydra.apply_overrides``: comments and
+key order kept), after checking them against the params schema. The finished
+run is then saved as a DVC experiment named after the flow run
+(``dvc exp save``), so ``dvc exp show`` lists it and
+``dvc exp apply <name> && dvc repro`` reproduces it from its lock. Like
+``dvc exp run``, the workspace keeps the run's params afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, runtime, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from sscr.config import load_params
+from sscr.tune import as_override
+
+#: The decision file of the ``register`` stage (``sscr register --out`` default, as dvc.yaml runs it).
+REGISTER_JSON = Path("results/register.json")
+#: Rows of the test-metrics table: metrics.json group -> what the row measures.
+METRIC_ROWS = {
+    "test": "model, all pixels",
+    "test_cloudy": "model, inside clouds",
+    "test_clear": "model, clear pixels",
+    "baseline_cloudy": "cloudy input, inside clouds",
+}
+METRIC_COLUMNS = ("PSNR", "SSIM", "SAM", "MAE", "RMSE")
+
+
+# ---------------------------------------------------------------- DVC, the way every task talks to the project
+
+
+def run_dvc(project: Path, *args: str) -> str:
+    """Run ``dvc <args>`` in ``project`` with this interpreter; returns its output, raises with it on failure.
+
+    The interpreter's script directory is put on PATH when missing, so the
+    stages' ``sscr`` command is the one installed next to this Prefect.
+    """
+    env = dict(os.environ)
+    scripts = str(Path(sys.executable).parent)
+    if scripts not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True,
+                            text=True)
+    # Progress bars (carriage-return refreshes) are noise in a log.
+    lines = [line for line in f"{result.stdout}\n{result.stderr}".splitlines() if line.strip() and "%|" not in line]
+    if result.returncode != 0:
+        tail = "\n".join(lines[-60:])
+        raise RuntimeError(f"`dvc {' '.join(args)}` failed in {project} (exit {result.returncode}):\n{tail}")
+    return "\n".join(lines)
+
+
+def repro(project: Path, target: str) -> bool:
+    """``dvc repro --single-item <target>``; True when DVC ran it, False when it was up to date."""
+    output = run_dvc(project, "repro", "--single-item", target)
+    get_run_logger().info("dvc repro %s:\n%s", target, "\n".join(output.splitlines()[-40:]))
+    return "Running stage" in output
+
+
+# ---------------------------------------------------------------- tasks
+
+
+@task(cache_policy=NO_CACHE)
+def set_params(project: Path, overrides: list[str]) -> list[str]:
+    """Write ``group.key=value`` overrides into ``params.yaml`` as ``dvc exp run -S`` does; returns them.
+
+    They are validated first (a wrong key or value names itself and nothing is
+    written), and the file is read back to check DVC wrote what was meant.
+    """
+    if not overrides:
+        return []
+    from dvc.utils.hydra import apply_overrides
+
+    params_file = project / "params.yaml"
+    expected = load_params(params_file, overrides)
+    apply_overrides(params_file, overrides)
+    written = load_params(params_file)
+    if written != expected:
+        raise ValueError(f"{params_file}: the overrides {overrides} were written differently than they read; "
+                         "quote string values, e.g. key='\"text\"'")
+    get_run_logger().info("params.yaml: %s", ", ".join(overrides))
+    return overrides
+
+
+# The downloader already retries dropped connections within one attempt; the task retries whole attempts
+# (mirror down for minutes) with growing pauses. It is the only stage that talks to the network.
+@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=30), retry_jitter_factor=0.2,
+      cache_policy=NO_CACHE)
+def download(project: Path) -> bool:
+    """Stage ``download``: the data set under ``data.root`` (synthesised or fetched)."""
+    return repro(project, "download")
+
+
+@task(cache_policy=NO_CACHE)
+def cloudmasks(project: Path) -> bool:
+    """Stage ``cloudmasks``: cloud and shadow masks, coverage table."""
+    return repro(project, "cloudmasks")
+
+
+@task(cache_policy=NO_CACHE)
+def train(project: Path) -> bool:
+    """Stage ``train``: the model, its checkpoints and its MLflow run."""
+    return repro(project, "train")
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate(project: Path) -> bool:
+    """Stage ``evaluate``: test metrics, tables and panels."""
+    return repro(project, "evaluate")
+
+
+@task(cache_policy=NO_CACHE)
+def register(project: Path) -> bool:
+    """Stage ``register``: a new registry version, promoted to the alias if it beats the champion."""
+    return repro(project, "register")
+
+
+@task(cache_policy=NO_CACHE)
+def save_experiment(project: Path, name: str) -> str | None:
+    """``dvc exp save``: the workspace (params, ``dvc.lock``) as experiment ``name``; None outside git."""
+    try:
+        # Targeted at dvc.yaml: without a target DVC would also commit tune/dvc.yaml's (maybe absent) output.
+        run_dvc(project, "exp", "save", "--force", "--name", name, "dvc.yaml")
+    except RuntimeError as err:
+        # Bookkeeping only: the stages ran and dvc.lock holds the record either way.
+        get_run_logger().warning("not saved as a DVC experiment (is %s a git repository with a commit?): %s",
+                                 project, err)
+        return None
+    return name
+
+
+@task(cache_policy=NO_CACHE)
+def publish(project: Path, stages_run: dict[str, bool], overrides: list[str], experiment: str | None) -> dict[str, Any]:
+    """Prefect artifacts: the test-metrics table and the MLflow run and model version; returns their content."""
+    from mlflow.tracking import MlflowClient
+
+    from sscr import tracking
+    from sscr.train import run_dir
+
+    params = load_params(project / "params.yaml")
+    metrics = json.loads((project / params.evaluate.out_dir / "metrics.json").read_text())
+    run = json.loads((project / run_dir(params) / "run.json").read_text())
+    decision = json.loads((project / REGISTER_JSON).read_text())
+    with contextlib.chdir(project):  # the default store is mlflow.db in the project
+        uri = tracking.configure()
+        experiment_id = MlflowClient().get_run(run["run_id"]).info.experiment_id
+
+    create_markdown_artifact(metrics_table(metrics), key="sscr-test-metrics",
+                             description=f"Test metrics of {params.model.name} ({project})")
+    ran = ", ".join(f"{stage} {'ran' if did else 'up to date'}" for stage, did in stages_run.items())
+    summary = "\n".join([
+        f"### {decision['model_name']} version {decision['version']}",
+        "",
+        f"- MLflow run: `{run['run_id']}` (experiment `{run['experiment']}`, store `{tracking.redact(uri)}`)",
+        f"- model: `models:/{decision['model_name']}/{decision['version']}` (logged as `{run['model_uri']}`)",
+        f"- @{params.registry.alias}: {'promoted' if decision['promoted'] else 'not promoted'} ({decision['reason']})",
+        f"- stages: {ran}",
+        f"- overrides: {', '.join(f'`{o}`' for o in overrides) or 'none'}",
+        f"- DVC experiment: `{experiment}`" if experiment else "- DVC experiment: not saved",
+    ])
+    create_markdown_artifact(summary, key="sscr-mlflow-run", description="MLflow run and registry version")
+    if uri.startswith("http"):  # a tracking server has a page for the run
+        create_link_artifact(f"{tracking.redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run['run_id']}",
+                             link_text="MLflow run", key="sscr-mlflow-link")
+    return {"run_id": run["run_id"], "model_name": decision["model_name"], "version": decision["version"],
+            "promoted": decision["promoted"], "test_PSNR": metrics["test"]["PSNR"], "stages_run": stages_run,
+            "experiment": experiment}
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    """A markdown table of the test metrics in ``metrics.json`` (model and cloudy input)."""
+    lines = ["| pixels | " + " | ".join(METRIC_COLUMNS) + " |", "|---" * (len(METRIC_COLUMNS) + 1) + "|"]
+    for group, label in METRIC_ROWS.items():
+        values = metrics.get(group, {})
+        lines.append(f"| {label} | " + " | ".join(
+            f"{values[c]:.4f}" if isinstance(values.get(c), int | float) else "-" for c in METRIC_COLUMNS) + " |")
+    gain = metrics.get("gain_cloudy_PSNR")
+    if isinstance(gain, int | float):
+        lines += ["", f"PSNR gain inside clouds over the cloudy input: {gain:+.2f} dB "
+                      f"({metrics.get('n_images', '?')} test images; PSNR in dB, SAM in degrees)"]
+    return "\n".join(lines)
+
+
+def flow_run_label(prefix: str) -> str:
+    """``<prefix>-<flow run name>``, usable as a DVC experiment (git ref) name."""
+    name = runtime.flow_run.name or "run"
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", f"{prefix}-{name}").strip("-")
+
+
+# ---------------------------------------------------------------- the flow
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(
+    project_dir: str = ".",
+    model: str | None = None,
+    loss: str | None = None,
+    epochs: int | None = None,
+    use_sar: bool | None = None,
+    overrides: list[str] | None = None,
+    save_as_experiment: bool = True,
+) -> dict[str, Any]:
+    """download -> cloudmasks -> train -> evaluate -> register in ``project_dir``, DVC deciding what runs.
+
+    ``model``, ``loss``, ``epochs`` and ``use_sar`` set ``model.name``,
+    ``loss.name``, ``train.epochs`` and ``model.use_sar``; ``overrides`` sets
+    any other key (``["train.lr=0.001", "data.source=sen12mscr"]``).
+    """
+    project = Path(project_dir).resolve()
+    named = {"model.name": model, "loss.name": loss, "train.epochs": epochs, "model.use_sar": use_sar}
+    applied = set_params(project, [as_override(k, v) for k, v in named.items() if v is not None]
+                         + list(overrides or []))
+    stages_run = {
+        "download": download(project),
+        "cloudmasks": cloudmasks(project),
+        "train": train(project),
+        "evaluate": evaluate(project),
+        "register": register(project),
+    }
+    experiment = save_experiment(project, flow_run_label("pipeline")) if save_as_experiment else None
+    return publish(project, stages_run, applied, experiment)

@@ -1,0 +1,179 @@
+"""Prefect flows on a tiny clone: a served `pipeline` deployment run through the API, the download task's retry.
+
+One temporary Prefect server (``prefect_test_harness``, 127.0.0.1) and one tiny
+clone serve the module; the retry test works whether or not the deployment
+test ran first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_pipeline import make_clone
+from tiny import TINY
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `flows` is a directory of the project, not part of the installed package
+
+pytestmark = pytest.mark.slow
+STAGES = {"download", "cloudmasks", "train", "evaluate", "register"}
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> str:
+    """A temporary Prefect server on 127.0.0.1 for this module; its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=240):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="module")
+def tiny_clone(tmp_path_factory) -> Path:
+    """A git clone of the project with tiny params, nothing run yet."""
+    return make_clone(tmp_path_factory.mktemp("flows") / "clone", TINY)
+
+
+def flow_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false", **extra}
+    env.pop("MLFLOW_TRACKING_URI", None)  # each clone's own mlflow.db
+    return env
+
+
+def wait_for_deployment(name: str, server: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            assert server.poll() is None, f"serving stopped:\n{log.read_text()[-3000:]}"
+            try:
+                client.read_deployment_by_name(name)
+                return
+            except ObjectNotFound:
+                assert time.monotonic() < deadline, f"{name} not served after {timeout} s:\n{log.read_text()[-3000:]}"
+                time.sleep(1)
+
+
+def flow_run_filter(flow_run_id):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    return FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+
+
+def read_artifacts(flow_run_id) -> list:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, TaskRunFilter
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        # Paging and sorting given: prefect 3.8's client sends them as null when unset, which its server refuses.
+        return client.read_artifacts(flow_run_filter=flow_run_filter(flow_run_id), artifact_filter=ArtifactFilter(),
+                                     task_run_filter=TaskRunFilter(), limit=100, offset=0,
+                                     sort=ArtifactSort.CREATED_DESC)
+
+
+def test_served_pipeline_deployment_runs_through_the_api(prefect_api, tiny_clone, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+    from prefect.deployments import run_deployment
+
+    # Serve the deployment from the clone, in a process of its own, as `python -m flows.deploy` does.
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "flows.deploy", "--only", "pipeline"], cwd=tiny_clone, stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=flow_env(PREFECT_API_URL=prefect_api, PREFECT_HOME=str(tmp_path / "prefect"),
+                         PREFECT_RUNNER_POLL_FREQUENCY="2"),
+        )
+    try:
+        wait_for_deployment("pipeline/sscr", server, log)
+        flow_run = run_deployment("pipeline/sscr", parameters={"epochs": 3}, timeout=900, poll_interval=2)
+        assert flow_run.state.is_completed(), f"{flow_run.state}\n{log.read_text()[-5000:]}"
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+    # DVC ran every stage and recorded the flow's parameter in the lock; the run is a saved experiment.
+    lock = yaml.safe_load((tiny_clone / "dvc.lock").read_text())
+    assert set(lock["stages"]) == STAGES
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["epochs"] == 3
+    experiments = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=tiny_clone,
+                                 capture_output=True, text=True, check=True).stdout
+    assert f"/pipeline-{flow_run.name}" in experiments
+
+    # Its MLflow run and registry version.
+    run = json.loads((tiny_clone / "results/sscr/run.json").read_text())
+    decision = json.loads((tiny_clone / "results/register.json").read_text())
+    monkeypatch.chdir(tiny_clone)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from sscr import tracking
+
+    tracking.configure()
+    client = MlflowClient()
+    mlflow_run = client.get_run(run["run_id"])
+    assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.params["train.epochs"] == "3"
+    version = client.get_model_version("sscr", decision["version"])
+    assert version.run_id == run["run_id"]
+
+    # The artifacts the run published: metrics table, MLflow run and version.
+    artifacts = {a.key: a for a in read_artifacts(flow_run.id)}
+    assert {"sscr-test-metrics", "sscr-mlflow-run"} <= set(artifacts)
+    assert "| model, all pixels |" in artifacts["sscr-test-metrics"].data
+    assert run["run_id"] in artifacts["sscr-mlflow-run"].data
+    assert f"version {decision['version']}" in artifacts["sscr-mlflow-run"].data
+
+
+def test_download_that_fails_once_is_retried_and_the_flow_completes(prefect_api, tiny_clone, tmp_path, monkeypatch):
+    from prefect import get_client
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    import flows.pipeline as pipeline_module
+
+    # A stand-in `sscr` ahead on PATH fails the first `sscr data download` as an unreachable mirror would,
+    # then hands every call to the real one.
+    attempts = tmp_path / "download-attempts"
+    shim = tmp_path / "bin" / "sscr"
+    shim.parent.mkdir()
+    shim.write_text(f"""#!/bin/sh
+if [ "$1 $2" = "data download" ]; then
+  echo attempt >> "{attempts}"
+  if [ "$(wc -l < "{attempts}")" -eq 1 ]; then echo "simulated outage: mirror unreachable" >&2; exit 1; fi
+fi
+exec "{Path(sys.executable).parent / 'sscr'}" "$@"
+""")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(shim.parent), str(Path(sys.executable).parent), os.environ["PATH"]]))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    # The declared policy: 3 retries, exponential backoff from 30 s. Here without the pauses.
+    declared = pipeline_module.download
+    assert declared.retries == 3 and declared.retry_delay_seconds == [30, 60, 120]
+    monkeypatch.setattr(pipeline_module, "download", declared.with_options(retry_delay_seconds=0))
+    shutil.rmtree(tiny_clone / "data" / "sen12mscr", ignore_errors=True)  # so the download stage has work to do
+
+    state = pipeline_module.pipeline(project_dir=str(tiny_clone), save_as_experiment=False, return_state=True)
+
+    assert state.is_completed(), state
+    assert attempts.read_text().count("attempt") == 2
+    assert state.result()["stages_run"]["download"] is True
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=flow_run_filter(state.state_details.flow_run_id),
+                                          sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=100)
+    download_runs = [t for t in task_runs if t.task_key.startswith("download")]
+    assert len(download_runs) == 1
+    assert download_runs[0].run_count == 2 and download_runs[0].state.is_completed()
