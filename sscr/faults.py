@@ -1,18 +1,31 @@
-"""Fault injection for reliability tests: die at a named point, as a real crash would.
+"""Fault injection for reliability tests: die, or stop and wait, at a named point, as a real crash would.
 
-Set ``SSCR_FAULT=<point>`` (e.g. ``train.batch:2:1``, ``train.validate:2``,
-``checkpoint.write:2``) and the process SIGKILLs itself when it reaches that
-point, so tests can prove that a crash at that exact moment loses nothing.
-Unset (always, outside tests) this is a dictionary lookup and nothing else.
+``SSCR_FAULT=<point>`` (e.g. ``train.batch:2:1``, ``train.validate:2``,
+``checkpoint.write:2``) makes the process SIGKILL itself when it reaches
+that point, so a test can prove that a crash at that exact moment loses
+nothing. ``SSCR_FAULT=pause:<point>`` instead creates ``$SSCR_FAULT_DIR/paused``
+and waits there until ``$SSCR_FAULT_DIR/resume`` exists, so a test can break
+something outside (stop a server) at a known moment. Unset (always, outside
+tests) this is one dictionary lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
+from pathlib import Path
 
 
 def checkpoint(point: str) -> None:
-    """SIGKILL this process if ``SSCR_FAULT`` names ``point``."""
-    if os.environ.get("SSCR_FAULT") == point:
+    """Apply the fault ``SSCR_FAULT`` names, if it names ``point``."""
+    fault = os.environ.get("SSCR_FAULT")
+    if not fault:
+        return
+    if fault == point:
         os.kill(os.getpid(), signal.SIGKILL)
+    elif fault == f"pause:{point}":
+        folder = Path(os.environ["SSCR_FAULT_DIR"])
+        (folder / "paused").touch()
+        while not (folder / "resume").exists():
+            time.sleep(0.1)

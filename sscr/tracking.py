@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.parse
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -51,6 +52,13 @@ def tracking_uri() -> str:
 def configure(uri: str | None = None) -> str:
     """Point MLflow (tracking and registry) at ``uri`` or :func:`tracking_uri`; returns the URI."""
     uri = uri or tracking_uri()
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme in ("http", "https") and (parts.username or parts.password):
+        # Hand credentials to MLflow the supported way, so no URL MLflow prints or stores carries them.
+        os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(parts.username or "")
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(parts.password or "")
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        uri = urllib.parse.urlunsplit(parts._replace(netloc=host))
     if uri.startswith("http"):
         # Fail over to the local fallback within seconds instead of MLflow's multi-minute retry loop.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from affine import Affine
-from tiny import TINY, deep_update
 
 from sscr.data.io import write_raster
 from sscr.data.layout import S1_BANDS, S2_BANDS, PatchId
+
+from tiny import TINY, deep_update
 
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from test_pipeline import make_clone
+
 from tiny import TINY
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,6 +13,7 @@ import mlflow
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+
 from tiny import TINY, deep_update
 
 REPO = Path(__file__).resolve().parents[1]

@@ -94,9 +94,8 @@ def compute_sample(triplet: Triplet, masks_dir: Path, kinds: Sequence[str], patc
     masks = compute_masks(dn, list(kinds))
     stack = np.stack([masks[kind].astype(np.float32) for kind in kinds])
     cover = {kind: coverage(masks[kind]) for kind in kinds}
-    write_raster(out, stack, info.crs, info.transform, band_names=list(kinds))
-    with rasterio.open(out, "r+") as dst:
-        dst.update_tags(source=fingerprint, **{f"coverage_{k}": repr(v) for k, v in cover.items()})
+    write_raster(out, stack, info.crs, info.transform, band_names=list(kinds),
+                 tags={"source": fingerprint, **{f"coverage_{k}": repr(v) for k, v in cover.items()}})
     return triplet.pid.name, cover, True
 
 

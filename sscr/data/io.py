@@ -18,6 +18,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 
+from sscr import faults
 from sscr.data.layout import S1_BANDS, S1_DB_RANGE, S2_BANDS, S2_DN_MAX
 
 
@@ -113,8 +114,12 @@ def write_raster(
     transform: Affine,
     band_names: tuple[str, ...] | list[str] | None = None,
     nodata: float | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Path:
-    """Write (bands, H, W) as a tiled, deflate-compressed GeoTIFF atomically (temp file, rename)."""
+    """Write (bands, H, W) as a tiled, deflate-compressed GeoTIFF atomically (temp file, rename).
+
+    ``tags`` (GDAL metadata) are written with the data, so a file that exists is complete, tags included.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
@@ -136,5 +141,8 @@ def write_raster(
         dst.write(data)
         for index, name in enumerate(band_names or [], start=1):
             dst.set_band_description(index, name)
+        if tags:
+            dst.update_tags(**tags)
+    faults.checkpoint(f"raster.write:{path.name}")  # a crash between the write and the rename
     tmp.replace(path)
     return path
