@@ -189,3 +189,4 @@ def postgres_url(tmp_path_factory) -> str:
     finally:
         subprocess.run(prefix + [pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+

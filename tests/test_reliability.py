@@ -6,7 +6,6 @@ import http.server
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -23,15 +22,10 @@ from sscr.clouds.precompute import mask_path, read_coverage_table
 from sscr.config import parse_params
 from sscr.data.synth import write_synthetic_sample
 
+from servers import free_port, stop_group
 from tiny import TINY, deep_update
 
 ENV = {**os.environ, "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_mask_stage_killed_mid_write_resumes_without_recomputing(tmp_path):
@@ -142,7 +136,7 @@ def _start_mlflow_server(store: Path, port: int) -> subprocess.Popen:
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{store / 'server.db'}", "--artifacts-destination",
          str(store / "artifacts"), "--workers", "1"],
-        cwd=store, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=store, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -151,7 +145,7 @@ def _start_mlflow_server(store: Path, port: int) -> subprocess.Popen:
                 return server
         except requests.ConnectionError:
             time.sleep(0.5)
-    server.kill()
+    stop_group(server)
     pytest.fail("mlflow server did not start")
 
 
@@ -159,7 +153,7 @@ def _start_mlflow_server(store: Path, port: int) -> subprocess.Popen:
 def test_training_survives_tracking_server_loss_and_keeps_metrics(tiny_params, tmp_path):
     store = tmp_path / "server"
     store.mkdir()
-    port = _free_port()
+    port = free_port()
     server = _start_mlflow_server(store, port)
     tiny_params.train.epochs = 3
     params_file = tmp_path / "params.yaml"
@@ -178,15 +172,13 @@ def test_training_survives_tracking_server_loss_and_keeps_metrics(tiny_params, t
         while not (faults / "paused").exists():
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
             time.sleep(0.2)
-        server.terminate()  # epoch 1 is logged; the server goes away during epoch 2
-        server.wait(timeout=60)
+        stop_group(server)  # epoch 1 is logged; the server goes away during epoch 2
         (faults / "resume").touch()
         stdout, stderr = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
-        if server.poll() is None:
-            server.kill()
+        stop_group(server)
     assert proc.returncode == 0, stderr[-3000:]
     assert "unreachable" in stderr
     assert secret not in stdout + stderr
@@ -212,6 +204,5 @@ def test_training_survives_tracking_server_loss_and_keeps_metrics(tiny_params, t
         params = client.get_run(run_id).data.params
         assert all(secret not in value for value in params.values())
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        stop_group(server)
     assert not fallback.exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,11 +16,7 @@ import requests
 from sscr import tracking
 from sscr.train import run_dir
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from servers import free_port, stop_group
 
 
 @pytest.mark.slow
@@ -30,13 +25,14 @@ def test_served_champion_returns_cloud_free_patch(in_workspace, tmp_path):
     run = json.loads((run_dir(params) / "run.json").read_text())
     version = tracking.register(run["run_id"], {"PSNR": 30.0}, "serve-test", run["model_uri"])
     assert tracking.promote("serve-test", version).promoted
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/serve-test@champion",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
         cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 240
@@ -65,8 +61,4 @@ def test_served_champion_returns_cloud_free_patch(in_workspace, tmp_path):
         # Under the cloud the answer is not the cloud: the model replaced those pixels.
         assert np.abs(mean[:, :, 20:44, 20:44] - cloudy[:, :, 20:44, 20:44]).mean() > 0.05
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_group(server)
