@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,27 @@ def run_dvc(project: Path, *args: str) -> str:
         tail = "\n".join(lines[-60:])
         raise RuntimeError(f"`dvc {' '.join(args)}` failed in {project} (exit {result.returncode}):\n{tail}")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def mlflow_store(project: Path) -> Iterator[str]:
+    """MLflow pointed at the project's store for the block (``MLFLOW_TRACKING_URI``, else its ``mlflow.db``).
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; the
+    variable is put back afterwards, so a later stage or project is not sent
+    to this project's store.
+    """
+    from sscr import tracking
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with contextlib.chdir(project):
+            yield tracking.configure()
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def repro(project: Path, target: str) -> bool:
@@ -161,8 +183,7 @@ def publish(project: Path, stages_run: dict[str, bool], overrides: list[str], ex
     metrics = json.loads((project / params.evaluate.out_dir / "metrics.json").read_text())
     run = json.loads((project / run_dir(params) / "run.json").read_text())
     decision = json.loads((project / REGISTER_JSON).read_text())
-    with contextlib.chdir(project):  # the default store is mlflow.db in the project
-        uri = tracking.configure()
+    with mlflow_store(project) as uri:
         experiment_id = MlflowClient().get_run(run["run_id"]).info.experiment_id
 
     create_markdown_artifact(metrics_table(metrics), key="sscr-test-metrics",

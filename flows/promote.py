@@ -7,7 +7,6 @@ under a lock, recorded as tags on the version.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.pipeline import mlflow_store
 from sscr import tracking
 from sscr.config import load_params
 
@@ -23,8 +23,7 @@ from sscr.config import load_params
 def promote_version(project: Path, version: str | None) -> dict[str, Any]:
     """Compare ``version`` (default: the newest) with the alias holder and move the alias if it is better."""
     registry = load_params(project / "params.yaml").registry
-    with contextlib.chdir(project):  # the default store is mlflow.db in the project
-        tracking.configure()
+    with mlflow_store(project):
         version = version or tracking.newest_version(registry.model_name)
         decision = tracking.promote(registry.model_name, version, registry.alias, registry.metric)
     return decision.as_dict()

@@ -170,7 +170,7 @@ def cmd_promote(args: argparse.Namespace, params: Params) -> None:
           f"({decision.reason})")
 
 
-def cmd_tune(args: argparse.Namespace, params: Params) -> None:
+def cmd_tune(args: argparse.Namespace, params: Params) -> int:
     from sscr.tracking import redact
     from sscr.tune import run_study
 
@@ -179,9 +179,13 @@ def cmd_tune(args: argparse.Namespace, params: Params) -> None:
     states = ", ".join(f"{count} {state.lower()}" for state, count in sorted(result.states.items()))
     print(f"study {result.study_name} ({redact(args.storage or params.tune.storage)}): {states} of "
           f"{result.n_trials} trials; MLflow parent run {result.parent_run_id}")
-    if result.best_trial is not None:
-        print(f"best: trial {result.best_trial}, validation PSNR {result.best_value:.3f} dB -> "
-              f"{result.best_params_path}")
+    if result.best_trial is None:
+        print(f"sscr: no trial of study {result.study_name} completed, so there are no best params; see the "
+              "failed trials' optuna.reason tags in MLflow", file=sys.stderr)
+        return 1
+    print(f"best: trial {result.best_trial}, validation PSNR {result.best_value:.3f} dB -> "
+          f"{result.best_params_path}")
+    return 0
 
 
 def cmd_sync_metrics(args: argparse.Namespace, params: Params) -> None:

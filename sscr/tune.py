@@ -3,8 +3,8 @@
 The search space is the ``tune:`` group of ``params.yaml``: loss, model,
 ``block_type``, encoder and decoder widths, ``n_head``, learning rate,
 structure-loss weight (``ml`` loss only) and ``use_sar``. A trial is an
-ordinary :func:`sscr.train.train` run of ``tune.epochs`` epochs with the
-suggested values written over ``params.yaml``; its objective is the best
+ordinary :func:`sscr.train.train` run of ``tune.epochs`` epochs of the
+``params.yaml`` configuration with the suggested values; its objective is the best
 validation PSNR, which every loss is measured by, so losses compete fairly.
 Validation PSNR is reported every epoch so the pruner (median or Hyperband)
 stops poor trials early.
@@ -13,11 +13,14 @@ Several workers share one study: point them at the same ``tune.storage``
 (SQLite file by default, any SQLAlchemy URL such as PostgreSQL, or
 ``journal:<path>`` for Optuna's journal file). Trial numbers come from the
 storage, so they are never duplicated; random draws are seeded by
-(``tune.seed``, trial number), so two workers never draw the same
-configuration and a single worker is reproducible.
+(``tune.seed``, trial number), so workers do not propose configurations in
+lockstep (as one seed per process would make them) and a single worker is
+reproducible.
 
 ``tune.n_trials`` is the study's total budget, over all workers and restarts:
-a worker starts a trial only while fewer trials exist than the budget. A
+a worker starts a trial only while fewer trials exist than the budget (two
+workers racing for the last slot within milliseconds leave one surplus trial,
+marked FAILED untrained with the user attribute ``surplus``). A
 worker killed mid-trial leaves its trial RUNNING; each trial writes a
 heartbeat every ``tune.heartbeat_interval`` seconds, and any worker that
 starts (or finishes a trial) marks RUNNING trials silent for more than
@@ -370,6 +373,8 @@ def run_study(
     try first when the study is new, e.g. the current ``params.yaml``.
     The best params are written to ``tune.best_params`` once a trial completed.
     """
+    import mlflow
+
     from sscr import tracking
 
     cfg = params.tune
@@ -396,8 +401,6 @@ def run_study(
             study.set_user_attr(PARENT_RUN_ATTR, parent.info.run_id)
             tracking.log_params_flat({f"tune.{k}": v for k, v in cfg.model_dump(mode="json").items()
                                       if k not in ("n_trials", "timeout", "storage")})
-            import mlflow
-
             mlflow.set_tag("optuna.storage", tracking.redact(storage or cfg.storage))
 
         def stop_when_spent(study: optuna.Study, trial: FrozenTrial) -> None:

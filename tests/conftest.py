@@ -23,6 +23,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_tracking_uri(monkeypatch):
+    """Each test starts with no MLFLOW_TRACKING_URI: ``mlflow.set_tracking_uri`` exports it to the environment,
+    so an earlier test's store would otherwise leak into the next test."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 def write_triplet(
     root: Path,
     pid: PatchId,

@@ -1,4 +1,4 @@
-"""Prefect flows on a tiny clone: a served `pipeline` deployment run through the API, the download task's retry.
+"""Prefect flows on a tiny clone: a served `pipeline` deployment run through the API, the download retry, tune, promote.
 
 One temporary Prefect server (``prefect_test_harness``, 127.0.0.1) and one tiny
 clone serve the module; the retry test works whether or not the deployment
@@ -7,6 +7,7 @@ test ran first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import pytest
 import yaml
 from test_pipeline import make_clone
 
+from servers import stop_group
 from tiny import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +29,17 @@ sys.path.insert(0, str(REPO))  # `flows` is a directory of the project, not part
 
 pytestmark = pytest.mark.slow
 STAGES = {"download", "cloudmasks", "train", "evaluate", "register"}
+
+
+@pytest.fixture(autouse=True)
+def restore_tracking_uri():
+    """``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI``; keep it from reaching later tests."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture(scope="module")
@@ -97,17 +110,17 @@ def test_served_pipeline_deployment_runs_through_the_api(prefect_api, tiny_clone
             stderr=subprocess.STDOUT,
             env=flow_env(PREFECT_API_URL=prefect_api, PREFECT_HOME=str(tmp_path / "prefect"),
                          PREFECT_RUNNER_POLL_FREQUENCY="2"),
+            start_new_session=True,
         )
     try:
         wait_for_deployment("pipeline/sscr", server, log)
         flow_run = run_deployment("pipeline/sscr", parameters={"epochs": 3}, timeout=900, poll_interval=2)
         assert flow_run.state.is_completed(), f"{flow_run.state}\n{log.read_text()[-5000:]}"
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.send_signal(signal.SIGINT)  # as Ctrl-C: the runner pauses its deployments and exits
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=30)
+        stop_group(server)  # and nothing it started outlives the test
 
     # DVC ran every stage and recorded the flow's parameter in the lock; the run is a saved experiment.
     lock = yaml.safe_load((tiny_clone / "dvc.lock").read_text())
@@ -178,3 +191,41 @@ exec "{Path(sys.executable).parent / 'sscr'}" "$@"
     download_runs = [t for t in task_runs if t.task_key.startswith("download")]
     assert len(download_runs) == 1
     assert download_runs[0].run_count == 2 and download_runs[0].state.is_completed()
+
+
+def test_tune_flow_retrains_the_best_and_promote_flow_keeps_the_champion(prefect_api, tiny_clone, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from flows.promote import promote
+    from flows.tune import tune
+    from sscr import tracking
+    from sscr.tune import best_overrides
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    search = ["tune.epochs=1", "tune.losses=[l1]", "tune.widths=[8]", "tune.n_heads=[2]", "tune.use_sar=[true]",
+              "tune.block_types=[mbconv]", "tune.heartbeat_interval=5"]
+
+    state = tune(project_dir=str(tiny_clone), n_trials=2, overrides=search, return_state=True)
+
+    assert state.is_completed(), state
+    result = state.result()
+    # The study ran as the DVC stage `tune` (its own lock), and its best params were retrained and registered.
+    lock = yaml.safe_load((tiny_clone / "tune/dvc.lock").read_text())
+    assert lock["stages"]["tune"]["params"]["params.yaml"]["tune"]["n_trials"] == 2
+    best_file = tiny_clone / "results/tune/best_params.yaml"
+    assert result["best_overrides"] == best_overrides(best_file)
+    best = yaml.safe_load(best_file.read_text())["overrides"]
+    retrained = result["pipeline"]
+    assert retrained["stages_run"]["train"] is True
+    monkeypatch.chdir(tiny_clone)
+    tracking.configure()
+    logged = MlflowClient().get_run(retrained["run_id"]).data.params
+    assert float(logged["train.lr"]) == pytest.approx(best["train.lr"])
+    assert logged["model.encoder_widths"] == "[8, 16]"
+
+    # Promotion of the newest version: it was registered (and promoted if better) by the pipeline already.
+    decision = promote(project_dir=str(tiny_clone), return_state=True).result()
+    assert decision["version"] == retrained["version"] and decision["promoted"] is False
+    newest = MlflowClient().get_model_version("sscr", decision["version"])
+    assert newest.tags["promotion.decision"] == "kept"
