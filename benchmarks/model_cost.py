@@ -2,6 +2,7 @@
 
     python -m benchmarks.model_cost            # batch 1 and 8, 5 timed repeats
     python -m benchmarks.model_cost --quick    # batch 1, 3 timed repeats
+    python -m benchmarks.model_cost --smoke    # CI: 64 x 64, batch 1, 1 timed run (model_cost_smoke.md)
 
 Method:
 
@@ -23,7 +24,7 @@ Method:
   memory available now is not run, and the table says so.
 
 Writes the markdown table to ``benchmarks/results/model_cost.md``
-(``model_cost_quick.md`` with ``--quick``) and prints it.
+(``model_cost_quick.md`` with ``--quick``, ``model_cost_smoke.md`` with ``--smoke``) and prints it.
 """
 
 from __future__ import annotations
@@ -67,10 +68,12 @@ class Row:
         return 1000 * statistics.median(self.times[mode]) if self.times[mode] else None
 
 
-def random_inputs(model: torch.nn.Module, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+def random_inputs(
+    model: torch.nn.Module, batch: int, device: torch.device, size: int = SIZE
+) -> dict[str, torch.Tensor]:
     """Random inputs in [0, 1] of the shapes the model takes (seeded)."""
     gen = torch.Generator().manual_seed(0)
-    shapes = {k: v.shape for k, v in example_inputs(model, SIZE, SIZE, batch).items()}
+    shapes = {k: v.shape for k, v in example_inputs(model, size, size, batch).items()}
     return {k: torch.rand(shape, generator=gen).to(device) for k, shape in shapes.items()}
 
 
@@ -127,12 +130,14 @@ def _ru_maxrss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def _memory_child(name: str, batch: int, mode: str, device: str, threads: int, queue: mp.Queue) -> None:
+def _memory_child(
+    name: str, batch: int, mode: str, device: str, threads: int, size: int, queue: mp.Queue
+) -> None:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dev = torch.device(device)
     model = build_model(name).to(dev)
-    inputs = random_inputs(model, batch, dev)
+    inputs = random_inputs(model, batch, dev, size)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
@@ -148,11 +153,13 @@ def _memory_child(name: str, batch: int, mode: str, device: str, threads: int, q
         queue.put(_ru_maxrss_mib() - base)
 
 
-def peak_memory_mib(name: str, batch: int, mode: str, device: torch.device, threads: int) -> float | str:
+def peak_memory_mib(
+    name: str, batch: int, mode: str, device: torch.device, threads: int, size: int = SIZE
+) -> float | str:
     """Peak memory of one pass, measured in a fresh process (see the module docstring)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_memory_child, args=(name, batch, mode, str(device), threads, queue))
+    child = ctx.Process(target=_memory_child, args=(name, batch, mode, str(device), threads, size, queue))
     child.start()
     child.join()
     if child.exitcode != 0:
@@ -160,7 +167,9 @@ def peak_memory_mib(name: str, batch: int, mode: str, device: torch.device, thre
     return queue.get()
 
 
-def measure(batches: list[int], repeats: int, device: torch.device, threads: int) -> list[Row]:
+def measure(
+    batches: list[int], repeats: int, device: torch.device, threads: int, size: int = SIZE
+) -> list[Row]:
     """All measurements; models timed round-robin in this process."""
     torch.set_num_threads(threads)
     rows: list[Row] = []
@@ -169,7 +178,7 @@ def measure(batches: list[int], repeats: int, device: torch.device, threads: int
         for name in MODELS:
             torch.manual_seed(0)
             models[name] = build_model(name).to(device)
-            cost = model_cost(models[name], SIZE, SIZE, batch)
+            cost = model_cost(models[name], size, size, batch)
             rows.append(Row(name, batch, cost["params"], cost["flops"]))
         batch_rows = {row.model: row for row in rows if row.batch == batch}
 
@@ -177,18 +186,20 @@ def measure(batches: list[int], repeats: int, device: torch.device, threads: int
         budget = 0.5 * psutil.virtual_memory().available / 2**20
         for name in MODELS:
             for mode in MODES:
-                single = next((r.memory_mib.get(mode) for r in rows if r.model == name and r.batch == 1), None)
+                single = next(
+                    (r.memory_mib.get(mode) for r in rows if r.model == name and r.batch == 1), None
+                )
                 estimate = single * batch if isinstance(single, float) and batch > 1 else None
                 if estimate is not None and estimate > budget:
                     batch_rows[name].memory_mib[mode] = f"not run (~{estimate / 1024:.0f} GiB)"
                     continue
                 print(f"memory: {name} batch {batch} {mode} ...", flush=True)
-                batch_rows[name].memory_mib[mode] = peak_memory_mib(name, batch, mode, device, threads)
+                batch_rows[name].memory_mib[mode] = peak_memory_mib(name, batch, mode, device, threads, size)
                 if isinstance(batch_rows[name].memory_mib[mode], float):
                     runnable[mode].append(name)
 
         for mode in MODES:
-            inputs = {name: random_inputs(models[name], batch, device) for name in runnable[mode]}
+            inputs = {name: random_inputs(models[name], batch, device, size) for name in runnable[mode]}
             for repeat in range(repeats + 1):  # the first round warms up and is not kept
                 for name in runnable[mode]:
                     seconds = timed(models[name], inputs[name], mode, device)
@@ -230,50 +241,63 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def report(rows: list[Row], args: argparse.Namespace, device: torch.device, threads: int, seconds: float) -> str:
+def report(
+    rows: list[Row], args: argparse.Namespace, device: torch.device, threads: int, seconds: float
+) -> str:
     """The results file: context, table, method."""
-    command = "python -m benchmarks.model_cost" + (" --quick" if args.quick else "")
+    command = "python -m benchmarks.model_cost" + (
+        " --smoke" if args.smoke else " --quick" if args.quick else ""
+    )
     if args.threads:
         command += f" --threads {args.threads}"
-    return "\n".join([
-        "# Model cost at 256 x 256 (default widths)",
-        "",
-        f"Command: `{command}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {seconds / 60:.0f} min).",
-        f"Machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} logical CPUs, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM; torch {torch.__version__}, device {device}, "
-        f"{threads} torch thread(s); load average at the end {', '.join(f'{x:.1f}' for x in psutil.getloadavg())}.",
-        f"Inputs: 13-band S2 + 2-band S1 + cloud mask, batch {', '.join(str(b) for b in args.batches)}; "
-        f"deterministic heads (variance None). Times: median of {args.repeats} runs after one warm-up.",
-        "",
-        table(rows),
-        "",
-        "FLOPs: `sscr.models.model_cost` (torch `FlopCounterMode`, 2 per multiply-add, convolutions and matmuls). "
-        "Forward: eval mode, no gradients. fwd+bwd: train mode, backward of the mean of every output. "
-        "Peak MiB: rise of the peak resident set size (Linux `VmHWM`, reset before the pass) of a fresh "
-        "process during one pass over its size before it (CPU), or `max_memory_allocated` (CUDA); "
-        "\"not run\" = batch-1 memory x batch would exceed half the free RAM. "
-        "Timings come from a shared machine: compare ratios within this table, not absolute times across runs.",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# Model cost at {args.size} x {args.size} (default widths)",
+            "",
+            f"Command: `{command}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {seconds / 60:.0f} min).",
+            f"Machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} logical CPUs, "
+            f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM; torch {torch.__version__}, device {device}, "
+            f"{threads} torch thread(s); load average at the end {', '.join(f'{x:.1f}' for x in psutil.getloadavg())}.",
+            f"Inputs: 13-band S2 + 2-band S1 + cloud mask, batch {', '.join(str(b) for b in args.batches)}; "
+            f"deterministic heads (variance None). Times: median of {args.repeats} runs after one warm-up.",
+            "",
+            table(rows),
+            "",
+            "FLOPs: `sscr.models.model_cost` (torch `FlopCounterMode`, 2 per multiply-add, convolutions and matmuls). "
+            "Forward: eval mode, no gradients. fwd+bwd: train mode, backward of the mean of every output. "
+            "Peak MiB: rise of the peak resident set size (Linux `VmHWM`, reset before the pass) of a fresh "
+            "process during one pass over its size before it (CPU), or `max_memory_allocated` (CUDA); "
+            '"not run" = batch-1 memory x batch would exceed half the free RAM. '
+            "Timings come from a shared machine: compare ratios within this table, not absolute times across runs.",
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table, write the results file."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="batch 1 only, 3 repeats")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 5; quick 3)")
+    parser.add_argument("--smoke", action="store_true", help="CI: 64 x 64 px, batch 1, 1 repeat")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per measurement (default 5; quick 3)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    parser.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/...)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results file (default benchmarks/results/...)"
+    )
     args = parser.parse_args(argv)
-    args.batches = [1] if args.quick else [1, 8]
-    args.repeats = args.repeats or (3 if args.quick else 5)
-    out = args.out or RESULTS / ("model_cost_quick.md" if args.quick else "model_cost.md")
+    args.batches = [1] if args.quick or args.smoke else [1, 8]
+    args.repeats = args.repeats or (1 if args.smoke else 3 if args.quick else 5)
+    args.size = 64 if args.smoke else SIZE
+    suffix = "_smoke" if args.smoke else "_quick" if args.quick else ""
+    out = args.out or RESULTS / f"model_cost{suffix}.md"
     device = select_device(args.device)
     threads = args.threads or torch.get_num_threads()
 
     start = time.perf_counter()
-    rows = measure(args.batches, args.repeats, device, threads)
+    rows = measure(args.batches, args.repeats, device, threads, args.size)
     text = report(rows, args, device, threads, time.perf_counter() - start)
     print(text)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,12 @@
 """Full-scene inference: throughput and peak memory against scene size.
 
     python -m benchmarks.scene_inference            # 2048 px and a whole Sentinel-2 tile (10980 px)
-    python -m benchmarks.scene_inference --quick    # 512 and 1024 px: a smoke test for CI
+    python -m benchmarks.scene_inference --quick    # 512 and 1024 px
+    python -m benchmarks.scene_inference --smoke    # CI: 256 and 512 px, tiny U-Net, mask off
 
 Synthetic scenes (cloudy S2, 13 bands uint16 DN, and S1, 2 bands float32 dB, as
-tiled GeoTIFFs in UTM) are written once under ``benchmarks/.cache/`` from a few
+tiled GeoTIFFs in UTM) are written once under ``benchmarks/.cache/`` (or
+``$SSCR_BENCHMARK_CACHE``) from a few
 patches of :func:`sscr.data.synth.synth_patch`. Each run of
 :func:`sscr.infer.infer_scene` happens in a fresh subprocess so its peak RSS
 (``ru_maxrss``) belongs to that scene size alone. Models are randomly
@@ -16,7 +18,8 @@ mask on and off, estimates the 10980 px time from those rates, and runs the
 ``--budget-minutes``; if none does, it runs the memory comparison (2048 vs 10980
 px) with a tiny model, whose buffers and I/O are the same as the default model's.
 Results: a markdown table on stdout and in ``benchmarks/results/scene_inference.md``
-(``scene_inference_quick.md`` for ``--quick``, so a CI smoke does not overwrite the full results).
+(``scene_inference_quick.md`` for ``--quick``, ``scene_inference_smoke.md`` for ``--smoke``, so
+neither overwrites the full results; ``--out`` writes elsewhere).
 """
 
 from __future__ import annotations
@@ -35,13 +38,18 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._common import cache_dir
+
 HERE = Path(__file__).resolve().parent
-CACHE = HERE / ".cache"
+CACHE = cache_dir()
 RESULTS = HERE / "results" / "scene_inference.md"
 RESULTS_QUICK = HERE / "results" / "scene_inference_quick.md"
+RESULTS_SMOKE = HERE / "results" / "scene_inference_smoke.md"
 SENTINEL2_TILE = 10980
 SOURCE_PATCH = 512
 SOURCE_PATCHES = 6
+SMOKE_SOURCE = (256, 2)
+"""Smoke scenes are tiled from 2 patches of 256 px (written in a second, named ``smoke_*.tif``)."""
 TILE, OVERLAP, BATCH = 256, 32, 4
 MODELS = {
     "sscr": {},  # the project's model with its defaults (widths 32, 64, 128)
@@ -71,15 +79,22 @@ class Run:
 # ---------------------------------------------------------------- synthetic scenes
 
 
-def scene_paths(size: int) -> tuple[Path, Path]:
+def scene_paths(size: int, smoke: bool = False) -> tuple[Path, Path]:
     """Cached (S2 cloudy, S1) GeoTIFFs of a ``size`` x ``size`` scene, written on first use."""
-    s2_path, s1_path = CACHE / f"s2_cloudy_{size}.tif", CACHE / f"s1_{size}.tif"
+    prefix = "smoke_" if smoke else ""
+    s2_path, s1_path = CACHE / f"{prefix}s2_cloudy_{size}.tif", CACHE / f"{prefix}s1_{size}.tif"
     if not (s2_path.exists() and s1_path.exists()):
-        write_scene(size, s2_path, s1_path)
+        write_scene(size, s2_path, s1_path, *(SMOKE_SOURCE if smoke else (SOURCE_PATCH, SOURCE_PATCHES)))
     return s2_path, s1_path
 
 
-def write_scene(size: int, s2_path: Path, s1_path: Path) -> None:
+def write_scene(
+    size: int,
+    s2_path: Path,
+    s1_path: Path,
+    source_patch: int = SOURCE_PATCH,
+    source_patches: int = SOURCE_PATCHES,
+) -> None:
     """Fill a scene block by block with flipped and rotated synthetic patches (bounded memory, atomic)."""
     import rasterio
     from affine import Affine
@@ -90,24 +105,38 @@ def write_scene(size: int, s2_path: Path, s1_path: Path) -> None:
 
     started = time.perf_counter()
     print(f"writing synthetic {size} x {size} scene to {CACHE} (once) ...", flush=True)
-    patches = [synth_patch(PatchId("ROIs1158_spring", 7, index + 1), SOURCE_PATCH, seed=11)
-               for index in range(SOURCE_PATCHES)]
+    patches = [
+        synth_patch(PatchId("ROIs1158_spring", 7, index + 1), source_patch, seed=11)
+        for index in range(source_patches)
+    ]
     CACHE.mkdir(parents=True, exist_ok=True)
     transform = Affine(10.0, 0.0, 399960.0, 0.0, -10.0, 5000040.0)  # a Sentinel-2 tile origin in UTM 33N
-    common = {"driver": "GTiff", "width": size, "height": size, "crs": "EPSG:32633", "transform": transform,
-              "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    common = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "crs": "EPSG:32633",
+        "transform": transform,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
     partials = [path.with_name(f".{path.name}.partial") for path in (s2_path, s1_path)]
-    with rasterio.Env(GDAL_CACHEMAX=64), \
-            rasterio.open(partials[0], "w", count=13, dtype="uint16", predictor=2, **common) as s2, \
-            rasterio.open(partials[1], "w", count=2, dtype="float32", predictor=3, **common) as s1:
+    with (
+        rasterio.Env(GDAL_CACHEMAX=64),
+        rasterio.open(partials[0], "w", count=13, dtype="uint16", predictor=2, **common) as s2,
+        rasterio.open(partials[1], "w", count=2, dtype="float32", predictor=3, **common) as s1,
+    ):
         for dataset, names in ((s2, S2_BANDS), (s1, S1_BANDS)):
             for index, name in enumerate(names, start=1):
                 dataset.set_band_description(index, name)
-        for row in range(0, size, SOURCE_PATCH):
-            for col in range(0, size, SOURCE_PATCH):
-                index = (row // SOURCE_PATCH * 7 + col // SOURCE_PATCH * 3) % SOURCE_PATCHES
-                turns = (row // SOURCE_PATCH + col // SOURCE_PATCH) % 4
-                height, width = min(SOURCE_PATCH, size - row), min(SOURCE_PATCH, size - col)
+        for row in range(0, size, source_patch):
+            for col in range(0, size, source_patch):
+                index = (row // source_patch * 7 + col // source_patch * 3) % source_patches
+                turns = (row // source_patch + col // source_patch) % 4
+                height, width = min(source_patch, size - row), min(source_patch, size - col)
                 window = Window(col, row, width, height)
                 for dataset, key in ((s2, "s2_cloudy"), (s1, "s1")):
                     block = np.rot90(patches[index][key], turns, axes=(1, 2))[:, :height, :width]
@@ -120,7 +149,7 @@ def write_scene(size: int, s2_path: Path, s1_path: Path) -> None:
 # ---------------------------------------------------------------- one run, in a fresh process
 
 
-def worker(size: int, model_key: str, mask: bool) -> None:
+def worker(size: int, model_key: str, mask: bool, smoke: bool = False) -> None:
     """Run infer_scene once and print a JSON line with its report and this process's peak RSS."""
     import psutil
     import torch
@@ -130,34 +159,70 @@ def worker(size: int, model_key: str, mask: bool) -> None:
 
     torch.manual_seed(0)
     model = build_model(MODEL_NAMES[model_key], **MODELS[model_key]).eval()
-    s2_path, s1_path = scene_paths(size)
+    s2_path, s1_path = scene_paths(size, smoke)
     out_path = CACHE / f"out_{size}_{model_key}_{'mask' if mask else 'nomask'}.tif"
     rss_before = psutil.Process().memory_info().rss / 2**20
     try:
-        report = infer_scene(model, s2_path, s1_path, out_path, tile=TILE, overlap=OVERLAP, batch_size=BATCH,
-                             mask_kind="s2cloudless_map" if mask and model.use_mask else None, progress=False)
+        report = infer_scene(
+            model,
+            s2_path,
+            s1_path,
+            out_path,
+            tile=TILE,
+            overlap=OVERLAP,
+            batch_size=BATCH,
+            mask_kind="s2cloudless_map" if mask and model.use_mask else None,
+            progress=False,
+        )
     finally:
         out_path.unlink(missing_ok=True)  # a 10980 px output is ~2 GB: keep the cache small
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"size": size, "model": model_key, "mask": mask, "tiles": report.tiles,
-                      "seconds": report.seconds, "pixels_per_second": report.pixels_per_second,
-                      "peak_rss_mib": peak, "rss_before_mib": rss_before}), flush=True)
+    print(
+        json.dumps(
+            {
+                "size": size,
+                "model": model_key,
+                "mask": mask,
+                "tiles": report.tiles,
+                "seconds": report.seconds,
+                "pixels_per_second": report.pixels_per_second,
+                "peak_rss_mib": peak,
+                "rss_before_mib": rss_before,
+            }
+        ),
+        flush=True,
+    )
 
 
-def measure(size: int, model_key: str, mask: bool) -> Run:
+def measure(size: int, model_key: str, mask: bool, smoke: bool = False) -> Run:
     """Run :func:`worker` in a fresh interpreter and collect its measurements."""
-    scene_paths(size)  # written here, not inside the measured process
+    scene_paths(size, smoke)  # written here, not inside the measured process
     print(f"running {size} x {size}, model {model_key}, mask {'on' if mask else 'off'} ...", flush=True)
     env = dict(os.environ, SSCR_S2CLOUDLESS_THREADS=str(os.cpu_count() or 1))
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.scene_inference", "--worker", str(size), model_key, str(int(mask))],
-        cwd=HERE.parent, env=env, capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.scene_inference",
+            "--worker",
+            str(size),
+            model_key,
+            str(int(mask)),
+            str(int(smoke)),
+        ],
+        cwd=HERE.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"benchmark worker failed ({done.returncode}):\n{done.stderr[-3000:]}")
     run = Run(**json.loads(done.stdout.strip().splitlines()[-1]))
-    print(f"  {run.seconds:.0f} s, {run.pixels_per_second / 1e3:.1f} kpx/s, peak RSS {run.peak_rss_mib:.0f} MiB",
-          flush=True)
+    print(
+        f"  {run.seconds:.0f} s, {run.pixels_per_second / 1e3:.1f} kpx/s, peak RSS {run.peak_rss_mib:.0f} MiB",
+        flush=True,
+    )
     return run
 
 
@@ -172,8 +237,10 @@ def tiles_of(size: int) -> int:
 
 
 def table(runs: list[Run]) -> list[str]:
-    lines = ["| scene | model | s2cloudless mask | tiles | time | s / tile | Mpx / s | peak RSS | RSS before |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| scene | model | s2cloudless mask | tiles | time | s / tile | Mpx / s | peak RSS | RSS before |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for run in runs:
         lines.append(
             f"| {run.label} | {run.model} | {'on' if run.mask else 'off'} | {run.tiles} | {run.seconds:.0f} s | "
@@ -199,34 +266,50 @@ def memory_ratios(runs: list[Run]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the measurements, print and write the markdown report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="512 and 1024 px only (CI smoke)")
-    parser.add_argument("--budget-minutes", type=float, default=30.0,
-                        help="largest estimated run time for the 10980 px scene with the default model")
-    parser.add_argument("--worker", nargs=3, metavar=("SIZE", "MODEL", "MASK"), help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="512 and 1024 px only")
+    parser.add_argument("--smoke", action="store_true", help="CI: 256 and 512 px, tiny U-Net, mask off")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results file (default benchmarks/results/...)"
+    )
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=30.0,
+        help="largest estimated run time for the 10980 px scene with the default model",
+    )
+    parser.add_argument(
+        "--worker", nargs=4, metavar=("SIZE", "MODEL", "MASK", "SMOKE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.worker:
-        worker(int(args.worker[0]), args.worker[1], bool(int(args.worker[2])))
+        worker(int(args.worker[0]), args.worker[1], bool(int(args.worker[2])), bool(int(args.worker[3])))
         return 0
 
     load = os.getloadavg()[0]
     notes: list[str] = []
     runs: list[Run] = []
-    if args.quick:
+    if args.smoke:
+        runs += [measure(256, "tiny-unet", False, smoke=True), measure(512, "tiny-unet", False, smoke=True)]
+    elif args.quick:
         runs += [measure(512, "sscr", True), measure(1024, "sscr", True)]
     else:
         on, off = measure(2048, "sscr", True), measure(2048, "sscr", False)
         runs += [on, off]
         scale = tiles_of(SENTINEL2_TILE) / tiles_of(2048)
         estimate = {True: on.seconds * scale / 60, False: off.seconds * scale / 60}
-        notes.append(f"- estimated {SENTINEL2_TILE} px time for sscr from the 2048 px rates "
-                     f"({tiles_of(SENTINEL2_TILE)} vs {tiles_of(2048)} tiles): mask on {estimate[True]:.0f} min, "
-                     f"mask off {estimate[False]:.0f} min")
+        notes.append(
+            f"- estimated {SENTINEL2_TILE} px time for sscr from the 2048 px rates "
+            f"({tiles_of(SENTINEL2_TILE)} vs {tiles_of(2048)} tiles): mask on {estimate[True]:.0f} min, "
+            f"mask off {estimate[False]:.0f} min"
+        )
         fitting = [mask for mask in (True, False) if estimate[mask] <= args.budget_minutes]
         if fitting:
             mask = fitting[0]
             if not mask:
-                notes.append(f"- the {SENTINEL2_TILE} px scene ran with the mask off: with it, over "
-                             f"{args.budget_minutes:.0f} min")
+                notes.append(
+                    f"- the {SENTINEL2_TILE} px scene ran with the mask off: with it, over "
+                    f"{args.budget_minutes:.0f} min"
+                )
             runs.append(measure(SENTINEL2_TILE, "sscr", mask))
         else:
             notes.append(
@@ -241,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Full-scene inference: throughput and memory",
         "",
-        f"`python -m benchmarks.scene_inference{' --quick' if args.quick else ''}`, "
+        f"`python -m benchmarks.scene_inference{' --smoke' if args.smoke else ' --quick' if args.quick else ''}`, "
         f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
         f"(load average {load:.1f} at start, shared with other jobs), torch {torch.__version__} "
         f"with {torch.get_num_threads()} threads, no GPU. Tile {TILE}, overlap {OVERLAP}, batch {BATCH}; "
@@ -255,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines)
     print("\n" + text)
-    results = RESULTS_QUICK if args.quick else RESULTS
+    results = args.out or (RESULTS_SMOKE if args.smoke else RESULTS_QUICK if args.quick else RESULTS)
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(text)
     return 0

@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from affine import Affine
@@ -28,6 +29,11 @@ def _no_leftover_tracking_uri(monkeypatch):
     """Each test starts with no MLFLOW_TRACKING_URI: ``mlflow.set_tracking_uri`` exports it to the environment,
     so an earlier test's store would otherwise leak into the next test."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    # ``mlflow.set_experiment`` keeps the active experiment in a module global; it names an id that
+    # does not exist in the next test's fresh store.
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
 
 
 def write_triplet(
@@ -58,8 +64,11 @@ def write_triplet(
         names = S1_BANDS if modality == "s1" else S2_BANDS
         names = names if len(names) == data.shape[0] else None
         paths[modality] = write_raster(
-            root / pid.relpath(modality), data, s2_crs if (s2_crs and modality != "s1") else crs,
-            transform, band_names=names,
+            root / pid.relpath(modality),
+            data,
+            s2_crs if (s2_crs and modality != "s1") else crs,
+            transform,
+            band_names=names,
         )
     return paths
 
@@ -72,6 +81,7 @@ def triplet_writer():
 
 # ---------------------------------------------------------------- a tiny pipeline, shared by end-to-end tests
 
+
 @pytest.fixture(scope="session")
 def tiny_sample(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny synthetic SEN12MS-CR tree and its precomputed masks, written once per session: (root, masks)."""
@@ -83,8 +93,9 @@ def tiny_sample(tmp_path_factory) -> tuple[Path, Path]:
     params = parse_params(TINY)
     root, masks = base / "data", base / "masks"
     write_synthetic_sample(root, params.data.synth, patch_size=params.data.patch_size, progress=False)
-    precompute_masks(root, masks, params.masks.kinds, patch_size=params.data.patch_size, workers=1,
-                     progress=False)
+    precompute_masks(
+        root, masks, params.masks.kinds, patch_size=params.data.patch_size, workers=1, progress=False
+    )
     return root, masks
 
 
@@ -99,9 +110,15 @@ def tiny_params(tmp_path, tiny_sample, monkeypatch):
 
     tracking.configure()  # this test's own store: mlflow.db in tmp_path
     root, masks = tiny_sample
-    raw = deep_update(TINY, {"data": {"root": str(root)}, "masks": {"dir": str(masks)},
-                             "train": {"res_dir": str(tmp_path / "results")},
-                             "evaluate": {"out_dir": str(tmp_path / "results" / "eval")}})
+    raw = deep_update(
+        TINY,
+        {
+            "data": {"root": str(root)},
+            "masks": {"dir": str(masks)},
+            "train": {"res_dir": str(tmp_path / "results")},
+            "evaluate": {"out_dir": str(tmp_path / "results" / "eval")},
+        },
+    )
     return parse_params(raw)
 
 
@@ -120,11 +137,17 @@ def trained_workspace(tmp_path_factory, tiny_sample):
 
     workspace = tmp_path_factory.mktemp("workspace")
     root, masks = tiny_sample
-    params = parse_params(deep_update(TINY, {
-        "data": {"root": str(root)}, "masks": {"dir": str(masks)},
-        "train": {"res_dir": str(workspace / "results")},
-        "evaluate": {"out_dir": str(workspace / "results" / "eval")},
-    }))
+    params = parse_params(
+        deep_update(
+            TINY,
+            {
+                "data": {"root": str(root)},
+                "masks": {"dir": str(masks)},
+                "train": {"res_dir": str(workspace / "results")},
+                "evaluate": {"out_dir": str(workspace / "results" / "eval")},
+            },
+        )
+    )
     previous = Path.cwd()
     os.chdir(workspace)
     try:
@@ -180,11 +203,27 @@ def postgres_url(tmp_path_factory) -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    subprocess.run(prefix + [initdb, "-D", str(data), "-A", "trust", "-U", "sscr", "--no-sync"], check=True,
-                   capture_output=True)
-    subprocess.run(prefix + [pg_ctl, "-D", str(data), "-l", str(base / "server.log"), "-w", "-o",
-                             f"-h 127.0.0.1 -p {port} -k {socket_dir} -c fsync=off", "start"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        prefix + [initdb, "-D", str(data), "-A", "trust", "-U", "sscr", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        prefix
+        + [
+            pg_ctl,
+            "-D",
+            str(data),
+            "-l",
+            str(base / "server.log"),
+            "-w",
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {socket_dir} -c fsync=off",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     url = f"postgresql://sscr@127.0.0.1:{port}"
     try:
         import psycopg
@@ -196,4 +235,3 @@ def postgres_url(tmp_path_factory) -> str:
     finally:
         subprocess.run(prefix + [pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
-

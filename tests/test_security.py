@@ -58,17 +58,20 @@ def test_malicious_checkpoint_is_refused_without_running_code(tmp_path):
 
 def test_credentials_are_redacted_from_uris():
     assert tracking.redact("https://alice:pa55@host:5000/x") == "https://***@host:5000/x"
-    assert tracking.redact("postgresql://u:p@127.0.0.1:5432/db and http://h/x") == \
-        "postgresql://***@127.0.0.1:5432/db and http://h/x"
+    assert (
+        tracking.redact("postgresql://u:p@127.0.0.1:5432/db and http://h/x")
+        == "postgresql://***@127.0.0.1:5432/db and http://h/x"
+    )
 
 
 def test_logged_params_never_carry_credentials(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracking.configure()
-    with mlflow.start_run() as run:
-        tracking.log_params_flat({"data.base_url": "https://bob:hunter2@mirror.example/files=",
-                                  "train.lr": 0.001})
+    with mlflow.start_run(experiment_id=tracking.experiment_id("security")) as run:
+        tracking.log_params_flat(
+            {"data.base_url": "https://bob:hunter2@mirror.example/files=", "train.lr": 0.001}
+        )
     params = MlflowClient().get_run(run.info.run_id).data.params
     assert "hunter2" not in str(params)
     assert params["data.base_url"] == "https://***@mirror.example/files="
@@ -88,8 +91,11 @@ def test_credentials_in_a_tracking_uri_move_to_mlflow_auth(monkeypatch):
 
 def test_documented_servers_bind_to_localhost():
     text = README.read_text()
-    commands = re.findall(r"^(?:\$ )?((?:mlflow (?:server|ui|models serve)|prefect server start)[^\n]*)$", text,
-                          flags=re.MULTILINE)
+    commands = re.findall(
+        r"^(?:\$ )?((?:mlflow (?:server|ui|models serve)|prefect server start)[^\n]*)$",
+        text,
+        flags=re.MULTILINE,
+    )
     assert commands, "the README documents how to start the servers"
     for command in commands:
         assert "127.0.0.1" in command, f"README starts a server on all interfaces: {command}"

@@ -1,0 +1,181 @@
+"""Every benchmark script runs at its smoke size and writes the table it promises.
+
+Each runs as ``python -m benchmarks.<name> --smoke --out <tmp>`` in a fresh interpreter, with
+generated inputs under a temporary cache (``SSCR_BENCHMARK_CACHE``), so the committed results in
+``benchmarks/results/`` and the developer's ``benchmarks/.cache/`` are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = [
+    "model_cost",
+    "scene_inference",
+    "data_loading",
+    "quality_per_compute",
+    "pipeline_overhead",
+    "physical_bounds",
+]
+NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+( ?(s|ms|MiB|MB/s|GB/s|GFLOP/s|%))?$")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One cache for the module: the tiny sample is written once and shared by the benchmarks using it."""
+    return tmp_path_factory.mktemp("benchmark-cache")
+
+
+def run_benchmark(name: str, out: Path, cache: Path) -> str:
+    env = {
+        **os.environ,
+        "SSCR_BENCHMARK_CACHE": str(cache),
+        "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"benchmarks.{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert out.exists(), f"benchmarks.{name} wrote no results file"
+    return out.read_text()
+
+
+def tables(text: str) -> list[list[dict[str, str]]]:
+    """Every markdown table of a report, as rows keyed by the header's cells."""
+    found: list[list[dict[str, str]]] = []
+    lines = text.splitlines()
+    index = 0
+    while index < len(lines):
+        if lines[index].startswith("|") and index + 1 < len(lines) and lines[index + 1].startswith("| ---"):
+            header = [cell.strip() for cell in lines[index].strip("|").split("|")]
+            rows = []
+            index += 2
+            while index < len(lines) and lines[index].startswith("|"):
+                cells = [cell.strip() for cell in lines[index].strip("|").split("|")]
+                assert len(cells) == len(header), f"row {lines[index]!r} does not match header {header}"
+                rows.append(dict(zip(header, cells, strict=True)))
+                index += 1
+            found.append(rows)
+        else:
+            index += 1
+    return found
+
+
+def is_number(cell: str) -> bool:
+    return bool(NUMBER.match(cell.replace("*", "").strip()))
+
+
+def test_model_cost_smoke(tmp_path, cache):
+    text = run_benchmark("model_cost", tmp_path / "model_cost.md", cache)
+    assert text.startswith("# Model cost at 64 x 64")
+    (rows,) = tables(text)
+    assert [row["model"] for row in rows] == ["sscr", "uncrtaints", "utae", "unet"]
+    for row in rows:
+        assert row["batch"] == "1"
+        for column in (
+            "params",
+            "GFLOPs (fwd)",
+            "FLOPs / uncrtaints",
+            "forward ms",
+            "fwd+bwd ms",
+            "peak MiB fwd",
+            "peak MiB fwd+bwd",
+        ):
+            assert is_number(row[column]), (column, row)
+    assert next(r for r in rows if r["model"] == "uncrtaints")["FLOPs / uncrtaints"] == "1.00"
+
+
+def test_scene_inference_smoke(tmp_path, cache):
+    text = run_benchmark("scene_inference", tmp_path / "scene_inference.md", cache)
+    (rows,) = tables(text)
+    assert [row["scene"] for row in rows] == ["256 x 256", "512 x 512"]
+    assert [row["tiles"] for row in rows] == ["1", "9"]
+    for row in rows:
+        assert row["peak RSS"].endswith("MiB") and is_number(row["peak RSS"]), row
+        assert is_number(row["Mpx / s"]), row
+    assert "peak RSS 512 x 512 / 256 x 256" in text
+
+
+def test_data_loading_smoke(tmp_path, cache):
+    text = run_benchmark("data_loading", tmp_path / "data_loading.md", cache)
+    assert text.startswith("# Data loading: samples/s of 64 x 64 triplets")
+    variants, steps = tables(text)
+    assert [row["variant"] for row in variants] == [
+        "raw read (3 files)",
+        "raw read + mask file (4 files)",
+        "SEN12MSCR, precomputed masks",
+        "SEN12MSCR, s2cloudless on the fly",
+        "page-cache read of the same files (bound)",
+    ]
+    for row in variants[:4]:
+        assert (
+            is_number(row["samples/s"]) and is_number(row["ms / sample"]) and is_number(row["vs raw read"])
+        ), row
+    assert variants[0]["vs raw read"] == "1.00"
+    assert "precomputed / on the fly:" in text and "precomputed / raw read:" in text
+    assert len(steps) == 9 and steps[-1]["step"].startswith("**sum of the steps**")
+    assert all(is_number(row["ms / sample"]) for row in steps)
+    assert "cProfile" in text and "read_raster" in text
+
+
+def test_quality_per_compute_smoke(tmp_path, cache):
+    text = run_benchmark("quality_per_compute", tmp_path / "quality_per_compute.md", cache)
+    (rows,) = tables(text)
+    assert [(row["model"], row["SAR"]) for row in rows] == [
+        ("cloudy input (baseline)", "-"),
+        ("`sscr`", "yes"),
+        ("`sscr`", "no"),
+    ]
+    for row in rows:
+        for column in ("PSNR in clouds", "SSIM in clouds", "SAM in clouds", "PSNR all"):
+            assert is_number(row[column]), (column, row)
+    for row in rows[1:]:
+        assert int(row["epochs"]) >= 1 and is_number(row["CPU min"]), row
+        assert row["widths (encoder / decoder)"] == "[8, 16] / [8, 16]"
+
+
+def test_pipeline_overhead_smoke(tmp_path, cache):
+    text = run_benchmark("pipeline_overhead", tmp_path / "pipeline_overhead.md", cache)
+    stages, noop = tables(text)
+    assert [row["stage"].split(" ")[0] for row in stages] == ["`download`", "`cloudmasks`", "DVC", "**total"]
+    assert all(is_number(row["wall s"]) for row in stages)
+    assert [row["command, everything up to date"].split(" ")[0] for row in noop] == ["no-op", "`dvc", "`sscr"]
+    assert all(is_number(row["median s"]) for row in noop)
+    assert "cProfile" in text
+
+
+def test_physical_bounds_smoke(tmp_path, cache):
+    text = run_benchmark("physical_bounds", tmp_path / "physical_bounds.md", cache)
+    bounds, figures = tables(text)
+    names = [row["bound"] for row in bounds]
+    assert names[:3] == ["page-cache read", "memory bandwidth", "FLOP rate, 1 thread"]
+    assert len(names) == 4 and re.fullmatch(r"FLOP rate, \d+ threads", names[3])
+    assert all(is_number(row["measured"].split(" ")[0]) for row in bounds)
+    assert len(figures) == 7
+    assert [row["figure"].split(" ")[0] for row in figures[:5]] == [
+        "`sscr`",
+        "`uncrtaints`",
+        "`utae`",
+        "`unet`",
+        "`sscr`",
+    ]
+    assert all(row["fraction of bound"].endswith("%") for row in figures)
+
+
+def test_every_benchmark_script_has_a_smoke_test():
+    scripts = sorted(p.stem for p in (REPO / "benchmarks").glob("*.py") if not p.stem.startswith("_"))
+    assert scripts == sorted(BENCHMARKS)
