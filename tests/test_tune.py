@@ -148,10 +148,12 @@ def test_killed_study_resumes_and_finishes_its_budget(tiny_params, tmp_path):
     assert "best: trial" in output and Path(params.tune.best_params).exists()
 
 
-def test_two_workers_share_one_study_without_duplicates(tiny_params, tmp_path):
+@pytest.mark.parametrize("backend", ["journal", "postgresql"])
+def test_two_workers_share_one_study_without_duplicates(tiny_params, tmp_path, backend, request):
     from sscr import tracking
 
-    params = study_params(tiny_params, storage="journal:optuna.journal", n_trials=4)
+    storage = "journal:optuna.journal" if backend == "journal" else f"{request.getfixturevalue('postgres_url')}/optuna"
+    params = study_params(tiny_params, storage=storage, n_trials=4)
     params_file = write_params(params, tmp_path / "params.yaml")
     tracking.experiment_id(params.tune.study_name)  # the MLflow store exists before two processes share it
 
