@@ -229,3 +229,38 @@ def test_tune_flow_retrains_the_best_and_promote_flow_keeps_the_champion(prefect
     assert decision["version"] == retrained["version"] and decision["promoted"] is False
     newest = MlflowClient().get_model_version("sscr", decision["version"])
     assert newest.tags["promotion.decision"] == "kept"
+
+
+def test_deployment_in_a_work_pool_is_run_by_a_process_worker(prefect_api, tiny_clone, tmp_path, monkeypatch):
+    """The team set-up: deployments registered in a process work pool, a `prefect worker` runs them."""
+    from mlflow.tracking import MlflowClient
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    from flows.deploy import deploy_to_pool
+    from sscr import tracking
+
+    assert (tiny_clone / "results/register.json").exists(), "run the whole module: an earlier test registers a model"
+    deploy_to_pool(tiny_clone, "sscr-pool", only=["promote"])
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("promote/sscr")
+        assert deployment.work_pool_name == "sscr-pool"
+        assert client.read_work_pool("sscr-pool").type == "process"
+    flow_run = run_deployment("promote/sscr", timeout=0)  # scheduled; nothing serves it
+
+    worker = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "sscr-pool", "--run-once",
+         "--type", "process"],
+        cwd=tmp_path, env=flow_env(PREFECT_API_URL=prefect_api, PREFECT_HOME=str(tmp_path / "prefect")),
+        capture_output=True, text=True, timeout=600, start_new_session=True,
+    )
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run.id).state
+    assert state.is_completed(), f"{state}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}"
+
+    # The worker's run did the promotion check on the clone's registry, and published its decision.
+    monkeypatch.chdir(tiny_clone)
+    tracking.configure()
+    newest = max(MlflowClient().search_model_versions("name='sscr'"), key=lambda v: int(v.version))
+    (artifact,) = read_artifacts(flow_run.id)
+    assert artifact.data.startswith(f"### sscr v{newest.version} ")
