@@ -106,10 +106,10 @@ def forward_runner(name: str, size: int, batch: int) -> tuple[Callable[[], None]
     """(a function running one eval forward of backbone ``name`` at its default widths, its FLOPs)."""
     import torch
 
-    from sscr.models import build_model, example_inputs, model_cost
+    from sscr.models import build_model, example_inputs, for_inference, model_cost
 
     torch.manual_seed(0)
-    model = build_model(name).eval()
+    model = for_inference(build_model(name), "cpu")  # as every inference path of sscr
     gen = torch.Generator().manual_seed(0)
     inputs = {
         key: torch.rand(value.shape, generator=gen)

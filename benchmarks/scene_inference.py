@@ -155,10 +155,10 @@ def worker(size: int, model_key: str, mask: bool, smoke: bool = False) -> None:
     import torch
 
     from sscr.infer import infer_scene
-    from sscr.models import build_model
+    from sscr.models import build_model, for_inference
 
     torch.manual_seed(0)
-    model = build_model(MODEL_NAMES[model_key], **MODELS[model_key]).eval()
+    model = for_inference(build_model(MODEL_NAMES[model_key], **MODELS[model_key]), "cpu")  # as `sscr infer` does
     s2_path, s1_path = scene_paths(size, smoke)
     out_path = CACHE / f"out_{size}_{model_key}_{'mask' if mask else 'nomask'}.tif"
     rss_before = psutil.Process().memory_info().rss / 2**20

@@ -312,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--var-out", type=Path, default=None, help="output variance GeoTIFF (variance models)")
     infer.add_argument("--tile", type=int, default=256, help="tile size in px")
     infer.add_argument("--overlap", type=int, default=32, help="overlap between tiles in px (blended)")
-    infer.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    infer.add_argument("--batch-size", type=int, default=None,
+                       help="tiles per forward pass (default: 1 on CPU, 4 on a GPU)")
     infer.add_argument("--mask-kind", choices=["s2cloudless_mask", "s2cloudless_map", "cloud_cloudshadow_mask"],
                        default=None, help="cloud mask fed to the model (default: the one it was trained with)")
     infer.add_argument("--device", default="auto", help="auto, cpu or cuda")

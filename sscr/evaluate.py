@@ -24,6 +24,7 @@ from sscr.checkpoint import build_from_checkpoint
 from sscr.config import Params, parse_params
 from sscr.data.io import denormalize_s2, write_raster
 from sscr.data.layout import S2_BANDS
+from sscr.models import for_inference
 from sscr.train import build_dataset, model_inputs, run_dir
 
 REGIONS = ("all", "cloudy", "clear")
@@ -104,8 +105,8 @@ def evaluate(
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, state = build_from_checkpoint(inputs.checkpoint)
-    model.eval()
     device = torch.device("cpu")
+    model = for_inference(model, device)
     dataset = build_dataset(params, cfg.split)
     if len(dataset) == 0:
         raise ValueError(f"no {cfg.split} samples under {params.data.root}")

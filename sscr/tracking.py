@@ -291,9 +291,10 @@ try:
         # Untyped on purpose: MLflow turns type hints on these methods into a (here wrong) input schema.
         def load_context(self, context):
             from sscr.checkpoint import build_from_checkpoint
+            from sscr.models import for_inference
 
-            self.model, state = build_from_checkpoint(context.artifacts["checkpoint"])
-            self.model.eval()
+            model, state = build_from_checkpoint(context.artifacts["checkpoint"])
+            self.model = for_inference(model, "cpu")
             self.mask_kind = state.get("config", {}).get("masks", {}).get("use")
 
         def predict(self, context, model_input, params=None):

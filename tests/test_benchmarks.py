@@ -23,6 +23,7 @@ BENCHMARKS = [
     "quality_per_compute",
     "pipeline_overhead",
     "physical_bounds",
+    "inference_speedup",
 ]
 NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+( ?(s|ms|MiB|MB/s|GB/s|GFLOP/s|%))?$")
 
@@ -174,6 +175,18 @@ def test_physical_bounds_smoke(tmp_path, cache):
         "`sscr`",
     ]
     assert all(row["fraction of bound"].endswith("%") for row in figures)
+
+
+def test_inference_speedup_smoke(tmp_path, cache):
+    text = run_benchmark("inference_speedup", tmp_path / "inference_speedup.md", cache)
+    (rows,) = tables(text)
+    assert [row["unit"] for row in rows] == ["ms / tile", "ms / tile", "s / scene", "s / scene"]
+    for row in rows:
+        assert is_number(row["before"].split(" ")[0]) and is_number(row["after"].split(" ")[0]), row
+        assert row["speed-up"].endswith("x") and float(row["speed-up"][:-1]) > 0, row
+    difference = float(re.search(r"Largest output difference after vs before: ([0-9.e+-]+)", text).group(1))
+    assert difference < 1e-4  # the same prediction
+    assert text.count("aten::") >= 4  # both profiles are in the report
 
 
 def test_every_benchmark_script_has_a_smoke_test():

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from sscr.config import ModelConfig
-from sscr.models import available_models, build_model, model_cost, register_model, select_device
+from sscr.models import (
+    available_models,
+    build_model,
+    example_inputs,
+    for_inference,
+    model_cost,
+    register_model,
+    select_device,
+)
 from sscr.models._base import CloudRemovalModel
 from sscr.models._registry import _MODELS
 from sscr.models.sscr import SSCR
@@ -128,6 +136,23 @@ def test_select_device():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             select_device("cuda")
+
+
+@pytest.mark.parametrize("name", ["sscr", "uncrtaints", "utae", "unet"])
+def test_for_inference_changes_the_layout_not_the_prediction(name):
+    torch.manual_seed(0)
+    model = build_model(name, variance="diag" if name != "unet" else None).eval()
+    inputs = {key: value.uniform_() for key, value in example_inputs(model, 48, 40, batch=2).items()}
+    with torch.no_grad():
+        expected = model(**inputs)
+        ready = for_inference(model, "cpu")
+        got = ready(**inputs)
+    assert not ready.training
+    convs = [m.weight for m in ready.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs if w.shape[-1] > 1)
+    for key, value in expected.items():
+        if value is not None:
+            torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
