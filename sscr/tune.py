@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+import random
 import re
 import socket
 import threading
@@ -84,6 +86,10 @@ class StudyResult:
 # ---------------------------------------------------------------- storage, sampler, pruner
 
 
+log = logging.getLogger(__name__)
+STORAGE_CREATE_ATTEMPTS = 5
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """The study storage for ``url``: ``journal:<path>`` (journal file) or an SQLAlchemy URL.
 
@@ -101,7 +107,19 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    import sqlalchemy.exc
+
+    for attempt in range(STORAGE_CREATE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
+            # Workers started together on an empty database race to create Optuna's tables (PostgreSQL
+            # refuses the loser's CREATE TABLE); the winner's tables are there a moment later.
+            if attempt == STORAGE_CREATE_ATTEMPTS - 1:
+                raise
+            log.info("Optuna storage being created by another worker (%s); retrying", type(error).__name__)
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
 
 
 class TrialSeededTPE(optuna.samplers.BaseSampler):

@@ -175,3 +175,33 @@ def test_two_workers_share_one_study_without_duplicates(tiny_params, tmp_path, b
     assert parents == {study.user_attrs[PARENT_RUN_ATTR]}  # one parent run, made by the worker that made the study
     all_runs = mlflow.search_runs(experiment_names=[params.tune.study_name], output_format="list")
     assert len(all_runs) == 5
+
+
+def test_workers_creating_a_postgresql_storage_together_all_get_it(postgres_url):
+    """Workers started at once on an empty database race to create Optuna's tables; none may fail."""
+    import threading
+
+    import psycopg
+
+    from sscr.tune import open_storage
+
+    with psycopg.connect(f"{postgres_url}/postgres", autocommit=True) as conn:
+        conn.execute("CREATE DATABASE optuna_race")
+    barrier, errors, storages = threading.Barrier(4), [], []
+
+    def start_worker():
+        barrier.wait()
+        try:
+            storages.append(open_storage(f"{postgres_url}/optuna_race"))
+        except Exception as error:  # noqa: BLE001 - collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=start_worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert len(storages) == 4
+    study = optuna.create_study(study_name="race", storage=storages[0])
+    assert optuna.load_study(study_name="race", storage=storages[3])._study_id == study._study_id
