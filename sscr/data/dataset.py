@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
 import torch
 from torch.utils.data import Dataset
 
@@ -114,6 +115,11 @@ class SEN12MSCR(Dataset):
         return compute_masks(cloudy_dn, [self.cloud_mask])[self.cloud_mask]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        # One GDAL environment for the item's four files, not one set up and torn down per file.
+        with rasterio.Env():
+            return self._item(index)
+
+    def _item(self, index: int) -> dict[str, Any]:
         triplet = self.triplets[index]
         s1_db, info = read_raster(triplet.path("s1"), 2, "S1", self.patch_size)
         target_dn, _ = read_raster(triplet.path("s2"), 13, "S2", self.patch_size)

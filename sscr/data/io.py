@@ -87,17 +87,30 @@ def read_raster(
 
 
 def normalize_s1(db: np.ndarray) -> np.ndarray:
-    """S1 dB -> [0, 1]: NaN -> 0, clip to [-25, 0] dB, map linearly (benchmark "default")."""
+    """S1 dB -> [0, 1]: NaN -> 0, clip to [-25, 0] dB, map linearly (benchmark "default").
+
+    One float32 copy, then in place (the data loader's hot path, ``benchmarks/results/data_loading.md``).
+    """
     lo, hi = S1_DB_RANGE
-    out = np.nan_to_num(db.astype(np.float32), nan=0.0, posinf=hi, neginf=lo)
-    out = np.clip(out, lo, hi)
-    return ((out - lo) / (hi - lo)).astype(np.float32)
+    out = db.astype(np.float32)  # always a copy: the caller's array is left alone
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=hi, neginf=lo)
+    np.clip(out, lo, hi, out=out)
+    out -= lo
+    out /= hi - lo
+    return out
 
 
 def normalize_s2(dn: np.ndarray) -> np.ndarray:
-    """S2 DN -> [0, 1]: NaN -> 0, clip to [0, 10000], divide by 10000 (benchmark "default")."""
-    out = np.nan_to_num(dn.astype(np.float32), nan=0.0)
-    return (np.clip(out, 0.0, S2_DN_MAX) / S2_DN_MAX).astype(np.float32)
+    """S2 DN -> [0, 1]: NaN -> 0, clip to [0, 10000], divide by 10000 (benchmark "default").
+
+    One float32 copy, then in place; integer DN (the L1C files' uint16) have no NaN to replace.
+    """
+    out = dn.astype(np.float32)
+    if not np.issubdtype(dn.dtype, np.integer):
+        np.nan_to_num(out, copy=False, nan=0.0)
+    np.clip(out, 0.0, S2_DN_MAX, out=out)
+    out /= S2_DN_MAX
+    return out
 
 
 def denormalize_s2(reflectance: np.ndarray) -> np.ndarray:
