@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from benchmarks._common import (
     command_line,
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 rounds, 512 px scene")
     parser.add_argument("--smoke", action="store_true", help="CI: tiny U-Net, 64 px tiles, 256 px scene, 1 round")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; quick 3; smoke 1)")
-    parser.add_argument("--out", type=__import__("pathlib").Path, default=None, help="results file")
+    parser.add_argument("--out", type=Path, default=None, help="results file")
     args = parser.parse_args(argv)
     mode = mode_of(args.quick, args.smoke)
     repeats = args.repeats or {"full": 5, "quick": 3, "smoke": 1}[mode]

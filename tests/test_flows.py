@@ -31,17 +31,6 @@ pytestmark = pytest.mark.slow
 STAGES = {"download", "cloudmasks", "train", "evaluate", "register"}
 
 
-@pytest.fixture(autouse=True)
-def restore_tracking_uri():
-    """``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI``; keep it from reaching later tests."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
-
-
 @pytest.fixture(scope="module")
 def prefect_api() -> str:
     """A temporary Prefect server on 127.0.0.1 for this module; its API URL."""

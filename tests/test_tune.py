@@ -29,17 +29,6 @@ FAST_TUNE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def restore_tracking_uri():
-    """``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI``; keep it from reaching later tests."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
-
-
 def study_params(tiny_params: Params, **tune: object) -> Params:
     """The tiny params with one training batch of 32 px crops per epoch and the fast search space."""
     raw = tiny_params.model_dump(mode="json")
