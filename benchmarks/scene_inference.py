@@ -3,14 +3,17 @@
     python -m benchmarks.scene_inference            # 2048 px and a whole Sentinel-2 tile (10980 px)
     python -m benchmarks.scene_inference --quick    # 512 and 1024 px
     python -m benchmarks.scene_inference --smoke    # CI: 256 and 512 px, tiny U-Net, mask off
+    python -m benchmarks.scene_inference --batch 4  # 4 tiles per forward pass instead of the CPU default 1
 
 Synthetic scenes (cloudy S2, 13 bands uint16 DN, and S1, 2 bands float32 dB, as
 tiled GeoTIFFs in UTM) are written once under ``benchmarks/.cache/`` (or
 ``$SSCR_BENCHMARK_CACHE``) from a few
 patches of :func:`sscr.data.synth.synth_patch`. Each run of
 :func:`sscr.infer.infer_scene` happens in a fresh subprocess so its peak RSS
-(``ru_maxrss``) belongs to that scene size alone. Models are randomly
-initialised: throughput does not depend on the weights.
+(``ru_maxrss``) belongs to that scene size alone; a thread samples its RSS every
+0.2 s, and the table shows the largest sample of the run's first quarter next to
+the peak: when they agree, memory stopped growing early and more tiles would not
+raise it. Models are randomly initialised: throughput does not depend on the weights.
 
 Full mode measures the default ``sscr`` model at 2048 px with the s2cloudless
 mask on and off, estimates the 10980 px time from those rates, and runs the
@@ -38,19 +41,24 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import cache_dir
+from benchmarks._common import cache_dir, command_line
 
+NAME = "scene_inference"
 HERE = Path(__file__).resolve().parent
 CACHE = cache_dir()
 RESULTS = HERE / "results" / "scene_inference.md"
 RESULTS_QUICK = HERE / "results" / "scene_inference_quick.md"
 RESULTS_SMOKE = HERE / "results" / "scene_inference_smoke.md"
 SENTINEL2_TILE = 10980
+BUDGET_MINUTES = 30.0
+"""Largest estimated time of the 10980 px run with the default model (``--budget-minutes``)."""
 SOURCE_PATCH = 512
 SOURCE_PATCHES = 6
 SMOKE_SOURCE = (256, 2)
 """Smoke scenes are tiled from 2 patches of 256 px (written in a second, named ``smoke_*.tif``)."""
-TILE, OVERLAP, BATCH = 256, 32, 4
+TILE, OVERLAP = 256, 32
+BATCH = None
+"""Tiles per forward pass (``--batch``): None is infer_scene's default (1 on CPU, 4 on a GPU), what `sscr infer` runs."""
 MODELS = {
     "sscr": {},  # the project's model with its defaults (widths 32, 64, 128)
     "tiny-unet": {"encoder_widths": [8, 16]},  # for the memory comparison when the default model is too slow
@@ -70,6 +78,9 @@ class Run:
     pixels_per_second: float
     peak_rss_mib: float
     rss_before_mib: float
+    rss_first_quarter_mib: float
+    """Largest RSS sampled during the first quarter of the run: equal to the peak once memory stops growing."""
+    batch: int
 
     @property
     def label(self) -> str:
@@ -149,8 +160,10 @@ def write_scene(
 # ---------------------------------------------------------------- one run, in a fresh process
 
 
-def worker(size: int, model_key: str, mask: bool, smoke: bool = False) -> None:
-    """Run infer_scene once and print a JSON line with its report and this process's peak RSS."""
+def worker(size: int, model_key: str, mask: bool, smoke: bool = False, batch: int | None = BATCH) -> None:
+    """Run infer_scene once and print a JSON line with its report, this process's peak RSS and an RSS trace."""
+    import threading
+
     import psutil
     import torch
 
@@ -161,7 +174,21 @@ def worker(size: int, model_key: str, mask: bool, smoke: bool = False) -> None:
     model = for_inference(build_model(MODEL_NAMES[model_key], **MODELS[model_key]), "cpu")  # as `sscr infer` does
     s2_path, s1_path = scene_paths(size, smoke)
     out_path = CACHE / f"out_{size}_{model_key}_{'mask' if mask else 'nomask'}.tif"
-    rss_before = psutil.Process().memory_info().rss / 2**20
+    process = psutil.Process()
+    rss_before = process.memory_info().rss / 2**20
+    samples: list[tuple[float, float]] = []  # (seconds since start, RSS MiB), every 0.2 s
+    done = threading.Event()
+
+    started = time.perf_counter()
+
+    def sample() -> None:
+        while True:
+            samples.append((time.perf_counter() - started, process.memory_info().rss / 2**20))
+            if done.wait(0.2):
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     try:
         report = infer_scene(
             model,
@@ -170,13 +197,18 @@ def worker(size: int, model_key: str, mask: bool, smoke: bool = False) -> None:
             out_path,
             tile=TILE,
             overlap=OVERLAP,
-            batch_size=BATCH,
+            batch_size=batch,
             mask_kind="s2cloudless_map" if mask and model.use_mask else None,
             progress=False,
         )
     finally:
+        done.set()
+        sampler.join()
+        samples.append((time.perf_counter() - started, process.memory_info().rss / 2**20))
         out_path.unlink(missing_ok=True)  # a 10980 px output is ~2 GB: keep the cache small
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    quarter = samples[-1][0] / 4
+    first_quarter = max(rss for seconds, rss in samples if seconds <= quarter)
     print(
         json.dumps(
             {
@@ -188,13 +220,15 @@ def worker(size: int, model_key: str, mask: bool, smoke: bool = False) -> None:
                 "pixels_per_second": report.pixels_per_second,
                 "peak_rss_mib": peak,
                 "rss_before_mib": rss_before,
+                "rss_first_quarter_mib": first_quarter,
+                "batch": report.batch_size,
             }
         ),
         flush=True,
     )
 
 
-def measure(size: int, model_key: str, mask: bool, smoke: bool = False) -> Run:
+def measure(size: int, model_key: str, mask: bool, smoke: bool = False, batch: int | None = BATCH) -> Run:
     """Run :func:`worker` in a fresh interpreter and collect its measurements."""
     scene_paths(size, smoke)  # written here, not inside the measured process
     print(f"running {size} x {size}, model {model_key}, mask {'on' if mask else 'off'} ...", flush=True)
@@ -209,6 +243,7 @@ def measure(size: int, model_key: str, mask: bool, smoke: bool = False) -> Run:
             model_key,
             str(int(mask)),
             str(int(smoke)),
+            str(batch or 0),
         ],
         cwd=HERE.parent,
         env=env,
@@ -238,14 +273,15 @@ def tiles_of(size: int) -> int:
 
 def table(runs: list[Run]) -> list[str]:
     lines = [
-        "| scene | model | s2cloudless mask | tiles | time | s / tile | Mpx / s | peak RSS | RSS before |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| scene | model | s2cloudless mask | batch | tiles | time | s / tile | Mpx / s | RSS before | "
+        "RSS, first quarter | peak RSS |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in runs:
         lines.append(
-            f"| {run.label} | {run.model} | {'on' if run.mask else 'off'} | {run.tiles} | {run.seconds:.0f} s | "
-            f"{run.seconds / run.tiles:.2f} | {run.pixels_per_second / 1e6:.3f} | {run.peak_rss_mib:.0f} MiB | "
-            f"{run.rss_before_mib:.0f} MiB |"
+            f"| {run.label} | {run.model} | {'on' if run.mask else 'off'} | {run.batch} | {run.tiles} | "
+            f"{run.seconds:.0f} s | {run.seconds / run.tiles:.2f} | {run.pixels_per_second / 1e6:.3f} | "
+            f"{run.rss_before_mib:.0f} MiB | {run.rss_first_quarter_mib:.0f} MiB | {run.peak_rss_mib:.0f} MiB |"
         )
     return lines
 
@@ -274,26 +310,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget-minutes",
         type=float,
-        default=30.0,
+        default=BUDGET_MINUTES,
         help="largest estimated run time for the 10980 px scene with the default model",
     )
     parser.add_argument(
-        "--worker", nargs=4, metavar=("SIZE", "MODEL", "MASK", "SMOKE"), help=argparse.SUPPRESS
+        "--batch", type=int, default=BATCH, help="tiles per forward pass (default: infer_scene's, 1 on CPU)"
+    )
+    parser.add_argument(
+        "--worker", nargs=5, metavar=("SIZE", "MODEL", "MASK", "SMOKE", "BATCH"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
     if args.worker:
-        worker(int(args.worker[0]), args.worker[1], bool(int(args.worker[2])), bool(int(args.worker[3])))
+        size, model_key, mask, smoke, batch = args.worker
+        worker(int(size), model_key, bool(int(mask)), bool(int(smoke)), int(batch) or None)
         return 0
 
     load = os.getloadavg()[0]
+    extra = " ".join(
+        [f"--batch {args.batch}"] * (args.batch != BATCH) + [f"--budget-minutes {args.budget_minutes:g}"] * (
+            args.budget_minutes != BUDGET_MINUTES) + [f"--out {args.out}"] * (args.out is not None)
+    )
     notes: list[str] = []
     runs: list[Run] = []
     if args.smoke:
-        runs += [measure(256, "tiny-unet", False, smoke=True), measure(512, "tiny-unet", False, smoke=True)]
+        runs += [measure(256, "tiny-unet", False, True, args.batch), measure(512, "tiny-unet", False, True, args.batch)]
     elif args.quick:
-        runs += [measure(512, "sscr", True), measure(1024, "sscr", True)]
+        runs += [measure(512, "sscr", True, batch=args.batch), measure(1024, "sscr", True, batch=args.batch)]
     else:
-        on, off = measure(2048, "sscr", True), measure(2048, "sscr", False)
+        on, off = measure(2048, "sscr", True, batch=args.batch), measure(2048, "sscr", False, batch=args.batch)
         runs += [on, off]
         scale = tiles_of(SENTINEL2_TILE) / tiles_of(2048)
         estimate = {True: on.seconds * scale / 60, False: off.seconds * scale / 60}
@@ -310,25 +354,27 @@ def main(argv: list[str] | None = None) -> int:
                     f"- the {SENTINEL2_TILE} px scene ran with the mask off: with it, over "
                     f"{args.budget_minutes:.0f} min"
                 )
-            runs.append(measure(SENTINEL2_TILE, "sscr", mask))
+            runs.append(measure(SENTINEL2_TILE, "sscr", mask, batch=args.batch))
         else:
             notes.append(
                 f"- both exceed the {args.budget_minutes:.0f} min budget, so the memory comparison runs "
                 f"`tiny-unet` (U-Net, widths 8, 16, mask off) at 2048 and {SENTINEL2_TILE} px: streaming "
                 "buffers, reads and writes are those of any model; only the model's own constant working set differs"
             )
-            runs += [measure(2048, "tiny-unet", False), measure(SENTINEL2_TILE, "tiny-unet", False)]
+            runs += [measure(2048, "tiny-unet", False, batch=args.batch),
+                     measure(SENTINEL2_TILE, "tiny-unet", False, batch=args.batch)]
 
     import torch
 
     lines = [
         "# Full-scene inference: throughput and memory",
         "",
-        f"`python -m benchmarks.scene_inference{' --smoke' if args.smoke else ' --quick' if args.quick else ''}`, "
+        f"`{command_line(NAME, 'smoke' if args.smoke else 'quick' if args.quick else 'full', extra)}`, "
         f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
         f"(load average {load:.1f} at start, shared with other jobs), torch {torch.__version__} "
-        f"with {torch.get_num_threads()} threads, no GPU. Tile {TILE}, overlap {OVERLAP}, batch {BATCH}; "
-        "randomly initialised models; each run in a fresh process (peak RSS = its ru_maxrss).",
+        f"with {torch.get_num_threads()} threads, no GPU. Tile {TILE}, overlap {OVERLAP}, "
+        f"batch {'infer_scene default' if args.batch is None else args.batch}; randomly initialised models; each run in "
+        "a fresh process (peak RSS = its ru_maxrss; RSS sampled every 0.2 s for the first quarter of the run).",
         "",
         *table(runs),
         "",

@@ -368,6 +368,8 @@ class SceneReport:
     tile: int
     overlap: int
     """Effective overlap in px (the stride is rounded to a multiple of 16)."""
+    batch_size: int
+    """Tiles per forward pass."""
     mask_kind: str | None
 
     def as_dict(self) -> dict[str, Any]:
@@ -518,7 +520,7 @@ def infer_scene(
     return SceneReport(
         size=(tiling.x.size, tiling.y.size), tiles=tiling.tiles, tiles_skipped=skipped, seconds=seconds,
         pixels_per_second=tiling.x.size * tiling.y.size / max(seconds, 1e-9), out_path=out_path,
-        var_path=var_path, tile=tile, overlap=max(tiling.x.overlap, tiling.y.overlap),
+        var_path=var_path, tile=tile, overlap=max(tiling.x.overlap, tiling.y.overlap), batch_size=batch_size,
         mask_kind=mask_kind if use_mask else None,
     )
 

@@ -1,7 +1,8 @@
 """Everything MLflow: tracking store, runs, resilient metric logging, the logged model, registry, promotion.
 
 Default store: ``sqlite:///mlflow.db`` with artifacts in ``mlartifacts/``, both
-in the working directory and git-ignored. ``MLFLOW_TRACKING_URI`` overrides
+in the working directory and git-ignored (a SQLite store elsewhere keeps its
+``mlartifacts/`` beside its database file). ``MLFLOW_TRACKING_URI`` overrides
 it, so a team's remote server (PostgreSQL backend, shared artifact store)
 works unchanged. Credentials inside URIs are never logged or printed.
 """
@@ -69,6 +70,23 @@ def configure(uri: str | None = None) -> str:
     return uri
 
 
+def local_artifact_root(uri: str) -> Path:
+    """Where a database store without an artifact server keeps artifacts: ``mlartifacts/`` beside the database.
+
+    ``sqlite:///mlflow.db`` -> ``./mlartifacts``; ``sqlite:////data/mlflow.db`` -> ``/data/mlartifacts``
+    (whatever the working directory); any other database (PostgreSQL, in-memory SQLite) ->
+    ``./mlartifacts``.
+    """
+    from sqlalchemy.engine import make_url
+
+    base = Path.cwd()
+    if uri.startswith("sqlite:"):
+        database = make_url(uri).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            base = Path(database).parent
+    return (base / DEFAULT_ARTIFACT_DIR).resolve()
+
+
 def experiment_id(name: str) -> str:
     """Id of experiment ``name``, created if needed (local store: artifacts under ``mlartifacts/``)."""
     client = MlflowClient()
@@ -77,8 +95,7 @@ def experiment_id(name: str) -> str:
         return experiment.experiment_id
     location = None
     if not tracking_uri().startswith(("http:", "https:", "databricks")):
-        # A database store has no artifact root of its own: keep artifacts beside it, in mlartifacts/.
-        location = os.environ.get("MLFLOW_DEFAULT_ARTIFACT_ROOT") or (Path.cwd() / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
+        location = os.environ.get("MLFLOW_DEFAULT_ARTIFACT_ROOT") or local_artifact_root(tracking_uri()).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:

@@ -108,6 +108,9 @@ def test_scene_inference_smoke(tmp_path, cache):
     for row in rows:
         assert row["peak RSS"].endswith("MiB") and is_number(row["peak RSS"]), row
         assert is_number(row["Mpx / s"]), row
+        assert row["batch"] == "1"  # infer_scene's CPU default
+        # the first quarter's RSS is a sample of the same process, so it can never exceed the peak
+        assert float(row["RSS, first quarter"].split()[0]) <= float(row["peak RSS"].split()[0]), row
     assert "peak RSS 512 x 512 / 256 x 256" in text
 
 

@@ -170,6 +170,7 @@ def test_real_mask_and_no_data_tiles(tmp_path):
     assert (out[:, :, 96:] == 0).all()
     assert (out[:, :, :96] > 0).all()
     assert report.tiles == 9 and report.tiles_skipped == 3  # the last tile column lies in the no-data
+    assert report.batch_size == 1  # the CPU default: one tile per forward pass
 
 
 @pytest.mark.parametrize("align", [1, 4, 8])
