@@ -18,8 +18,8 @@ Bounds, each measured here:
 Figures compared with them, in the same run and interleaved round-robin with the bounds (so
 load changes hit all alike; medians of the rounds):
 
-- the forward pass of each backbone at its default widths, 256 x 256, batch 1 (and ``sscr`` at
-  batch 4, the batch of ``sscr infer``): GFLOP/s = forward FLOPs (``sscr.models.model_cost``) /
+- the forward pass of each backbone at its default widths, 256 x 256, batch 1 (the batch of ``sscr infer`` on CPU; ``sscr`` also at
+  batch 4, its GPU default): GFLOP/s = forward FLOPs (``sscr.models.model_cost``) /
   median time, against the 2-thread matmul rate;
 - the data set with precomputed masks (``SEN12MSCR[i]``): MB/s of file bytes read against the
   page-cache read rate, and MB/s of float32 tensors produced against the memory copy rate.
