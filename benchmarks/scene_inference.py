@@ -326,10 +326,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     load = os.getloadavg()[0]
-    extra = " ".join(
-        [f"--batch {args.batch}"] * (args.batch != BATCH) + [f"--budget-minutes {args.budget_minutes:g}"] * (
-            args.budget_minutes != BUDGET_MINUTES) + [f"--out {args.out}"] * (args.out is not None)
-    )
+    extra = []
+    if args.batch != BATCH:
+        extra.append(f"--batch {args.batch}")
+    if args.budget_minutes != BUDGET_MINUTES:
+        extra.append(f"--budget-minutes {args.budget_minutes:g}")
+    if args.out is not None:
+        extra.append(f"--out {args.out}")
     notes: list[str] = []
     runs: list[Run] = []
     if args.smoke:
@@ -369,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Full-scene inference: throughput and memory",
         "",
-        f"`{command_line(NAME, 'smoke' if args.smoke else 'quick' if args.quick else 'full', extra)}`, "
+        f"`{command_line(NAME, 'smoke' if args.smoke else 'quick' if args.quick else 'full', ' '.join(extra))}`, "
         f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
         f"(load average {load:.1f} at start, shared with other jobs), torch {torch.__version__} "
         f"with {torch.get_num_threads()} threads, no GPU. Tile {TILE}, overlap {OVERLAP}, "

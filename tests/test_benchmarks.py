@@ -112,6 +112,7 @@ def test_scene_inference_smoke(tmp_path, cache):
         # the first quarter's RSS is a sample of the same process, so it can never exceed the peak
         assert float(row["RSS, first quarter"].split()[0]) <= float(row["peak RSS"].split()[0]), row
     assert "peak RSS 512 x 512 / 256 x 256" in text
+    assert f"`python -m benchmarks.scene_inference --smoke --out {tmp_path / 'scene_inference.md'}`" in text
 
 
 def test_data_loading_smoke(tmp_path, cache):
