@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +45,12 @@ def results_path(name: str, mode: str, out: Path | None = None) -> Path:
     return RESULTS / (f"{name}.md" if mode == "full" else f"{name}_{mode}.md")
 
 
-def command_line(name: str, mode: str, extra: str = "") -> str:
-    """The command that reproduces a report, as its first line shows it."""
-    flag = "" if mode == "full" else f" --{mode}"
-    return f"python -m benchmarks.{name}{flag}{(' ' + extra) if extra else ''}"
+def command_line(name: str, argv: Sequence[str] | None = None) -> str:
+    """The command that reproduces a report, as its first line shows it: every argument it was given.
+
+    ``argv`` is what ``main(argv)`` received (None: ``sys.argv[1:]``, the command line).
+    """
+    return shlex.join(["python", "-m", f"benchmarks.{name}", *(sys.argv[1:] if argv is None else argv)])
 
 
 def machine_line(threads: int | None = None) -> str:

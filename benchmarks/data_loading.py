@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Data loading: samples/s of {size} x {size} triplets from GeoTIFF",
         "",
-        f"Command: `{command_line(NAME, mode)}` ({time.strftime('%Y-%m-%d %H:%M')}, "
+        f"Command: `{command_line(NAME, argv)}` ({time.strftime('%Y-%m-%d %H:%M')}, "
         f"{(time.perf_counter() - started) / 60:.0f} min). Machine: {machine_line()}.",
         f"Sample: the embedded default ({len(dataset)} triplets of {size} px, deflate-compressed GeoTIFFs as "
         f"`sscr data synth` writes them, {triplet_bytes / 1e6:.2f} MB per triplet on disk + "

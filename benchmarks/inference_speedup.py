@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join([
         f"# Inference before/after: channels-last weights on CPU (`{name}`)",
         "",
-        f"Command: `{command_line(NAME, mode)}` ({time.strftime('%Y-%m-%d %H:%M')}, "
+        f"Command: `{command_line(NAME, argv)}` ({time.strftime('%Y-%m-%d %H:%M')}, "
         f"{(time.perf_counter() - started) / 60:.0f} min). Machine: {machine_line()}.",
         f"Before: `model.eval()` (NCHW), 4 tiles per pass. After: `sscr.models.for_inference(model, 'cpu')` "
         f"(NHWC weights), and in the last row also 1 tile per pass, the CPU default of `sscr infer` since. Same "

@@ -43,12 +43,13 @@ from pathlib import Path
 import psutil
 import torch
 
+from benchmarks._common import command_line, mode_of, results_path, write_report
 from sscr.models import build_model, example_inputs, model_cost, select_device
 
 MODELS = ["sscr", "uncrtaints", "utae", "unet"]
 REFERENCE = "uncrtaints"
 SIZE = 256
-RESULTS = Path(__file__).resolve().parent / "results"
+NAME = "model_cost"
 MODES = ("forward", "train")
 
 
@@ -242,14 +243,9 @@ def table(rows: list[Row]) -> str:
 
 
 def report(
-    rows: list[Row], args: argparse.Namespace, device: torch.device, threads: int, seconds: float
+    rows: list[Row], args: argparse.Namespace, command: str, device: torch.device, threads: int, seconds: float
 ) -> str:
     """The results file: context, table, method."""
-    command = "python -m benchmarks.model_cost" + (
-        " --smoke" if args.smoke else " --quick" if args.quick else ""
-    )
-    if args.threads:
-        command += f" --threads {args.threads}"
     return "\n".join(
         [
             f"# Model cost at {args.size} x {args.size} (default widths)",
@@ -291,18 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     args.batches = [1] if args.quick or args.smoke else [1, 8]
     args.repeats = args.repeats or (1 if args.smoke else 3 if args.quick else 5)
     args.size = 64 if args.smoke else SIZE
-    suffix = "_smoke" if args.smoke else "_quick" if args.quick else ""
-    out = args.out or RESULTS / f"model_cost{suffix}.md"
     device = select_device(args.device)
     threads = args.threads or torch.get_num_threads()
 
     start = time.perf_counter()
     rows = measure(args.batches, args.repeats, device, threads, args.size)
-    text = report(rows, args, device, threads, time.perf_counter() - start)
-    print(text)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"written to {out}")
+    text = report(rows, args, command_line(NAME, argv), device, threads, time.perf_counter() - start)
+    write_report(text, results_path(NAME, mode_of(args.quick, args.smoke), args.out))
     return 0
 
 

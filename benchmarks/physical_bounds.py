@@ -18,9 +18,9 @@ Bounds, each measured here:
 Figures compared with them, in the same run and interleaved round-robin with the bounds (so
 load changes hit all alike; medians of the rounds):
 
-- the forward pass of each backbone at its default widths, 256 x 256, batch 1 (the batch of ``sscr infer`` on CPU; ``sscr`` also at
-  batch 4, its GPU default): GFLOP/s = forward FLOPs (``sscr.models.model_cost``) /
-  median time, against the 2-thread matmul rate;
+- the forward pass of each backbone at its default widths, 256 x 256, batch 1 (the batch of
+  ``sscr infer`` on CPU; ``sscr`` also at batch 4, its GPU default): GFLOP/s = forward FLOPs
+  (``sscr.models.model_cost``) / median time, against the 2-thread matmul rate;
 - the data set with precomputed masks (``SEN12MSCR[i]``): MB/s of file bytes read against the
   page-cache read rate, and MB/s of float32 tensors produced against the memory copy rate.
 """
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Physical bounds of this machine, and the project's figures against them",
         "",
-        f"Command: `{command_line(NAME, mode)}` ({time.strftime('%Y-%m-%d %H:%M')}, "
+        f"Command: `{command_line(NAME, argv)}` ({time.strftime('%Y-%m-%d %H:%M')}, "
         f"{(time.perf_counter() - started) / 60:.0f} min). Machine: {machine_line(threads)}.",
         f"Medians of {repeats} round(s) after a warm-up, all candidates interleaved round-robin; "
         "± = largest distance of a round from the median.",

@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Pipeline overhead: `dvc repro` on the embedded default",
         "",
-        f"Command: `{command_line(NAME, mode)}` ({time.strftime('%Y-%m-%d %H:%M')}, "
+        f"Command: `{command_line(NAME, argv)}` ({time.strftime('%Y-%m-%d %H:%M')}, "
         f"{(time.perf_counter() - started) / 60:.0f} min). Machine: {machine_line()}.",
         f"A fresh copy of the project ({'`params.yaml` unchanged' if overrides is None else 'tiny overrides of tests/tiny.py'}"
         ", no `dvc.lock`, its own `mlflow.db`), one `dvc repro`; stage times from a shim that logs when each "

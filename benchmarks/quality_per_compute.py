@@ -308,15 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name, (chosen, epoch) in widths.items()
     ]
-    extra = []
-    if args.budget_minutes is not None:
-        extra.append(f"--budget-minutes {args.budget_minutes:g}")
-    if args.models is not None:
-        extra.append(f"--models {' '.join(args.models)}")
     lines = [
         "# Quality per compute: every backbone for the same CPU-time budget",
         "",
-        f"Command: `{command_line(NAME, mode, ' '.join(extra))}` ({time.strftime('%Y-%m-%d %H:%M')}, "
+        f"Command: `{command_line(NAME, argv)}` ({time.strftime('%Y-%m-%d %H:%M')}, "
         f"{(time.perf_counter() - started) / 60:.0f} min). Machine: {machine_line(torch.get_num_threads())}.",
         f"Data: the embedded default{' (tiny: 64 px, tests/tiny.py)' if tiny else ''}, {n_train} training "
         f"patches of {size} px, test split {results[0].metrics['n_images']} patches. Budget: "

@@ -28,6 +28,7 @@ neither overwrites the full results; ``--out`` writes elsewhere).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -178,7 +179,6 @@ def worker(size: int, model_key: str, mask: bool, smoke: bool = False, batch: in
     rss_before = process.memory_info().rss / 2**20
     samples: list[tuple[float, float]] = []  # (seconds since start, RSS MiB), every 0.2 s
     done = threading.Event()
-
     started = time.perf_counter()
 
     def sample() -> None:
@@ -326,21 +326,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     load = os.getloadavg()[0]
-    extra = []
-    if args.batch != BATCH:
-        extra.append(f"--batch {args.batch}")
-    if args.budget_minutes != BUDGET_MINUTES:
-        extra.append(f"--budget-minutes {args.budget_minutes:g}")
-    if args.out is not None:
-        extra.append(f"--out {args.out}")
     notes: list[str] = []
     runs: list[Run] = []
+    run = functools.partial(measure, batch=args.batch)
     if args.smoke:
-        runs += [measure(256, "tiny-unet", False, True, args.batch), measure(512, "tiny-unet", False, True, args.batch)]
+        runs += [run(256, "tiny-unet", False, smoke=True), run(512, "tiny-unet", False, smoke=True)]
     elif args.quick:
-        runs += [measure(512, "sscr", True, batch=args.batch), measure(1024, "sscr", True, batch=args.batch)]
+        runs += [run(512, "sscr", True), run(1024, "sscr", True)]
     else:
-        on, off = measure(2048, "sscr", True, batch=args.batch), measure(2048, "sscr", False, batch=args.batch)
+        on, off = run(2048, "sscr", True), run(2048, "sscr", False)
         runs += [on, off]
         scale = tiles_of(SENTINEL2_TILE) / tiles_of(2048)
         estimate = {True: on.seconds * scale / 60, False: off.seconds * scale / 60}
@@ -357,22 +351,21 @@ def main(argv: list[str] | None = None) -> int:
                     f"- the {SENTINEL2_TILE} px scene ran with the mask off: with it, over "
                     f"{args.budget_minutes:.0f} min"
                 )
-            runs.append(measure(SENTINEL2_TILE, "sscr", mask, batch=args.batch))
+            runs.append(run(SENTINEL2_TILE, "sscr", mask))
         else:
             notes.append(
                 f"- both exceed the {args.budget_minutes:.0f} min budget, so the memory comparison runs "
                 f"`tiny-unet` (U-Net, widths 8, 16, mask off) at 2048 and {SENTINEL2_TILE} px: streaming "
                 "buffers, reads and writes are those of any model; only the model's own constant working set differs"
             )
-            runs += [measure(2048, "tiny-unet", False, batch=args.batch),
-                     measure(SENTINEL2_TILE, "tiny-unet", False, batch=args.batch)]
+            runs += [run(2048, "tiny-unet", False), run(SENTINEL2_TILE, "tiny-unet", False)]
 
     import torch
 
     lines = [
         "# Full-scene inference: throughput and memory",
         "",
-        f"`{command_line(NAME, 'smoke' if args.smoke else 'quick' if args.quick else 'full', ' '.join(extra))}`, "
+        f"`{command_line(NAME, argv)}`, "
         f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
         f"(load average {load:.1f} at start, shared with other jobs), torch {torch.__version__} "
         f"with {torch.get_num_threads()} threads, no GPU. Tile {TILE}, overlap {OVERLAP}, "
