@@ -148,7 +148,7 @@ def sample_on_disk(name: str, overrides: dict[str, Any] | None = None) -> Any:
     Written once (``write_synthetic_sample`` then ``precompute_masks``, both resumable); returns the
     params with ``data.root`` and ``masks.dir`` pointing there.
     """
-    from sscr.clouds.precompute import precompute_masks
+    from sscr.cloudmasks import precompute_masks
     from sscr.data.synth import write_synthetic_sample
 
     base = cache_dir() / name

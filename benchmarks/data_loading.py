@@ -59,7 +59,7 @@ def _read(path: Path, band: int | None = None) -> np.ndarray:
 
 
 def _mask_band(masks_dir: Path, triplet: object, kind: str) -> tuple[Path, int]:
-    from sscr.clouds.precompute import mask_path
+    from sscr.data.masks import mask_path
 
     path = mask_path(masks_dir, triplet.pid)  # type: ignore[attr-defined]
     with rasterio.open(path) as src:
@@ -125,9 +125,9 @@ def steps_of_getitem(dataset: object) -> Callable[[dict[str, float]], None]:
     """
     import torch
 
-    from sscr.clouds.precompute import coverage, read_mask
     from sscr.data.index import check_content
     from sscr.data.io import normalize_s1, normalize_s2, read_raster
+    from sscr.data.masks import coverage, read_mask
 
     size = dataset.patch_size  # type: ignore[attr-defined]
 
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     fly_name = "SEN12MSCR, s2cloudless on the fly"
     file_bytes = {name: 0 for name in counts}
     triplet_bytes = sum(t.path(m).stat().st_size for t in dataset.triplets for m in MODALITIES) / len(dataset)
-    from sscr.clouds.precompute import mask_path
+    from sscr.data.masks import mask_path
 
     mask_bytes = sum(mask_path(params.masks.dir, t.pid).stat().st_size for t in dataset.triplets) / len(
         dataset

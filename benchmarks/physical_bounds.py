@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         patch_size=params.data.patch_size,
     )
     triplet_files = [t.path(m) for t in dataset.triplets for m in ("s1", "s2", "s2_cloudy")]
-    from sscr.clouds.precompute import mask_path
+    from sscr.data.masks import mask_path
 
     loaded_bytes = sum(p.stat().st_size for p in triplet_files) + sum(
         mask_path(params.masks.dir, t.pid).stat().st_size for t in dataset.triplets

@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        from sscr.train import build_dataset
+        from sscr.data.dataset import build_dataset
 
         warm_up()
         n_train = len(build_dataset(params, "train"))

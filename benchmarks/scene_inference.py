@@ -112,8 +112,10 @@ def write_scene(
     from affine import Affine
     from rasterio.windows import Window
 
-    from sscr.data.layout import S1_BANDS, S2_BANDS, PatchId
+    from sscr.bands import S1_BANDS, S1_CHANNELS, S2_BANDS, S2_CHANNELS
     from sscr.data.synth import synth_patch
+    from sscr.fsutil import atomic_path
+    from sscr.layout import PatchId
 
     started = time.perf_counter()
     print(f"writing synthetic {size} x {size} scene to {CACHE} (once) ...", flush=True)
@@ -135,11 +137,12 @@ def write_scene(
         "compress": "deflate",
         "BIGTIFF": "IF_SAFER",
     }
-    partials = [path.with_name(f".{path.name}.partial") for path in (s2_path, s1_path)]
     with (
+        atomic_path(s2_path) as s2_tmp,
+        atomic_path(s1_path) as s1_tmp,
         rasterio.Env(GDAL_CACHEMAX=64),
-        rasterio.open(partials[0], "w", count=13, dtype="uint16", predictor=2, **common) as s2,
-        rasterio.open(partials[1], "w", count=2, dtype="float32", predictor=3, **common) as s1,
+        rasterio.open(s2_tmp, "w", count=S2_CHANNELS, dtype="uint16", predictor=2, **common) as s2,
+        rasterio.open(s1_tmp, "w", count=S1_CHANNELS, dtype="float32", predictor=3, **common) as s1,
     ):
         for dataset, names in ((s2, S2_BANDS), (s1, S1_BANDS)):
             for index, name in enumerate(names, start=1):
@@ -153,8 +156,6 @@ def write_scene(
                 for dataset, key in ((s2, "s2_cloudy"), (s1, "s1")):
                     block = np.rot90(patches[index][key], turns, axes=(1, 2))[:, :height, :width]
                     dataset.write(np.ascontiguousarray(block), window=window)
-    for partial, path in zip(partials, (s2_path, s1_path), strict=True):
-        partial.replace(path)
     print(f"  written in {time.perf_counter() - started:.0f} s", flush=True)
 
 

@@ -33,7 +33,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from sscr.config import load_params
+from sscr.config import load_params, run_dir
 from sscr.tune import as_override
 
 #: The decision file of the ``register`` stage (``sscr register --out`` default, as dvc.yaml runs it).
@@ -177,7 +177,6 @@ def publish(project: Path, stages_run: dict[str, bool], overrides: list[str], ex
     from mlflow.tracking import MlflowClient
 
     from sscr import tracking
-    from sscr.train import run_dir
 
     params = load_params(project / "params.yaml")
     metrics = json.loads((project / params.evaluate.out_dir / "metrics.json").read_text())

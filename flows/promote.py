@@ -1,6 +1,6 @@
 """Prefect flow ``promote``: move the registry alias (``@champion``) to the newest version if it is better.
 
-The decision is :func:`sscr.tracking.promote`'s, the same code the
+The decision is :func:`sscr.registry.promote`'s, the same code the
 ``register`` stage and ``sscr promote`` call: higher ``registry.metric`` wins,
 under a lock, recorded as tags on the version.
 """
@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.pipeline import mlflow_store
-from sscr import tracking
+from sscr import registry as model_registry
 from sscr.config import load_params
 
 
@@ -24,8 +24,8 @@ def promote_version(project: Path, version: str | None) -> dict[str, Any]:
     """Compare ``version`` (default: the newest) with the alias holder and move the alias if it is better."""
     registry = load_params(project / "params.yaml").registry
     with mlflow_store(project):
-        version = version or tracking.newest_version(registry.model_name)
-        decision = tracking.promote(registry.model_name, version, registry.alias, registry.metric)
+        version = version or model_registry.newest_version(registry.model_name)
+        decision = model_registry.promote(registry.model_name, version, registry.alias, registry.metric)
     return decision.as_dict()
 
 

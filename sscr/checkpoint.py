@@ -9,7 +9,6 @@ with, so it can be rebuilt and evaluated with nothing else.
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from sscr.fsutil import atomic_path
 
 FORMAT = 1
 
@@ -26,24 +27,13 @@ class CheckpointError(ValueError):
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path, fault_point: str = "") -> Path:
-    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``.
+    """``torch.save`` through :func:`sscr.fsutil.atomic_path`: a crash never leaves a truncated checkpoint.
 
-    A crash at any moment leaves either the previous complete file or the new
-    complete file, never a truncated one.
+    ``fault_point`` names the crash point between the write and the rename that reliability tests use.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    if fault_point:
-        from sscr import faults
-
-        faults.checkpoint(fault_point)  # a crash between the write and the rename
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path, fault_point) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

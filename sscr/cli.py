@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sscr.config import ConfigError, Params, load_params
+from sscr.config import ConfigError, Params, load_params, run_dir
 
 Handler = Callable[[argparse.Namespace, Params], int | None]
 
@@ -102,7 +102,7 @@ def cmd_data_download(args: argparse.Namespace, params: Params) -> None:
 
 
 def cmd_masks(args: argparse.Namespace, params: Params) -> None:
-    from sscr.clouds.precompute import precompute_masks
+    from sscr.cloudmasks import precompute_masks
 
     masks = params.masks
     report = precompute_masks(
@@ -147,8 +147,7 @@ def cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
 
 
 def cmd_register(args: argparse.Namespace, params: Params) -> None:
-    from sscr.tracking import register_evaluated
-    from sscr.train import run_dir
+    from sscr.registry import register_evaluated
 
     registry = params.registry
     decision = register_evaluated(
@@ -161,11 +160,12 @@ def cmd_register(args: argparse.Namespace, params: Params) -> None:
 
 def cmd_promote(args: argparse.Namespace, params: Params) -> None:
     from sscr import tracking
+    from sscr.registry import newest_version, promote
 
     registry = params.registry
     tracking.configure()
-    version = args.version or tracking.newest_version(registry.model_name)
-    decision = tracking.promote(registry.model_name, version, registry.alias, registry.metric)
+    version = args.version or newest_version(registry.model_name)
+    decision = promote(registry.model_name, version, registry.alias, registry.metric)
     print(f"{decision.model_name} v{decision.version}: {'promoted' if decision.promoted else 'kept'} "
           f"({decision.reason})")
 
@@ -196,7 +196,8 @@ def cmd_sync_metrics(args: argparse.Namespace, params: Params) -> None:
 
 
 def cmd_infer(args: argparse.Namespace, params: Params) -> None:
-    from sscr.infer import infer_scene, load_model
+    from sscr.infer import infer_scene
+    from sscr.serving import load_model
 
     model, mask_kind = load_model(args.model, device=args.device)
     report = infer_scene(model, args.s2, args.s1, args.out, var_path=args.var_out, tile=args.tile,

@@ -13,10 +13,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sscr.data.layout import MODALITIES, SEASONS, season_name
+from sscr.layout import MODALITIES, SEASONS, season_name
 
 MaskKind = Literal["s2cloudless_mask", "s2cloudless_map", "cloud_cloudshadow_mask"]
 MASK_KINDS: tuple[str, ...] = ("s2cloudless_mask", "s2cloudless_map", "cloud_cloudshadow_mask")
+DEFAULT_MASK_KIND: MaskKind = "s2cloudless_map"
+"""The mask the models see unless ``masks.use`` says otherwise (and the one an old checkpoint was trained with)."""
 DEFAULT_PARAMS = Path("params.yaml")
 OFFICIAL_BASE_URL = "https://dataserv.ub.tum.de/s/m1554803/download?path=/&files="
 
@@ -69,7 +71,7 @@ class MasksConfig(_Group):
 
     dir: Path = Path("data/masks")
     kinds: list[MaskKind] = Field(default_factory=lambda: list(MASK_KINDS))
-    use: MaskKind | None = "s2cloudless_map"
+    use: MaskKind | None = DEFAULT_MASK_KIND
     workers: int = Field(2, ge=1)
 
 
@@ -214,6 +216,14 @@ class Params(_Group):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+
+def run_dir(params: Params) -> Path:
+    """The run directory of an experiment, ``<train.res_dir>/<train.experiment_name>``.
+
+    Training writes it; evaluation, registration and the Prefect flows read it.
+    """
+    return Path(params.train.res_dir) / params.train.experiment_name
 
 
 class ConfigError(ValueError):

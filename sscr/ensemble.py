@@ -24,8 +24,9 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from sscr.bands import S2_BANDS, S2_DN_MAX
 from sscr.data.io import PatchError, denormalize_s2
-from sscr.data.layout import S2_BANDS, S2_DN_MAX
+from sscr.fsutil import atomic_path
 
 BLOCK = 256
 """Side of the windows processed at a time and of the output GeoTIFF blocks."""
@@ -56,7 +57,7 @@ def _check_members(datasets: list[Any]) -> None:
                                            "(as written by `sscr evaluate` or `sscr infer`)")
         names = dataset.descriptions[: len(S2_BANDS)]
         if all(names) and tuple(names) != S2_BANDS:
-            raise PatchError(dataset.name, f"the first 13 bands are {', '.join(names)}, expected {', '.join(S2_BANDS)}")
+            raise PatchError(dataset.name, f"the first {len(S2_BANDS)} bands are {', '.join(names)}, expected {', '.join(S2_BANDS)}")
         if dataset is first:
             continue
         if (dataset.width, dataset.height) != (first.width, first.height):
@@ -74,10 +75,6 @@ def _check_members(datasets: list[Any]) -> None:
 def _windows(width: int, height: int, block: int) -> list[Window]:
     return [Window(col, row, min(block, width - col), min(block, height - row))
             for row in range(0, height, block) for col in range(0, width, block)]
-
-
-def _partial(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial")
 
 
 def ensemble(prediction_paths: Sequence[str | Path], out_mean: str | Path, out_var: str | Path,
@@ -101,7 +98,6 @@ def ensemble(prediction_paths: Sequence[str | Path], out_mean: str | Path, out_v
 
     started = time.perf_counter()
     bands = list(range(1, len(S2_BANDS) + 1))
-    partials = [_partial(out_mean), _partial(out_var)]
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), contextlib.ExitStack() as inputs:
         datasets = [inputs.enter_context(rasterio.open(path)) for path in members]
         _check_members(datasets)
@@ -112,26 +108,19 @@ def ensemble(prediction_paths: Sequence[str | Path], out_mean: str | Path, out_v
             "compress": "deflate", "BIGTIFF": "IF_SAFER", "count": len(S2_BANDS),
         }
         nodata = {dataset.nodata for dataset in datasets}
-        try:
-            for path in (out_mean, out_var):
-                path.parent.mkdir(parents=True, exist_ok=True)
-            with rasterio.open(partials[0], "w", dtype="uint16", predictor=2,
-                               nodata=nodata.pop() if len(nodata) == 1 else None, **profile) as mean_out, \
-                    rasterio.open(partials[1], "w", dtype="float32", predictor=3, **profile) as var_out:
-                for index, name in enumerate(S2_BANDS, start=1):
-                    mean_out.set_band_description(index, name)
-                    var_out.set_band_description(index, f"{name}_var")
-                for window in _windows(first.width, first.height, block):
-                    stack = np.stack([dataset.read(bands, window=window) for dataset in datasets])
-                    reflectance = stack.astype(np.float64) / S2_DN_MAX
-                    mean_out.write(denormalize_s2(reflectance.mean(axis=0)), window=window)
-                    var_out.write(reflectance.var(axis=0).astype(np.float32), window=window)
-            partials[1].replace(out_var)
-            partials[0].replace(out_mean)
-        except BaseException:
-            for partial in partials:
-                partial.unlink(missing_ok=True)
-            raise
+        # The variance is put in place first, so a mean file that exists has its variance beside it.
+        with atomic_path(out_mean) as mean_tmp, atomic_path(out_var) as var_tmp, \
+                rasterio.open(mean_tmp, "w", dtype="uint16", predictor=2,
+                              nodata=nodata.pop() if len(nodata) == 1 else None, **profile) as mean_out, \
+                rasterio.open(var_tmp, "w", dtype="float32", predictor=3, **profile) as var_out:
+            for index, name in enumerate(S2_BANDS, start=1):
+                mean_out.set_band_description(index, name)
+                var_out.set_band_description(index, f"{name}_var")
+            for window in _windows(first.width, first.height, block):
+                stack = np.stack([dataset.read(bands, window=window) for dataset in datasets])
+                reflectance = stack.astype(np.float64) / S2_DN_MAX
+                mean_out.write(denormalize_s2(reflectance.mean(axis=0)), window=window)
+                var_out.write(reflectance.var(axis=0).astype(np.float32), window=window)
     return EnsembleResult(out_mean, out_var, members, (first.width, first.height), time.perf_counter() - started)
 
 

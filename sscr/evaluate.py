@@ -20,12 +20,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from sscr.checkpoint import build_from_checkpoint
-from sscr.config import Params, parse_params
+from sscr import tracking
+from sscr.bands import S2_BANDS
+from sscr.checkpoint import build_from_checkpoint, load_checkpoint
+from sscr.config import EvaluateConfig, Params, parse_params, run_dir
+from sscr.data.dataset import build_dataset, model_inputs
 from sscr.data.io import denormalize_s2, write_raster
-from sscr.data.layout import S2_BANDS
+from sscr.fsutil import atomic_path, write_text
+from sscr.metrics import MetricAccumulator, cloud_metrics, flat_metrics
 from sscr.models import for_inference
-from sscr.train import build_dataset, model_inputs, run_dir
 
 REGIONS = ("all", "cloudy", "clear")
 
@@ -61,8 +64,6 @@ def resolve_inputs(params: Params, checkpoint: str | Path | None = None,
         trained = None
     checkpoint = Path(checkpoint)
     if trained is None:
-        from sscr.checkpoint import load_checkpoint
-
         trained = parse_params(load_checkpoint(checkpoint)["config"], str(source or checkpoint))
     merged = trained.model_copy(update={"data": params.data, "evaluate": params.evaluate,
                                         "registry": params.registry})
@@ -97,8 +98,6 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on ``evaluate.split``; returns the metrics written to ``metrics.json``."""
-    from sscr.metrics import MetricAccumulator, cloud_metrics
-
     inputs = resolve_inputs(params, checkpoint, load_config)
     params = inputs.params
     cfg = params.evaluate
@@ -111,37 +110,17 @@ def evaluate(
     if len(dataset) == 0:
         raise ValueError(f"no {cfg.split} samples under {params.data.root}")
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=params.train.num_workers)
-    model_acc, baseline_acc = MetricAccumulator(), MetricAccumulator()
-    panels_dir, export_dir = out_dir / "panels", out_dir / "export"
-    panel_files: list[Path] = []
-    index = 0
-    for batch in tqdm(loader, desc=f"evaluate {cfg.split}", unit="batch", disable=not progress):
-        with torch.no_grad():
-            out = model(**model_inputs(batch, device))
-        pred, target, mask = out["mean"].float(), batch["target"], batch["mask"]
-        var = out["var"].float() if "var" in out else None
-        groups = [[f"season={season}", f"coverage={coverage_bin(float(cov), cfg.coverage_bins)}"]
-                  for season, cov in zip(batch["meta"]["season"], batch["coverage"], strict=True)]
-        model_acc.add_batch(cloud_metrics(target, pred, mask, var=var), groups)
-        baseline_acc.add_batch(cloud_metrics(target, batch["cloudy"], mask), groups)
-        for i in range(pred.shape[0]):
-            sample = {k: (v[i] if k != "meta" else {m: batch["meta"][m][i] for m in batch["meta"]})
-                      for k, v in batch.items()}
-            if index < cfg.n_panels or (cfg.plot_every > 0 and index % cfg.plot_every == 0):
-                panel_files.append(_write_panel(sample, pred[i], None if var is None else var[i], panels_dir))
-            if cfg.export_every > 0 and index % cfg.export_every == 0:
-                export_prediction(sample, pred[i], None if var is None else var[i], export_dir)
-            index += 1
+    run = _predict_split(model, loader, cfg, out_dir, device, progress)
 
-    model_summary, baseline_summary = model_acc.summary(), baseline_acc.summary()
+    model_summary, baseline_summary = run.model.summary(), run.baseline.summary()
     metrics: dict[str, Any] = {}
     metrics.update(_regions(model_summary["all"], "test"))
     metrics.update(_regions(baseline_summary["all"], "baseline"))
     metrics["gain_cloudy_PSNR"] = metrics["test_cloudy"]["PSNR"] - metrics["baseline_cloudy"]["PSNR"]
-    metrics["n_images"] = index
+    metrics["n_images"] = run.n_images
     metrics["model"] = state["model_name"]
     metrics["use_sar"] = bool(model.use_sar)
-    if var is not None:
+    if run.has_variance:
         metrics["uncertainty"] = {k: v for k, v in model_summary["all"].items() if "UCE" in k}
     bins = _group_rows(model_summary, baseline_summary, "coverage",
                        [coverage_bin((lo + hi) / 2, cfg.coverage_bins)
@@ -155,8 +134,46 @@ def evaluate(
     _write_csv(out_dir / "coverage_bins.csv", bins)
     _write_csv(out_dir / "seasons.csv", seasons)
     if log_to_mlflow:
-        _log(params, inputs.checkpoint, run_id or state.get("run_id"), metrics, out_dir, bins, panel_files)
+        _log(params, inputs.checkpoint, run_id or state.get("run_id"), metrics, out_dir, bins, run.panel_files)
     return metrics
+
+
+@dataclass
+class _SplitRun:
+    """Metrics of the model and of the cloudy-input baseline over a split, and the panels written."""
+
+    model: MetricAccumulator
+    baseline: MetricAccumulator
+    panel_files: list[Path]
+    n_images: int
+    has_variance: bool
+
+
+def _predict_split(model: torch.nn.Module, loader: DataLoader, cfg: EvaluateConfig, out_dir: Path,
+                   device: torch.device, progress: bool) -> _SplitRun:
+    """Predict every batch; accumulate metrics per season and coverage bin; write panels and exports."""
+    run = _SplitRun(MetricAccumulator(), MetricAccumulator(), [], 0, False)
+    panels_dir, export_dir = out_dir / "panels", out_dir / "export"
+    for batch in tqdm(loader, desc=f"evaluate {cfg.split}", unit="batch", disable=not progress):
+        with torch.no_grad():
+            out = model(**model_inputs(batch, device))
+        pred, target, mask = out["mean"].float(), batch["target"], batch["mask"]
+        var = out["var"].float() if "var" in out else None
+        run.has_variance = var is not None
+        groups = [[f"season={season}", f"coverage={coverage_bin(float(cov), cfg.coverage_bins)}"]
+                  for season, cov in zip(batch["meta"]["season"], batch["coverage"], strict=True)]
+        run.model.add_batch(cloud_metrics(target, pred, mask, var=var), groups)
+        run.baseline.add_batch(cloud_metrics(target, batch["cloudy"], mask), groups)
+        for i in range(pred.shape[0]):
+            sample = {k: (v[i] if k != "meta" else {m: batch["meta"][m][i] for m in batch["meta"]})
+                      for k, v in batch.items()}
+            index = run.n_images
+            if index < cfg.n_panels or (cfg.plot_every > 0 and index % cfg.plot_every == 0):
+                run.panel_files.append(_write_panel(sample, pred[i], None if var is None else var[i], panels_dir))
+            if cfg.export_every > 0 and index % cfg.export_every == 0:
+                export_prediction(sample, pred[i], None if var is None else var[i], export_dir)
+            run.n_images += 1
+    return run
 
 
 def _group_rows(model_summary: dict[str, dict[str, float]], baseline_summary: dict[str, dict[str, float]],
@@ -192,19 +209,15 @@ def _clean(value: Any) -> Any:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(_clean(data), indent=2))
-    tmp.replace(path)
+    write_text(path, json.dumps(_clean(data), indent=2))
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with tmp.open("w", newline="") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         if rows:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows([{k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows])
-    tmp.replace(path)
 
 
 def _write_panel(sample: dict[str, Any], pred: torch.Tensor, var: torch.Tensor | None, panels_dir: Path) -> Path:
@@ -246,7 +259,6 @@ def _log(params: Params, checkpoint: Path, run_id: str | None, metrics: dict[str
     import matplotlib.pyplot as plt
     import mlflow
 
-    from sscr import tracking
     from sscr.plots import metric_by_bin_figure
 
     if not run_id:
@@ -264,21 +276,3 @@ def _log(params: Params, checkpoint: Path, run_id: str | None, metrics: dict[str
             figure = metric_by_bin_figure(bins)
             mlflow.log_figure(figure, "evaluation/psnr_by_coverage.png")
             plt.close(figure)
-
-
-def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Finite scalar metrics as ``{"PSNR": .., "cloudy_PSNR": .., "baseline_cloudy_PSNR": ..}``."""
-    flat: dict[str, float] = {}
-    for group, values in metrics.items():
-        if group.startswith("by_"):
-            continue
-        if not isinstance(values, dict):
-            if isinstance(values, int | float) and not isinstance(values, bool) and np.isfinite(values):
-                flat[f"{prefix}{group}"] = float(values)
-            continue
-        base = group.removeprefix("test").strip("_")
-        for key, value in values.items():
-            if isinstance(value, int | float) and np.isfinite(value):
-                name = f"{base}_{key}" if base else key
-                flat[f"{prefix}{name}"] = float(value)
-    return flat

@@ -1,14 +1,15 @@
-"""Inference: arrays in memory, and whole scenes tile by tile through rasterio windows.
+"""Scene inference (``sscr infer``): whole scenes tile by tile through rasterio windows.
 
-:func:`predict_arrays` runs a model on normalised patches held in memory.
-:func:`infer_scene` runs it on a co-registered pair of GeoTIFFs of any size (a
+:func:`infer_scene` runs a model on a co-registered pair of GeoTIFFs of any size (a
 whole Sentinel-2 tile is 10980 x 10980 px) with memory that does not grow with
 the scene: tiles are read through windows in rows, top to bottom and left to
 right, overlapping tiles are blended with cosine ramps, and each block of the
 output is written as soon as no later tile touches it. What stays in memory
 between tiles is one tile's accumulator, the strip of ``overlap`` columns it
 shares with the next tile of its row, and the strip of ``overlap`` rows a tile
-row shares with the next row (see :meth:`SceneTiling.buffer_shapes`).
+row shares with the next row (see :meth:`SceneTiling.buffer_shapes`). Each batch
+of tiles goes through :func:`sscr.predict.predict_tensors`; the model comes from
+:func:`sscr.serving.load_model`.
 """
 
 from __future__ import annotations
@@ -26,132 +27,23 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
-import torch.nn.functional as F
 from rasterio.windows import Window
 from torch import nn
 from tqdm import tqdm
 
+from sscr.bands import S1_BANDS, S2_BANDS
+from sscr.config import DEFAULT_MASK_KIND
 from sscr.data.io import PatchError, denormalize_s2, normalize_s1, normalize_s2
-from sscr.data.layout import S1_BANDS, S2_BANDS, S2_DN_MAX
+from sscr.fsutil import atomic_path
+from sscr.predict import cloud_probability, predict_tensors
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MASK_KIND = "s2cloudless_map"
 GDAL_CACHE_MB = 64
 """GDAL block cache while a scene is processed: tiles are read once or twice, a big cache only costs RAM."""
 BLOCK_MULTIPLE = 16
 """GeoTIFF tile sizes must be multiples of 16; the tile stride is rounded down to one (see SceneTiling)."""
 _VAR_BANDS = {"diag": len(S2_BANDS), "iso": 1}
-
-
-def cloud_probability(cloudy: np.ndarray, kind: str | None) -> np.ndarray | None:
-    """The mask a model was trained with, computed from normalised cloudy S2 (B, 13, H, W) -> (B, H, W)."""
-    if kind is None:
-        return None
-    from sscr.clouds.detect import compute_masks
-
-    return np.stack([compute_masks(image * S2_DN_MAX, [kind])[kind] for image in cloudy]).astype(np.float32)
-
-
-def _pad_to(tensor: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
-    """Pad (reflect) H and W up to a multiple of ``multiple`` and at least twice it (the models' minimum)."""
-    height, width = tensor.shape[-2:]
-    pad_h = max((-height) % multiple, 2 * multiple - height, 0)
-    pad_w = max((-width) % multiple, 2 * multiple - width, 0)
-    if pad_h or pad_w:
-        # reflect needs a pad smaller than the side; only tiny inputs fall back to replicate
-        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-        tensor = F.pad(tensor, (0, pad_w, 0, pad_h), mode=mode)
-    return tensor, height, width
-
-
-@torch.no_grad()
-def predict_tensors(model: nn.Module, cloudy: torch.Tensor, sar: torch.Tensor | None,
-                    mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Run ``model`` on one batch of any size: padded (reflect) to the model's size multiple, then cropped."""
-    multiple = int(getattr(model, "size_multiple", 1))
-    device = next(model.parameters()).device
-    cloudy_p, height, width = _pad_to(cloudy.to(device), multiple)
-    sar_p = _pad_to(sar.to(device), multiple)[0] if sar is not None and model.use_sar else None
-    mask_p = None
-    if mask is not None and model.use_mask:
-        mask_p = _pad_to(mask.to(device).reshape(mask.shape[0], 1, *mask.shape[-2:]), multiple)[0]
-    out = model(cloudy_p, sar_p, mask_p)
-    return {key: value[..., :height, :width].float() for key, value in out.items() if key in ("mean", "var")}
-
-
-def predict_arrays(model: nn.Module, cloudy: np.ndarray, sar: np.ndarray | None,
-                   mask_kind: str | None = None, mask: np.ndarray | None = None) -> dict[str, Any]:
-    """Numpy in, numpy out: cloud-free ``mean`` (and ``var``) for normalised (B, 13, H, W) cloudy S2.
-
-    The cloud mask is computed with ``mask_kind`` when the model uses one and none is given.
-    """
-    cloudy = np.asarray(cloudy, dtype=np.float32)
-    if cloudy.ndim != 4 or cloudy.shape[1] != 13:
-        raise ValueError(f"cloudy must be (B, 13, H, W) S2 reflectance in [0, 1], got shape {cloudy.shape}")
-    if model.use_sar:
-        if sar is None:
-            raise ValueError("this model fuses SAR: pass sar (B, 2, H, W), normalised S1")
-        sar = np.asarray(sar, dtype=np.float32)
-        if sar.shape[0] != cloudy.shape[0] or sar.shape[1] != 2 or sar.shape[2:] != cloudy.shape[2:]:
-            raise ValueError(f"sar must be (B, 2, H, W) matching cloudy {cloudy.shape}, got {sar.shape}")
-    if mask is None and model.use_mask:
-        mask = cloud_probability(cloudy, mask_kind or "s2cloudless_map")
-    out = predict_tensors(
-        model, torch.from_numpy(np.clip(np.nan_to_num(cloudy), 0, 1)),
-        torch.from_numpy(np.clip(np.nan_to_num(sar), 0, 1)) if sar is not None and model.use_sar else None,
-        torch.from_numpy(mask) if mask is not None else None,
-    )
-    return {key: value.cpu().numpy() for key, value in out.items()}
-
-
-# ---------------------------------------------------------------- loading a model
-
-
-def load_model(source: str | Path, device: str = "auto") -> tuple[nn.Module, str | None]:
-    """A model ready for inference (eval mode, on ``device``) and the cloud-mask kind it was trained with.
-
-    ``source`` is a checkpoint written by ``sscr train`` (``model_best.pt``) or an
-    MLflow model URI (``models:/sscr@champion``, ``models:/sscr/3``,
-    ``runs:/<run id>/model``) resolved against the tracking store of
-    :func:`sscr.tracking.configure` (``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``).
-    The mask kind is the checkpoint's ``masks.use`` parameter.
-    """
-    from sscr.models import for_inference, select_device
-
-    text = str(source)
-    if "://" in text or text.startswith(("models:/", "runs:/")):
-        model, mask_kind = _load_mlflow_model(text)
-    else:
-        from sscr.checkpoint import build_from_checkpoint
-
-        model, state = build_from_checkpoint(text)
-        mask_kind = _mask_kind_of(state)
-    return for_inference(model, select_device(device)), mask_kind
-
-
-def _mask_kind_of(state: dict[str, Any]) -> str | None:
-    masks = (state.get("config") or {}).get("masks") or {}
-    return masks.get("use", DEFAULT_MASK_KIND)
-
-
-def _load_mlflow_model(uri: str) -> tuple[nn.Module, str | None]:
-    import mlflow
-
-    from sscr import tracking
-
-    tracking.configure()
-    try:
-        wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-    except mlflow.exceptions.MlflowException as err:
-        raise ValueError(
-            f"cannot load MLflow model {uri!r} from tracking store {tracking.redact(tracking.tracking_uri())}: "
-            f"{str(err).splitlines()[0]}; check the name/alias/run id (`mlflow models` UI) or set "
-            "MLFLOW_TRACKING_URI to the store the model was registered in"
-        ) from None
-    if not hasattr(wrapper, "model"):
-        raise ValueError(f"MLflow model {uri!r} is not an SSCR model (logged by sscr.tracking.log_model)")
-    return wrapper.model, getattr(wrapper, "mask_kind", DEFAULT_MASK_KIND)
 
 
 # ---------------------------------------------------------------- tiling and blending
@@ -427,10 +319,6 @@ def _create(path: Path, s2: Any, tiling: SceneTiling, band_names: list[str], dty
     return dataset
 
 
-def _partial(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial")
-
-
 def _tile_batches(tiling: SceneTiling, batch_size: int) -> Iterator[list[tuple[int, int]]]:
     """(row, col) tiles in row-major order, ``batch_size`` at a time (a batch may run on into the next row).
 
@@ -476,46 +364,27 @@ def infer_scene(
     var_path = Path(var_path) if var_path is not None else None
     use_sar = bool(getattr(model, "use_sar", False))
     use_mask = bool(getattr(model, "use_mask", False))
-    if use_sar and s1_path is None:
-        raise ValueError("this model fuses SAR: pass the co-registered S1 GeoTIFF (2 bands VV, VH in dB)")
-    for path in (s2_path, s1_path):
-        if path is not None and not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist")
-    if out_path.resolve() in {p.resolve() for p in (s2_path, s1_path, var_path) if p is not None}:
-        raise ValueError(f"output {out_path} would overwrite an input or the variance output")
-    if batch_size is None:
-        batch_size = 1 if next(model.parameters()).device.type == "cpu" else 4
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    var_bands = _VAR_BANDS.get(getattr(model, "variance", None) or "", 0)
-    if var_path is not None and not var_bands:
-        log.warning("%s predicts no variance: %s is not written", type(model).__name__, var_path)
-        var_path = None
-    var_bands = var_bands if var_path is not None else 0
+    _check_paths(use_sar, s2_path, s1_path, out_path, var_path)
+    batch_size = _batch_size(model, batch_size)
+    var_bands, var_path = _variance_output(model, var_path)
 
     started = time.perf_counter()
     model.eval()
-    partials = [_partial(out_path)] + ([_partial(var_path)] if var_path is not None else [])
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), contextlib.ExitStack() as inputs:
-        s2 = inputs.enter_context(rasterio.open(s2_path))
-        s1 = inputs.enter_context(rasterio.open(s1_path)) if s1_path is not None else None
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), contextlib.ExitStack() as files:
+        s2 = files.enter_context(rasterio.open(s2_path))
+        s1 = files.enter_context(rasterio.open(s1_path)) if s1_path is not None else None
         check_scene(s2, s1)
         tiling = SceneTiling.plan(s2.width, s2.height, tile, overlap, int(getattr(model, "size_multiple", 1)))
-        try:
-            with contextlib.ExitStack() as outputs:
-                out = outputs.enter_context(_create(partials[0], s2, tiling, list(S2_BANDS), "uint16", 0))
-                var_out = None
-                if var_path is not None:
-                    names = [f"{band}_var" for band in S2_BANDS] if var_bands > 1 else ["var"]
-                    var_out = outputs.enter_context(_create(partials[1], s2, tiling, names, "float32", float("nan")))
-                skipped = _stream_tiles(model, s2, s1 if use_sar else None, tiling, out, var_out, var_bands,
-                                        batch_size, mask_kind if use_mask else None, progress)
-            for partial, final in zip(partials, (out_path, var_path), strict=False):
-                partial.replace(final)
-        except BaseException:
-            for partial in partials:
-                partial.unlink(missing_ok=True)
-            raise
+        # Closed in reverse: the GeoTIFFs first, then the variance is put in place, then the output.
+        out_tmp = files.enter_context(atomic_path(out_path))
+        var_tmp = files.enter_context(atomic_path(var_path)) if var_path is not None else None
+        out = files.enter_context(_create(out_tmp, s2, tiling, list(S2_BANDS), "uint16", 0))
+        var_out = None
+        if var_tmp is not None:
+            names = [f"{band}_var" for band in S2_BANDS] if var_bands > 1 else ["var"]
+            var_out = files.enter_context(_create(var_tmp, s2, tiling, names, "float32", float("nan")))
+        skipped = _stream_tiles(model, s2, s1 if use_sar else None, tiling, out, var_out, var_bands,
+                                batch_size, mask_kind if use_mask else None, progress)
     seconds = time.perf_counter() - started
     return SceneReport(
         size=(tiling.x.size, tiling.y.size), tiles=tiling.tiles, tiles_skipped=skipped, seconds=seconds,
@@ -523,6 +392,35 @@ def infer_scene(
         var_path=var_path, tile=tile, overlap=max(tiling.x.overlap, tiling.y.overlap), batch_size=batch_size,
         mask_kind=mask_kind if use_mask else None,
     )
+
+
+def _check_paths(use_sar: bool, s2_path: Path, s1_path: Path | None, out_path: Path, var_path: Path | None) -> None:
+    """Inputs exist (S1 too when the model fuses SAR) and no output overwrites an input."""
+    if use_sar and s1_path is None:
+        raise ValueError("this model fuses SAR: pass the co-registered S1 GeoTIFF (2 bands VV, VH in dB)")
+    for path in (s2_path, s1_path):
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+    if out_path.resolve() in {p.resolve() for p in (s2_path, s1_path, var_path) if p is not None}:
+        raise ValueError(f"output {out_path} would overwrite an input or the variance output")
+
+
+def _batch_size(model: nn.Module, batch_size: int | None) -> int:
+    """Tiles per forward pass: as asked, else 1 on CPU and 4 on a GPU."""
+    if batch_size is None:
+        batch_size = 1 if next(model.parameters()).device.type == "cpu" else 4
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return batch_size
+
+
+def _variance_output(model: nn.Module, var_path: Path | None) -> tuple[int, Path | None]:
+    """(variance bands to write, variance path): (0, None) when none is asked or the model predicts none."""
+    var_bands = _VAR_BANDS.get(getattr(model, "variance", None) or "", 0)
+    if var_path is not None and not var_bands:
+        log.warning("%s predicts no variance: %s is not written", type(model).__name__, var_path)
+        return 0, None
+    return (var_bands, var_path) if var_path is not None else (0, None)
 
 
 @dataclass

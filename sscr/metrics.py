@@ -474,3 +474,25 @@ class MetricAccumulator:
             entry.update(self.calibration(group))
             table[group] = entry
         return table
+
+
+def flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Finite scalar metrics of an evaluation's ``metrics.json`` as ``{"PSNR": .., "cloudy_PSNR": ..}``.
+
+    Groups ``test``, ``test_cloudy``, ``baseline_cloudy`` ... become name prefixes (``test`` none),
+    ``by_*`` tables are left out. Evaluation logs these to MLflow; the registry tags versions with them.
+    """
+    flat: dict[str, float] = {}
+    for group, values in metrics.items():
+        if group.startswith("by_"):
+            continue
+        if not isinstance(values, dict):
+            if isinstance(values, int | float) and not isinstance(values, bool) and np.isfinite(values):
+                flat[f"{prefix}{group}"] = float(values)
+            continue
+        base = group.removeprefix("test").strip("_")
+        for key, value in values.items():
+            if isinstance(value, int | float) and np.isfinite(value):
+                name = f"{base}_{key}" if base else key
+                flat[f"{prefix}{name}"] = float(value)
+    return flat

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sscr.data.layout import RGB_BANDS  # noqa: E402
+from sscr.bands import RGB_BANDS  # noqa: E402
 
 RGB_GAIN = 3.5  # TOA reflectance of land is ~0.03-0.3: brighten for display only
 

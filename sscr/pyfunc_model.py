@@ -1,4 +1,4 @@
-"""The MLflow "model from code" entry point: the logged SSCR model is :class:`sscr.tracking.SSCRPyfunc`.
+"""The MLflow "model from code" entry point: the logged SSCR model is :class:`sscr.serving.SSCRPyfunc`.
 
 MLflow stores this file with the model and runs it at load time, so nothing
 is unpickled; the weights come from the checkpoint artifact, loaded with
@@ -7,6 +7,6 @@ is unpickled; the weights come from the checkpoint artifact, loaded with
 
 from mlflow.models import set_model
 
-from sscr.tracking import SSCRPyfunc
+from sscr.serving import SSCRPyfunc
 
 set_model(SSCRPyfunc())

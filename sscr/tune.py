@@ -61,6 +61,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from sscr.config import Params, TuneConfig, apply_override, parse_params
+from sscr.fsutil import write_text
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 HEARTBEAT_ATTR = "heartbeat"
@@ -499,18 +500,13 @@ def _log_plots(study: optuna.Study) -> None:
 def write_best_params(path: str | Path, study_name: str, trial: int, value: float,
                       overrides: Mapping[str, Any]) -> Path:
     """Write the best configuration as ``params.yaml`` overrides (atomically); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     sets = " ".join(f"-S '{key}={_cli_value(value)}'" for key, value in sorted(overrides.items()))
     text = (f"# Best trial of Optuna study {study_name}, written by `sscr tune`.\n"
             f"# Retrain with it: dvc exp run {sets}\n"
             + yaml.safe_dump({"study": study_name, "trial": trial, "value": value,
                               "overrides": {key: overrides[key] for key in sorted(overrides)}},
                              sort_keys=False, default_flow_style=None))
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return write_text(path, text)
 
 
 def best_overrides(path: str | Path) -> list[str]:

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from affine import Affine
 
+from sscr.bands import S1_BANDS, S2_BANDS
 from sscr.data.io import write_raster
-from sscr.data.layout import S1_BANDS, S2_BANDS, PatchId
+from sscr.layout import PatchId
 
 from tiny import TINY, deep_update
 
@@ -85,7 +86,7 @@ def triplet_writer():
 @pytest.fixture(scope="session")
 def tiny_sample(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny synthetic SEN12MS-CR tree and its precomputed masks, written once per session: (root, masks)."""
-    from sscr.clouds.precompute import precompute_masks
+    from sscr.cloudmasks import precompute_masks
     from sscr.config import parse_params
     from sscr.data.synth import write_synthetic_sample
 

@@ -16,7 +16,7 @@ import yaml
 
 from sscr import cli
 from sscr.data.io import write_raster
-from sscr.data.layout import PatchId
+from sscr.layout import PatchId
 
 from tiny import TINY, deep_update
 

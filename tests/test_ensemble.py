@@ -9,8 +9,8 @@ import pytest
 import rasterio
 from affine import Affine
 
+from sscr.bands import S2_BANDS
 from sscr.data.io import PatchError, write_raster
-from sscr.data.layout import S2_BANDS
 from sscr.ensemble import ensemble, ensemble_dirs
 
 HEIGHT, WIDTH = 45, 70  # odd and larger than the 32 px blocks used below: several partial windows

@@ -11,12 +11,13 @@ import torch
 from affine import Affine
 
 import sscr.infer as infer
-from sscr.checkpoint import save_atomic
+from sscr.bands import S1_BANDS, S2_BANDS
 from sscr.data.io import PatchError, normalize_s1, normalize_s2, write_raster
-from sscr.data.layout import S1_BANDS, S2_BANDS, PatchId
 from sscr.data.synth import synth_patch
-from sscr.infer import AxisTiling, SceneTiling, StreamingBlender, infer_scene, load_model, predict_tensors
+from sscr.infer import AxisTiling, SceneTiling, StreamingBlender, infer_scene
+from sscr.layout import PatchId
 from sscr.models import build_model
+from sscr.predict import predict_tensors
 
 HEIGHT, WIDTH = 301, 421  # odd, larger than a tile, last tiles irregular in both axes
 TILE, OVERLAP = 128, 32
@@ -299,43 +300,3 @@ def test_sar_model_needs_s1(tmp_path, unet):
     s2, _ = _write_scene(tmp_path)
     with pytest.raises(ValueError, match="fuses SAR"):
         infer_scene(unet, s2, None, tmp_path / "clear.tif", progress=False)
-
-
-def test_load_model_from_checkpoint(tmp_path):
-    model = build_model("unet", encoder_widths=[8, 16], use_mask=True)
-    checkpoint = save_atomic({
-        "model": model.state_dict(), "model_name": "unet", "model_config": dict(model.config),
-        "config": {"masks": {"use": "cloud_cloudshadow_mask"}},
-    }, tmp_path / "model_best.pt")
-    loaded, mask_kind = load_model(str(checkpoint), device="cpu")
-    assert mask_kind == "cloud_cloudshadow_mask"
-    assert not loaded.training and loaded.config == model.config
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[name], tensor)
-
-
-def test_load_model_from_mlflow_run(tmp_path, monkeypatch):
-    """``runs:/<id>/model`` resolves through the tracking store to the logged SSCR pyfunc."""
-    import mlflow
-
-    from sscr import tracking
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    model = build_model("unet", encoder_widths=[8, 16], use_sar=False, use_mask=True)
-    checkpoint = save_atomic({
-        "model": model.state_dict(), "model_name": "unet", "model_config": dict(model.config),
-        "config": {"masks": {"use": "s2cloudless_mask"}},
-    }, tmp_path / "model_best.pt")
-    tracking.configure()
-    mlflow.set_experiment(experiment_id=tracking.experiment_id("infer-test"))
-    monkeypatch.setattr(infer, "cloud_probability", lambda cloudy, kind: np.zeros((len(cloudy), *cloudy.shape[2:]),
-                                                                                    np.float32))
-    with mlflow.start_run() as run:
-        tracking.log_model(checkpoint, use_sar=False)
-    loaded, mask_kind = load_model(f"runs:/{run.info.run_id}/model", device="cpu")
-    assert mask_kind == "s2cloudless_mask" and not loaded.training
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[name], tensor)
-    with pytest.raises(ValueError, match="cannot load MLflow model"):
-        load_model("models:/no-such-model@champion")

@@ -10,8 +10,8 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sscr import tracking
-from sscr.train import run_dir
+from sscr import registry
+from sscr.config import run_dir
 
 
 def _run(params) -> dict:
@@ -20,7 +20,7 @@ def _run(params) -> dict:
 
 def test_register_stage_creates_version_one_as_champion(in_workspace):
     workspace, params = in_workspace
-    decision = tracking.register_evaluated(run_dir(params) / "run.json", params.evaluate.out_dir / "metrics.json",
+    decision = registry.register_evaluated(run_dir(params) / "run.json", params.evaluate.out_dir / "metrics.json",
                                            model_name="stage-test", out=workspace / "register.json")
     assert decision.version == "1" and decision.promoted
     client = MlflowClient()
@@ -40,9 +40,9 @@ def test_promotion_only_when_better(in_workspace):
     scores = {"1": 20.0, "2": 25.0, "3": 23.0}
     decisions = {}
     for version, psnr in scores.items():
-        registered = tracking.register(run["run_id"], {"PSNR": psnr}, name, run["model_uri"])
+        registered = registry.register(run["run_id"], {"PSNR": psnr}, name, run["model_uri"])
         assert registered == version
-        decisions[version] = tracking.promote(name, version)
+        decisions[version] = registry.promote(name, version)
     assert [decisions[v].promoted for v in "123"] == [True, True, False]
     client = MlflowClient()
     assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
@@ -59,7 +59,7 @@ def test_concurrent_promotions_leave_the_better_champion(in_workspace, tmp_path)
     run = _run(params)
     name = "race-test"
     for psnr in (25.0, 23.0):
-        tracking.register(run["run_id"], {"PSNR": psnr}, name, run["model_uri"])
+        registry.register(run["run_id"], {"PSNR": psnr}, name, run["model_uri"])
     params_file = tmp_path / "params.yaml"
     params_file.write_text(f"registry:\n  model_name: {name}\n")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
@@ -87,4 +87,4 @@ def test_promote_refuses_a_version_without_metrics(in_workspace):
 
     version = mlflow.register_model(run["model_uri"], "no-metrics-test").version
     with pytest.raises(ValueError, match="no metric.PSNR tag"):
-        tracking.promote("no-metrics-test", str(version))
+        registry.promote("no-metrics-test", str(version))

@@ -18,8 +18,8 @@ import rasterio
 import requests
 import yaml
 
-from sscr.clouds.precompute import mask_path, read_coverage_table
 from sscr.config import parse_params
+from sscr.data.masks import mask_path, read_coverage_table
 from sscr.data.synth import write_synthetic_sample
 
 from servers import free_port, stop_group

@@ -12,7 +12,7 @@ import mlflow
 import pytest
 import yaml
 
-from sscr.train import run_dir
+from sscr.config import run_dir
 
 #: DDP on 2 ranks must reproduce one process on the same data: same seeded permutation, the per-rank
 #: batch is half the global one, gradients are averaged. Float reduction order is the only difference.
@@ -54,7 +54,7 @@ def test_ddp_two_processes_match_one_process(tiny_params, tmp_path):
 def test_mlflow_on_postgresql_tracks_training_and_promotion(tiny_params, postgres_url, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from sscr import tracking
+    from sscr import registry, tracking
     from sscr.train import train
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"{postgres_url}/mlflow")
@@ -64,8 +64,8 @@ def test_mlflow_on_postgresql_tracks_training_and_promotion(tiny_params, postgre
     assert run.info.status == "FINISHED"
     assert sorted(m.step for m in MlflowClient().get_metric_history(result.run_id, "val_PSNR")) == [1, 2]
     for psnr, expected in ((21.0, True), (20.0, False)):
-        version = tracking.register(result.run_id, {"PSNR": psnr}, "pg-test", result.model_uri)
-        assert tracking.promote("pg-test", version).promoted is expected
+        version = registry.register(result.run_id, {"PSNR": psnr}, "pg-test", result.model_uri)
+        assert registry.promote("pg-test", version).promoted is expected
     assert str(MlflowClient().get_model_version_by_alias("pg-test", "champion").version) == "1"
     import sqlalchemy
 

@@ -1,4 +1,4 @@
-"""The champion model served by `mlflow models serve` answers a real HTTP request."""
+"""The logged model: loaded back from a checkpoint or an MLflow URI, and served by `mlflow models serve`."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import torch
 
-from sscr import tracking
-from sscr.train import run_dir
+from sscr import registry, tracking
+from sscr.checkpoint import save_atomic
+from sscr.config import run_dir
+from sscr.models import build_model
+from sscr.serving import load_model
 
 from servers import free_port, stop_group
 
@@ -23,8 +27,8 @@ from servers import free_port, stop_group
 def test_served_champion_returns_cloud_free_patch(in_workspace, tmp_path):
     workspace, params = in_workspace
     run = json.loads((run_dir(params) / "run.json").read_text())
-    version = tracking.register(run["run_id"], {"PSNR": 30.0}, "serve-test", run["model_uri"])
-    assert tracking.promote("serve-test", version).promoted
+    version = registry.register(run["run_id"], {"PSNR": 30.0}, "serve-test", run["model_uri"])
+    assert registry.promote("serve-test", version).promoted
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -62,3 +66,43 @@ def test_served_champion_returns_cloud_free_patch(in_workspace, tmp_path):
         assert np.abs(mean[:, :, 20:44, 20:44] - cloudy[:, :, 20:44, 20:44]).mean() > 0.05
     finally:
         stop_group(server)
+
+
+def test_load_model_from_checkpoint(tmp_path):
+    model = build_model("unet", encoder_widths=[8, 16], use_mask=True)
+    checkpoint = save_atomic({
+        "model": model.state_dict(), "model_name": "unet", "model_config": dict(model.config),
+        "config": {"masks": {"use": "cloud_cloudshadow_mask"}},
+    }, tmp_path / "model_best.pt")
+    loaded, mask_kind = load_model(str(checkpoint), device="cpu")
+    assert mask_kind == "cloud_cloudshadow_mask"
+    assert not loaded.training and loaded.config == model.config
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor)
+
+
+def test_load_model_from_mlflow_run(tmp_path, monkeypatch):
+    """``runs:/<id>/model`` resolves through the tracking store to the logged SSCR pyfunc."""
+    import mlflow
+
+    from sscr import predict, serving
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model = build_model("unet", encoder_widths=[8, 16], use_sar=False, use_mask=True)
+    checkpoint = save_atomic({
+        "model": model.state_dict(), "model_name": "unet", "model_config": dict(model.config),
+        "config": {"masks": {"use": "s2cloudless_mask"}},
+    }, tmp_path / "model_best.pt")
+    tracking.configure()
+    mlflow.set_experiment(experiment_id=tracking.experiment_id("infer-test"))
+    monkeypatch.setattr(predict, "cloud_probability", lambda cloudy, kind: np.zeros((len(cloudy), *cloudy.shape[2:]),
+                                                                                    np.float32))
+    with mlflow.start_run() as run:
+        serving.log_model(checkpoint, use_sar=False)
+    loaded, mask_kind = load_model(f"runs:/{run.info.run_id}/model", device="cpu")
+    assert mask_kind == "s2cloudless_mask" and not loaded.training
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor)
+    with pytest.raises(ValueError, match="cannot load MLflow model"):
+        load_model("models:/no-such-model@champion")

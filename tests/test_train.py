@@ -17,7 +17,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from sscr.checkpoint import load_checkpoint
-from sscr.train import TrainingDiverged, run_dir, train
+from sscr.config import run_dir
+from sscr.train import TrainingDiverged, train
 
 
 def test_training_run_is_fully_tracked(tiny_params):

@@ -1,4 +1,4 @@
-"""Cloud and cloud-shadow masks of Sentinel-2 patches, and their one-off precomputation."""
+"""Cloud and cloud-shadow detection on Sentinel-2 patches; their precomputation is :mod:`sscr.cloudmasks`."""
 
 from sscr.clouds.detect import (
     cloud_shadow_mask,

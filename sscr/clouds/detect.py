@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from sscr.bands import S2_CHANNELS, S2_DN_MAX, s2_index
 from sscr.config import MASK_KINDS
-from sscr.data.layout import S2_BANDS, S2_DN_MAX
 
 THREADS_ENV = "SSCR_S2CLOUDLESS_THREADS"
 #: s2cloudless settings of the SEN12MS-CR literature (UnCRtainTS data loader).
@@ -78,9 +78,9 @@ def _threads(threads: int | None) -> int:
 def _clipped_dn(dn: np.ndarray) -> np.ndarray:
     """Validate a (13, H, W) patch and return its DN as float32, NaN -> 0, clipped to [0, 10000]."""
     dn = np.asarray(dn)
-    if dn.ndim != 3 or dn.shape[0] != len(S2_BANDS):
+    if dn.ndim != 3 or dn.shape[0] != S2_CHANNELS:
         raise ValueError(
-            f"expected one Sentinel-2 patch of shape (13, H, W) in DN, got shape {dn.shape}"
+            f"expected one Sentinel-2 patch of shape ({S2_CHANNELS}, H, W) in DN, got shape {dn.shape}"
         )
     return np.clip(np.nan_to_num(dn.astype(np.float32), nan=0.0), 0.0, S2_DN_MAX)
 
@@ -150,7 +150,7 @@ def heuristic_cloud_score(reflectance: np.ndarray) -> np.ndarray:
     5 x 5 grey closing and smoothed with a 7 x 7 mean filter ('same' size, zero
     padding: equal to the reference code's ``scipy.signal.convolve2d`` with a box).
     """
-    b1, b2, b3, b4, b10, b11 = (reflectance[i] for i in (0, 1, 2, 3, 10, 11))
+    b1, b2, b3, b4, b10, b11 = (reflectance[s2_index(band)] for band in ("B1", "B2", "B3", "B4", "B10", "B11"))
     score = np.ones(b1.shape, np.float32)
     score = np.minimum(score, _rescale(b2, 0.1, 0.5))
     score = np.minimum(score, _rescale(b1, 0.1, 0.3))

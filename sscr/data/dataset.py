@@ -1,4 +1,4 @@
-"""The SEN12MS-CR data set as a ``torch.utils.data.Dataset``."""
+"""The SEN12MS-CR data set as a ``torch.utils.data.Dataset``, built from params, and its batches as model inputs."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import rasterio
 import torch
 from torch.utils.data import Dataset
 
-from sscr.clouds.precompute import coverage, read_coverage_table, read_mask
-from sscr.config import MASK_KINDS
+from sscr.bands import RGB_BANDS, S1_BANDS, S1_CHANNELS, S2_BANDS, S2_CHANNELS
+from sscr.clouds.detect import compute_masks
+from sscr.config import MASK_KINDS, Params
 from sscr.data.index import IndexReport, Triplet, check_content, index_dataset
 from sscr.data.io import normalize_s1, normalize_s2, read_raster
-from sscr.data.layout import PATCH_SIZE, RGB_BANDS, S1_BANDS, S2_BANDS
+from sscr.data.masks import coverage, has_coverage_table, read_coverage_table, read_mask
+from sscr.layout import PATCH_SIZE
 
 
 class SEN12MSCR(Dataset):
@@ -108,10 +110,8 @@ class SEN12MSCR(Dataset):
         assert self.cloud_mask is not None
         if self.masks_dir is not None:
             return read_mask(self.masks_dir, triplet.pid, self.cloud_mask)
-        from sscr.clouds.detect import compute_masks
-
         if cloudy_dn is None:
-            cloudy_dn, _ = read_raster(triplet.path("s2_cloudy"), 13, "S2 cloudy", self.patch_size)
+            cloudy_dn, _ = read_raster(triplet.path("s2_cloudy"), S2_CHANNELS, "S2 cloudy", self.patch_size)
         return compute_masks(cloudy_dn, [self.cloud_mask])[self.cloud_mask]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -121,9 +121,9 @@ class SEN12MSCR(Dataset):
 
     def _item(self, index: int) -> dict[str, Any]:
         triplet = self.triplets[index]
-        s1_db, info = read_raster(triplet.path("s1"), 2, "S1", self.patch_size)
-        target_dn, _ = read_raster(triplet.path("s2"), 13, "S2", self.patch_size)
-        cloudy_dn, _ = read_raster(triplet.path("s2_cloudy"), 13, "S2 cloudy", self.patch_size)
+        s1_db, info = read_raster(triplet.path("s1"), S1_CHANNELS, "S1", self.patch_size)
+        target_dn, _ = read_raster(triplet.path("s2"), S2_CHANNELS, "S2", self.patch_size)
+        cloudy_dn, _ = read_raster(triplet.path("s2_cloudy"), S2_CHANNELS, "S2 cloudy", self.patch_size)
         check_content(triplet, s1_db, target_dn)
         height, width = cloudy_dn.shape[1:]
         if self.cloud_mask is None:
@@ -159,3 +159,28 @@ class SEN12MSCR(Dataset):
             cloudy=sample["cloudy"], sar=sample["sar"], target=sample["target"], mask=sample["mask"],
             title=sample["meta"]["sample_id"],
         )
+
+
+def build_dataset(params: Params, split: str) -> SEN12MSCR:
+    """The data set of ``split`` as configured (precomputed masks when the mask stage has run).
+
+    Training takes the ``train.min_cov``/``max_cov`` coverage range and ``train.max_samples``; other splits
+    are used whole, so validation and test always see the official lists.
+    """
+    masks_dir = params.masks.dir if has_coverage_table(params.masks.dir) else None
+    train = params.train
+    return SEN12MSCR(
+        params.data.root, split=split, seasons=params.data.seasons, cloud_mask=params.masks.use,
+        masks_dir=masks_dir, coverage_range=(train.min_cov, train.max_cov) if split == "train" else (0.0, 1.0),
+        max_samples=train.max_samples if split == "train" else None,
+        patch_size=params.data.patch_size, on_error=params.data.on_error,
+    )
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor | None]:
+    """Keyword arguments of a model's forward from a batch of items: cloudy, sar, mask (B, 1, H, W)."""
+    return {
+        "cloudy": batch["cloudy"].to(device, non_blocking=True),
+        "sar": batch["sar"].to(device, non_blocking=True),
+        "mask": batch["mask"].to(device, non_blocking=True).unsqueeze(1),
+    }

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
 import shutil
 import tarfile
@@ -37,7 +36,8 @@ import urllib3
 from tqdm.auto import tqdm
 
 from sscr.config import DataConfig
-from sscr.data.layout import MODALITIES, SEASONS, archive_name
+from sscr.fsutil import move_into_place, write_text
+from sscr.layout import MODALITIES, SEASONS, archive_name
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ class _Transfer:
         elif size > total:
             self.part.unlink()
             raise _Transient(f"received {size} bytes, more than the {total} announced; restarting from zero")
-        os.replace(self.part, self.archive)
+        move_into_place(self.part, self.archive)
 
     def _start(self, resp: requests.Response, offset: int) -> int | None:
         """Interpret the status line; return the full size of the file (None if unknown)."""
@@ -257,7 +257,7 @@ class _Transfer:
             _, total = _parse_content_range(resp.headers.get("Content-Range"))
             if total == offset and self.total in (None, offset):
                 # The part file already holds every byte (a previous run stopped before the rename).
-                os.replace(self.part, self.archive)
+                move_into_place(self.part, self.archive)
                 return None
             self.part.unlink()
             raise _Transient(f"server refused to resume at byte {offset} (HTTP 416); restarting from zero")
@@ -437,8 +437,8 @@ def extract_archive(archive: Path, root: Path, top: str) -> Path:
         target = root / top
         if target.exists():
             log.warning("%s exists without a completion marker; replacing it with %s", target, archive.name)
-            os.replace(target, staging / ".previous")
-        os.replace(extracted, target)
+            move_into_place(target, staging / ".previous")
+        move_into_place(extracted, target)
         return target
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -461,9 +461,7 @@ def _is_done(root: Path, cache_dir: Path, name: str) -> bool:
 def _write_marker(cache_dir: Path, name: str, archive: Path, members: int, target: Path) -> None:
     marker = _marker_path(cache_dir, name)
     record = {"archive": name, "bytes": archive.stat().st_size, "members": members, "directory": str(target)}
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, marker)
+    write_text(marker, json.dumps(record, indent=1) + "\n")
 
 
 def download_sen12mscr(

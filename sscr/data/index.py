@@ -15,8 +15,9 @@ import numpy as np
 import rasterio
 from rasterio.errors import RasterioIOError
 
+from sscr.bands import S1_CHANNELS, S2_CHANNELS
 from sscr.data.io import PatchError
-from sscr.data.layout import EXPECTED_LAYOUT, MODALITIES, SEASONS, PatchId, season_dir, split_of
+from sscr.layout import EXPECTED_LAYOUT, MODALITIES, SEASONS, PatchId, season_dir, split_of
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -103,7 +104,7 @@ def check_triplet(triplet: Triplet, patch_size: int | None) -> None:
 
     Raises :class:`PatchError` naming the offending file and what was expected.
     """
-    expected = {"s1": (2, "S1"), "s2": (13, "S2"), "s2_cloudy": (13, "S2 cloudy")}
+    expected = {"s1": (S1_CHANNELS, "S1"), "s2": (S2_CHANNELS, "S2"), "s2_cloudy": (S2_CHANNELS, "S2 cloudy")}
     shapes: dict[str, tuple[int, int]] = {}
     crs: dict[str, object] = {}
     for modality, (bands, kind) in expected.items():

@@ -18,8 +18,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 
-from sscr import faults
-from sscr.data.layout import S1_BANDS, S1_DB_RANGE, S2_BANDS, S2_DN_MAX
+from sscr.bands import S1_BANDS, S1_CHANNELS, S1_DB_RANGE, S2_BANDS, S2_DN_MAX
+from sscr.fsutil import atomic_path
 
 
 class PatchError(ValueError):
@@ -66,7 +66,7 @@ def read_raster(
             if src.count != bands:
                 raise PatchError(
                     path, f"{kind} patch has {src.count} bands, expected {bands}"
-                    f" ({' '.join(S1_BANDS if bands == 2 else S2_BANDS)})",
+                    f" ({' '.join(S1_BANDS if bands == S1_CHANNELS else S2_BANDS)})",
                 )
             if size is not None and (src.width, src.height) != (size, size):
                 raise PatchError(
@@ -134,8 +134,6 @@ def write_raster(
     ``tags`` (GDAL metadata) are written with the data, so a file that exists is complete, tags included.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
     count, height, width = data.shape
     profile = {
         "driver": "GTiff",
@@ -150,12 +148,12 @@ def write_raster(
     }
     if height % 16 == 0 and width % 16 == 0:
         profile.update(tiled=True, blockxsize=min(256, width), blockysize=min(256, height))
-    with rasterio.open(tmp, "w", **profile) as dst:
+    # raster.write:<name> is where reliability tests crash, between the write and the rename
+    with atomic_path(path, fault_point=f"raster.write:{path.name}") as tmp, \
+            rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data)
         for index, name in enumerate(band_names or [], start=1):
             dst.set_band_description(index, name)
         if tags:
             dst.update_tags(**tags)
-    faults.checkpoint(f"raster.write:{path.name}")  # a crash between the write and the rename
-    tmp.replace(path)
     return path

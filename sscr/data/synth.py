@@ -43,19 +43,10 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
+from sscr.bands import S1_BANDS, S2_BANDS, S2_CHANNELS
 from sscr.config import SynthConfig
 from sscr.data.io import write_raster
-from sscr.data.layout import (
-    S1_BANDS,
-    S2_BANDS,
-    SEASONS,
-    SPLITS,
-    PatchId,
-    official_splits,
-    parse_roi_key,
-    season_dir,
-    season_name,
-)
+from sscr.layout import SEASONS, SPLITS, PatchId, official_splits, parse_roi_key, season_dir, season_name
 
 #: Land-cover classes of the synthetic scenes (values of the ``land_cover`` array).
 LAND_COVER: tuple[str, ...] = ("water", "forest", "grassland", "cropland", "bare", "urban", "snow")
@@ -491,7 +482,7 @@ def _clouds(rng: np.random.Generator, n: int, zenith: float, azimuth: float) -> 
     empty = np.zeros((n, n), np.float32)
     regime = rng.random()
     if regime < 0.12:
-        return {"opacity": empty, "reflectance": np.zeros((13, n, n), np.float32), "shadow": empty}
+        return {"opacity": empty, "reflectance": np.zeros((S2_CHANNELS, n, n), np.float32), "shadow": empty}
     coverage = 1.0 if regime < 0.24 else float(rng.uniform(0.03, 0.97))
     thin = rng.random() < 0.3  # a thin, semi-transparent cloud deck instead of opaque clouds
     max_opacity = rng.uniform(0.5, 0.8) if thin else 1.0
@@ -568,7 +559,7 @@ def synth_patch(
 
     # The cloudy acquisition: same ground a few days apart (phenology, calibration, haze differ).
     later_surface = scene.brown + scene.vegetation_later * (scene.green - scene.brown)
-    later_surface *= (1.0 + rng.normal(0.0, 0.015, 13)).astype(np.float32)[:, None, None]
+    later_surface *= (1.0 + rng.normal(0.0, 0.015, S2_CHANNELS)).astype(np.float32)[:, None, None]
     clouds = _clouds(rng, n, zenith, azimuth)
     shade = 1.0 - clouds["shadow"][None] * _DIRECT[:, None, None]
     ground = _toa(later_surface * shade, illumination, roi.aerosol * rng.uniform(0.85, 1.15))

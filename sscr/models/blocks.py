@@ -16,14 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sscr.bands import S1_CHANNELS, S2_CHANNELS  # noqa: F401 - re-exported to the backbones
+
 NormKind = Literal["group", "batch", "none"]
 BlockType = Literal["mbconv", "residual"]
 Variance = Literal["diag", "iso"] | None
 
-S2_CHANNELS = 13
-"""Sentinel-2 L1C bands B1 ... B12 (the names live in ``sscr.data.layout.S2_BANDS``)."""
-S1_CHANNELS = 2
-"""Sentinel-1 GRD polarisations VV, VH."""
 VAR_FLOOR = 1e-6
 """Added to every predicted variance so a Gaussian NLL never divides by zero."""
 

@@ -16,8 +16,8 @@ from sscr.clouds.detect import (
     s2cloudless_probability,
 )
 from sscr.config import MASK_KINDS
-from sscr.data.layout import PatchId
 from sscr.data.synth import synth_patch
+from sscr.layout import PatchId
 
 SIZE = 64
 BACKGROUND = {  # vegetated land, top-of-atmosphere reflectance per band index

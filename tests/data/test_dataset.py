@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from sscr.data.dataset import SEN12MSCR
 from sscr.data.io import normalize_s1, normalize_s2, write_raster
-from sscr.data.layout import PatchId
+from sscr.layout import PatchId
 
 
 def test_normalisation_values():

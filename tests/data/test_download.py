@@ -25,7 +25,7 @@ from sscr.data.download import (
     download_sen12mscr,
     extract_archive,
 )
-from sscr.data.layout import MODALITIES, SEASONS, archive_name
+from sscr.layout import MODALITIES, SEASONS, archive_name
 
 S1 = "ROIs1158_spring_s1.tar.gz"
 S2 = "ROIs1158_spring_s2.tar.gz"

@@ -9,9 +9,9 @@ import pytest
 
 from sscr.data.index import DataNotFoundError, index_dataset, scan_triplets
 from sscr.data.io import PatchError
-from sscr.data.layout import PatchId, official_splits, parse_roi_key, split_of
+from sscr.layout import PatchId, official_splits, parse_roi_key, split_of
 
-SPLITS_FILE = Path(__file__).resolve().parents[2] / "sscr" / "data" / "splits.json"
+SPLITS_FILE = Path(__file__).resolve().parents[2] / "sscr" / "splits.json"
 
 
 def test_splits_file_is_the_official_one_and_disjoint():

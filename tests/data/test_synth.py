@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 import rasterio
 
+from sscr.bands import S1_BANDS, S2_BANDS
 from sscr.config import SynthConfig
 from sscr.data.index import index_dataset
-from sscr.data.layout import (
-    S1_BANDS,
-    S2_BANDS,
-    PatchId,
-    official_splits,
-    split_of,
-)
 from sscr.data.synth import (
     BARE,
     CLOUD_TRUTH_OPACITY,
@@ -33,6 +27,7 @@ from sscr.data.synth import (
     truth_path,
     write_synthetic_sample,
 )
+from sscr.layout import PatchId, official_splits, split_of
 
 SIZE = 256
 SMALL = 64  # for tests that only need the generator's logic, not the default sample

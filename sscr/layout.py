@@ -1,4 +1,4 @@
-"""SEN12MS-CR on disk: seasons, bands, file naming and the official ROI split.
+"""SEN12MS-CR on disk: seasons, modalities, file naming and the official ROI split.
 
 The data set (Ebel et al., "Multisensor data fusion for cloud removal in global
 and all-season Sentinel-2 imagery", IEEE TGRS 2021) stores co-registered
@@ -9,7 +9,8 @@ triplets of 256 x 256 px patches at 10 m in UTM GeoTIFFs::
     <root>/ROIs1158_spring_s2_cloudy/s2_cloudy_<roi>/ROIs1158_spring_s2_cloudy_<roi>_p<patch>.tif
 
 Everything that knows these names lives here, so the reader, the synthetic
-writer, the downloader and the mask stage agree on them by construction.
+writer, the downloader, the params schema and the mask stage agree on them by
+construction. The bands of each file are in :mod:`sscr.bands`.
 """
 
 from __future__ import annotations
@@ -31,18 +32,8 @@ SEASONS: dict[str, str] = {
 #: The three modalities of a triplet, as they appear in directory names.
 MODALITIES: tuple[str, ...] = ("s1", "s2", "s2_cloudy")
 
-S1_BANDS: tuple[str, ...] = ("VV", "VH")
-S2_BANDS: tuple[str, ...] = (
-    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12",
-)
-#: 0-based indices into the 13-band S2 stack used for RGB previews (B4, B3, B2).
-RGB_BANDS: tuple[int, int, int] = (3, 2, 1)
 PATCH_SIZE = 256
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-# Value ranges of the benchmark's "default" normalisation (REFERENCE.md section 1).
-S1_DB_RANGE: tuple[float, float] = (-25.0, 0.0)
-S2_DN_MAX = 10000.0
 
 _FILE_RE = re.compile(
     r"^(?P<season>ROIs\d{4}_[a-z]+)_(?P<modality>s1|s2|s2_cloudy)_(?P<roi>\d+)_p(?P<patch>\d+)\.tif$"
@@ -120,7 +111,7 @@ def official_splits() -> dict[str, frozenset[str]]:
     Matching is by exact key (set membership), never by substring: a substring
     test would let ``s1_106`` match ``s1_1`` and leak test ROIs into training.
     """
-    text = resources.files("sscr.data").joinpath("splits.json").read_text()
+    text = resources.files("sscr").joinpath("splits.json").read_text()
     raw = json.loads(text)
     return {split: frozenset(raw[split]) for split in SPLITS}
 

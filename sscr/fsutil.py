@@ -1,0 +1,80 @@
+"""Atomic file writes: the one way SSCR puts a file in place.
+
+Every output (checkpoints, GeoTIFFs, masks, tables, JSON records) is written
+under a temporary name in the same directory, flushed to disk, then renamed
+over its final name. A crash at any moment leaves either the previous complete
+file or the new complete file, never a truncated one, so a file that exists
+is a file that is done (which is what lets every stage resume by skipping it).
+The directory is not flushed after the rename (it would triple the cost of a
+small file): a power cut can forget a rename, which only means the work is redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from sscr import faults
+
+TEMP_SUFFIX = ".partial"
+
+
+def temporary_path(path: str | Path) -> Path:
+    """The temporary name ``path`` is written under: hidden, beside it (same file system), ``.partial``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TEMP_SUFFIX}")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file that is already closed (written by any library) to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def move_into_place(source: str | Path, target: str | Path) -> Path:
+    """Rename a finished file or directory over ``target`` in one step (both on the same file system).
+
+    For outputs completed in place over many runs (a resumed download, an extracted archive);
+    a file written in one go goes through :func:`atomic_path` instead.
+    """
+    target = Path(target)
+    os.replace(source, target)
+    return target
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, fault_point: str = "") -> Iterator[Path]:
+    """Write ``path`` atomically: the block writes the yielded temporary path, which then replaces ``path``.
+
+    When the block ends without error, the temporary file is flushed to disk
+    and renamed over ``path``; if the block raises, it is removed and ``path``
+    is left as it was. ``fault_point`` names a :func:`sscr.faults.checkpoint`
+    between the flush and the rename, where reliability tests crash the process.
+    Works for any writer that takes a path (``torch.save``, ``rasterio.open``,
+    ``Path.open``); nest two blocks to put two files in place together.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        _fsync(tmp)
+        if fault_point:
+            faults.checkpoint(fault_point)  # a crash between the write and the rename
+        move_into_place(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8); returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
