@@ -313,13 +313,17 @@ class Objective:
     """One trial: suggest, train with pruning, record its state on its MLflow run."""
 
     def __init__(self, params: Params, n_trials: int, progress: bool) -> None:
+        # Imported here, before the study starts a trial: a trial has no heartbeat until it trains, and
+        # importing the training stack (torch, MLflow's pyfunc) inside one took long enough on a loaded
+        # machine for another worker to fail the trial as stale (tune.grace_period).
+        from sscr.train import train
+
+        self.train = train
         self.params = params
         self.n_trials = n_trials
         self.progress = progress
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from sscr.train import train
-
         cfg = self.params.tune
         if trial.number >= self.n_trials:
             # Two workers asked at the same instant for the last budget slot: end this one untrained.
@@ -337,7 +341,7 @@ class Objective:
 
         with heartbeat(trial, cfg.heartbeat_interval):
             try:
-                result = train(trial_params(self.params, overrides, trial.number), run_name=f"trial-{trial.number}",
+                result = self.train(trial_params(self.params, overrides, trial.number), run_name=f"trial-{trial.number}",
                                nested=True, tags=tags, on_epoch_end=report, log_model=False, progress=self.progress)
             except Exception as err:
                 self._record_failure(trial, overrides, err)
