@@ -16,9 +16,8 @@ from import_graph import ROOT, find_cycle, folder_graph, import_graph, module_fi
 NODES = ("sscr.data", "sscr.clouds", "sscr.models", "flows")
 
 #: The layer of every node: a module imports only nodes of strictly lower layers (or its own folder).
-#: Data flows files -> dataset -> model -> metrics -> tracking; the import order is the reverse of who
-#: calls whom: the MLflow run logger sits under the stages that log to it, and the serving module (the
-#: logged model) under ``train``, which logs it.
+#: A caller sits above what it calls, so the MLflow run logger (``tracking``) sits under the stages that
+#: log to it, and the logged model (``serving``) under ``train``, which logs it.
 LAYERS: dict[str, int] = {
     # facts: no project imports
     "sscr": 0, "sscr.bands": 0, "sscr.layout": 0, "sscr.faults": 0,
