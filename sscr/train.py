@@ -205,7 +205,7 @@ def train(
     """
     from sscr import tracking
     from sscr.losses import build_loss, variance_mode
-    from sscr.models import build_model, select_device
+    from sscr.models import BackboneConfig, build_model, select_device
 
     cfg = params.train
     rank, world = _distributed()
@@ -227,14 +227,14 @@ def train(
             raise ResumeError(f"{last_path} was trained with other params ({', '.join(changed)}); "
                               "resume with the same params.yaml or start a new run without --resume")
 
-    model_kwargs = params.model.model_dump(exclude={"name"})
-    model_kwargs["variance"] = variance_mode(params.loss)
-    model = build_model(params.model.name, **model_kwargs).to(device)
+    model = build_model(params.model.name, BackboneConfig.from_model_config(params.model, variance_mode(params.loss)))
+    model = model.to(device)
+    loss_fn = build_loss(params.loss, model.scale_by).to(device)
+    loss_fn.check_outputs(model.output_keys, params.model.name)  # a loss the model cannot feed fails here, not mid-run
     if cfg.pretrained and state is None:
         pretrained = load_checkpoint(cfg.pretrained)
         load_weights(model, pretrained["model"], cfg.pretrained)
     _freeze(model, cfg.freeze)
-    loss_fn = build_loss(params.loss).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
@@ -295,7 +295,7 @@ def train(
                     raise TrainingDiverged(
                         f"loss became {loss.item()} at epoch {epoch}, batch {step} "
                         f"(samples {', '.join(batch['meta']['sample_id'])}); the last good checkpoint "
-                        f"{last_path} is kept. Try a lower train.lr, loss.var_floor or another loss."
+                        f"{last_path} is kept. Try a lower train.lr or another loss."
                     )
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
