@@ -391,25 +391,21 @@ class LowResAttention(nn.Module):
 class OutputHeads(nn.Module):
     """1x1 convolution to the mean (13 bands, sigmoid) and, if asked, the variance (softplus).
 
-    ``variance``: None (mean only), ``"diag"`` (one variance per band, 13 channels)
-    or ``"iso"`` (one variance shared by all bands). The network works on data
-    multiplied by ``scale_by`` (as UnCRtainTS), so the softplus output is a
-    variance in those units; it is divided by ``scale_by**2`` to be a variance of
-    [0, 1] reflectance, then floored by :data:`VAR_FLOOR`. ``norm`` is applied to
-    the raw outputs (UnCRtainTS normalises its output convolution). Outputs are
-    float32 even under autocast, so losses and metrics keep their precision.
+    The heads of ``sscr_lite``, ``unet`` and ``utae`` (the published networks have their
+    own, in :mod:`sscr.models.uncrtaints`). ``variance``: None (mean only), ``"diag"``
+    (one variance per band, 13 channels) or ``"iso"`` (one variance shared by all
+    bands). The network works on data multiplied by ``scale_by`` (as UnCRtainTS), so
+    the softplus output is a variance in those units; it is divided by ``scale_by**2``
+    to be a variance of [0, 1] reflectance, then floored by :data:`VAR_FLOOR`. Outputs
+    are float32 even under autocast, so losses and metrics keep their precision.
     """
 
-    def __init__(
-        self, in_channels: int, variance: Variance, scale_by: float, norm: NormKind = "none"
-    ) -> None:
+    def __init__(self, in_channels: int, variance: Variance, scale_by: float) -> None:
         super().__init__()
         self.variance = variance
         self.scale_by = scale_by
         self.n_var = {None: 0, "diag": S2_CHANNELS, "iso": 1}[variance]
-        out = S2_CHANNELS + self.n_var
-        self.conv = nn.Conv2d(in_channels, out, 1)
-        self.norm = norm_layer(norm, out, groups=1)
+        self.conv = nn.Conv2d(in_channels, S2_CHANNELS + self.n_var, 1)
 
     def custom_init(self) -> None:
         """Start at mean 0.5 and variance softplus(0) / scale_by**2."""
@@ -417,7 +413,7 @@ class OutputHeads(nn.Module):
 
     def logits(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw mean logits (B, 13, H, W) and raw variance (B, 13 or 1, H, W) or None, in float32."""
-        raw = self.norm(self.conv(features)).float()  # float32 outputs even under mixed precision
+        raw = self.conv(features).float()  # float32 outputs even under mixed precision
         return raw[:, :S2_CHANNELS], (raw[:, S2_CHANNELS:] if self.n_var else None)
 
     def variance_from_raw(self, raw: torch.Tensor) -> torch.Tensor:
