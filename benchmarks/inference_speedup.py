@@ -1,9 +1,9 @@
 """Before/after of the inference fixes the profile pointed at: channels-last weights, one tile per pass on CPU.
 
-    python -m benchmarks.inference_speedup           # sscr, 256 px tiles + a 1024 px scene, 5 rounds
+    python -m benchmarks.inference_speedup           # sscr_lite, 256 px tiles + a 1024 px scene, 5 rounds
     python -m benchmarks.inference_speedup --smoke   # CI: tiny U-Net, 64 px tiles, 256 px scene, 1 round
 
-The profile (``torch.profiler`` over one ``sscr`` forward on a 256 x 256 tile, table
+The profile (``torch.profiler`` over one ``sscr_lite`` forward on a 256 x 256 tile, table
 below) puts half of the time in ``aten::mkldnn_convolution``. oneDNN runs those
 convolutions faster on NHWC (channels-last) tensors than on the NCHW layout PyTorch
 uses by default, and a convolution follows its weight's layout, so the fix is one call,
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from sscr.models import build_model, example_inputs, for_inference
 
     smoke = mode == "smoke"
-    name, kwargs = ("unet", {"encoder_widths": [8, 16]}) if smoke else ("sscr", {})
+    name, kwargs = ("unet", {"encoder_widths": [8, 16]}) if smoke else ("sscr_lite", {})
     tile = 64 if smoke else 256
     scene = {"full": 1024, "quick": 512, "smoke": 256}[mode]
     started = time.perf_counter()

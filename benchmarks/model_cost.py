@@ -1,4 +1,9 @@
-"""Cost of every backbone at its default widths on 256 x 256 patches: parameters, FLOPs, time, memory.
+"""Cost of every backbone on 256 x 256 patches: parameters, FLOPs, time, memory.
+
+Configurations (``CONFIGS``): the published networks at the seed's settings (``uncrtaints``
+and ``multisarv2``: widths [128] / [128] x 5, SAR, no mask, no variance), this project's
+``sscr_lite`` at its default widths and at the CPU-sized widths of ``params.yaml``, and
+the U-Net and U-TAE baselines at their default widths.
 
     python -m benchmarks.model_cost            # batch 1 and 8, 5 timed repeats
     python -m benchmarks.model_cost --quick    # batch 1, 3 timed repeats
@@ -7,7 +12,8 @@
 Method:
 
 - Parameters and forward FLOPs: :func:`sscr.models.model_cost` (``FlopCounterMode``,
-  2 FLOPs per multiply-add, convolutions and matmuls).
+  2 FLOPs per multiply-add, convolutions and matmuls), in eval mode and in train mode
+  (``multisarv2`` runs its unused edge branch in train mode only, as published).
 - Time: wall clock of a forward (eval mode, no gradients) and of a forward + backward
   (train mode, loss = mean of every output) on random inputs; one untimed warm-up,
   then the median of ``--repeats`` runs. The models are timed round-robin inside the
@@ -46,7 +52,16 @@ import torch
 from benchmarks._common import command_line, mode_of, results_path, write_report
 from sscr.models import build_model, example_inputs, model_cost, select_device
 
-MODELS = ["sscr", "uncrtaints", "utae", "unet"]
+CONFIGS: dict[str, tuple[str, dict]] = {
+    "uncrtaints": ("uncrtaints", {}),
+    "multisarv2": ("multisarv2", {}),
+    "sscr_lite": ("sscr_lite", {}),
+    "sscr_lite (params.yaml)": ("sscr_lite", {"encoder_widths": [16, 32, 64], "decoder_widths": [16, 32, 64]}),
+    "utae": ("utae", {}),
+    "unet": ("unet", {}),
+}
+"""Row label -> (model name, build parameters); the published networks at the seed's settings."""
+MODELS = list(CONFIGS)
 REFERENCE = "uncrtaints"
 SIZE = 256
 NAME = "model_cost"
@@ -61,12 +76,19 @@ class Row:
     batch: int
     params: int
     flops: int
+    train_flops: int
     times: dict[str, list[float]] = field(default_factory=lambda: {mode: [] for mode in MODES})
     memory_mib: dict[str, float | str] = field(default_factory=dict)
 
     def median_ms(self, mode: str) -> float | None:
         """Median time of ``mode`` in milliseconds (None when not run)."""
         return 1000 * statistics.median(self.times[mode]) if self.times[mode] else None
+
+
+def build(label: str) -> torch.nn.Module:
+    """The model of row ``label`` (see ``CONFIGS``)."""
+    name, params = CONFIGS[label]
+    return build_model(name, **params)
 
 
 def random_inputs(
@@ -137,7 +159,7 @@ def _memory_child(
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dev = torch.device(device)
-    model = build_model(name).to(dev)
+    model = build(name).to(dev)
     inputs = random_inputs(model, batch, dev, size)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -178,9 +200,10 @@ def measure(
         models = {}
         for name in MODELS:
             torch.manual_seed(0)
-            models[name] = build_model(name).to(device)
+            models[name] = build(name).to(device)
             cost = model_cost(models[name], size, size, batch)
-            rows.append(Row(name, batch, cost["params"], cost["flops"]))
+            train_flops = model_cost(models[name], size, size, batch, training=True)["flops"]
+            rows.append(Row(name, batch, cost["params"], cost["flops"], train_flops))
         batch_rows = {row.model: row for row in rows if row.batch == batch}
 
         runnable: dict[str, list[str]] = {mode: [] for mode in MODES}
@@ -226,16 +249,17 @@ def _mib(value: float | str | None) -> str:
 def table(rows: list[Row]) -> str:
     """Markdown table, one line per (batch, model), ratios to uncrtaints at the same batch."""
     lines = [
-        "| model | batch | params | GFLOPs (fwd) | FLOPs / uncrtaints | forward ms | forward / uncrtaints "
+        "| model | batch | params | GFLOPs (fwd) | FLOPs / uncrtaints | GFLOPs (train-mode fwd) "
+        "| forward ms | forward / uncrtaints "
         "| fwd+bwd ms | fwd+bwd / uncrtaints | peak MiB fwd | peak MiB fwd+bwd |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         ref = next(r for r in rows if r.model == REFERENCE and r.batch == row.batch)
         fwd, train = row.median_ms("forward"), row.median_ms("train")
         lines.append(
             f"| {row.model} | {row.batch} | {row.params:,} | {row.flops / 1e9:.1f} | {row.flops / ref.flops:.2f} "
-            f"| {_ms(fwd)} | {_ratio(fwd, ref.median_ms('forward'))} "
+            f"| {row.train_flops / 1e9:.1f} | {_ms(fwd)} | {_ratio(fwd, ref.median_ms('forward'))} "
             f"| {_ms(train)} | {_ratio(train, ref.median_ms('train'))} "
             f"| {_mib(row.memory_mib.get('forward'))} | {_mib(row.memory_mib.get('train'))} |"
         )
@@ -248,18 +272,21 @@ def report(
     """The results file: context, table, method."""
     return "\n".join(
         [
-            f"# Model cost at {args.size} x {args.size} (default widths)",
+            f"# Model cost at {args.size} x {args.size}",
             "",
             f"Command: `{command}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {seconds / 60:.0f} min).",
             f"Machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} logical CPUs, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM; torch {torch.__version__}, device {device}, "
             f"{threads} torch thread(s); load average at the end {', '.join(f'{x:.1f}' for x in psutil.getloadavg())}.",
-            f"Inputs: 13-band S2 + 2-band S1 + cloud mask, batch {', '.join(str(b) for b in args.batches)}; "
-            f"deterministic heads (variance None). Times: median of {args.repeats} runs after one warm-up.",
+            f"Inputs: 13-band S2 + 2-band S1 (+ the cloud mask for the models that take one), batch "
+            f"{', '.join(str(b) for b in args.batches)}; deterministic heads (variance None). Models: "
+            + "; ".join(f"{label} = `{name}` {params or 'default widths'}" for label, (name, params) in CONFIGS.items())
+            + f". Times: median of {args.repeats} runs after one warm-up.",
             "",
             table(rows),
             "",
-            "FLOPs: `sscr.models.model_cost` (torch `FlopCounterMode`, 2 per multiply-add, convolutions and matmuls). "
+            "FLOPs: `sscr.models.model_cost` (torch `FlopCounterMode`, 2 per multiply-add, convolutions and matmuls), "
+            "exact counts; train-mode fwd differs for multisarv2 only (its unused edge branch runs in train mode). "
             "Forward: eval mode, no gradients. fwd+bwd: train mode, backward of the mean of every output. "
             "Peak MiB: rise of the peak resident set size (Linux `VmHWM`, reset before the pass) of a fresh "
             "process during one pass over its size before it (CPU), or `max_memory_allocated` (CUDA); "

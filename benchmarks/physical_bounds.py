@@ -19,7 +19,7 @@ Figures compared with them, in the same run and interleaved round-robin with the
 load changes hit all alike; medians of the rounds):
 
 - the forward pass of each backbone at its default widths, 256 x 256, batch 1 (the batch of
-  ``sscr infer`` on CPU; ``sscr`` also at batch 4, its GPU default): GFLOP/s = forward FLOPs
+  ``sscr infer`` on CPU; ``sscr_lite`` also at batch 4, its GPU default): GFLOP/s = forward FLOPs
   (``sscr.models.model_cost``) / median time, against the 2-thread matmul rate;
 - the data set with precomputed masks (``SEN12MSCR[i]``): MB/s of file bytes read against the
   page-cache read rate, and MB/s of float32 tensors produced against the memory copy rate.
@@ -49,7 +49,7 @@ from benchmarks._common import (
 
 NAME = "physical_bounds"
 CHUNK = 8 * 2**20
-MODELS = ["sscr", "uncrtaints", "utae", "unet"]
+MODELS = ["sscr_lite", "uncrtaints", "utae", "unet"]
 
 
 # ---------------------------------------------------------------- the bounds, importable by other benchmarks
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         f"mm{threads}": matmul_runner(n, threads)[0],
     }
     flops = {"mm1": 2.0 * n**3, f"mm{threads}": 2.0 * n**3}
-    forwards = [(name, 1) for name in MODELS] + [("sscr", 4)]
+    forwards = [(name, 1) for name in MODELS] + [("sscr_lite", 4)]
     for name, batch in forwards:
         candidates[f"{name}/{batch}"], flops[f"{name}/{batch}"] = forward_runner(name, size, batch)
     print(f"timing {len(candidates)} candidates, {repeats} rounds after a warm-up ...", flush=True)

@@ -2,11 +2,11 @@
 
     python -m benchmarks.quality_per_compute            # embedded default sample, 256 px, 5 CPU-min per run
     python -m benchmarks.quality_per_compute --quick    # 64 px tiny sample, 20 CPU-s per run
-    python -m benchmarks.quality_per_compute --smoke    # CI: 64 px tiny sample, 1 CPU-s per run, sscr only
+    python -m benchmarks.quality_per_compute --smoke    # CI: 64 px tiny sample, 1 CPU-s per run, sscr_lite only
 
 The data are the embedded default: the synthetic sample exactly as ``params.yaml`` defines it
 (written once with ``write_synthetic_sample`` and ``precompute_masks`` under
-``benchmarks/.cache/default/``), and every setting is that of ``params.yaml`` (loss ``ml``, lr,
+``benchmarks/.cache/default/``), and every setting is that of ``params.yaml`` (loss ``structure``, lr,
 batch 8, random 128 px crops, lr decay) except three:
 
 - ``train.epochs`` is no limit: a **CPU-time budget** stops the run instead. ``train(params,
@@ -50,16 +50,16 @@ from benchmarks._common import (
 )
 
 NAME = "quality_per_compute"
-MODELS = ["sscr", "uncrtaints", "utae", "unet"]
-SMOKE_MODELS = ["sscr"]
+MODELS = ["sscr_lite", "uncrtaints", "utae", "unet"]
+SMOKE_MODELS = ["sscr_lite"]
 MIN_EPOCHS = 5
 """A backbone trains at its default widths only if at least this many epochs fit in the budget."""
 CPU_WIDTHS: dict[str, dict[str, Any]] = {
-    # UnCRtainTS keeps full resolution in every block: its paper widths (128) cost 107 GFLOP per 256 px
-    # patch. A quarter of the width keeps its shape (1 encoder block, 5 decoder blocks, n_head 16).
+    # UnCRtainTS keeps full resolution in every block: its paper widths (128) cost 53.8 GFLOP per 256 px
+    # patch. A quarter of the width keeps its shape (1 encoder block, 5 decoder blocks).
     "uncrtaints": {"encoder_widths": [32], "decoder_widths": [32] * 5, "n_head": None, "d_model": None},
-    # the others at half their default widths (sscr: the widths params.yaml trains it with)
-    "sscr": {"encoder_widths": [16, 32, 64], "decoder_widths": [16, 32, 64], "n_head": None, "d_model": None},
+    # the others at half their default widths (sscr_lite: the widths params.yaml trains it with)
+    "sscr_lite": {"encoder_widths": [16, 32, 64], "decoder_widths": [16, 32, 64], "n_head": None, "d_model": None},
     "utae": {
         "encoder_widths": [32, 32, 32, 64],
         "decoder_widths": [16, 16, 32, 64],
@@ -128,7 +128,7 @@ def step_seconds(params: Any, name: str, widths: dict[str, Any] | None) -> float
     kwargs = configured.model.model_dump(exclude={"name"})
     kwargs["variance"] = variance_mode(configured.loss)
     model = build_model(name, **kwargs).train()
-    loss_fn = build_loss(configured.loss)
+    loss_fn = build_loss(configured.loss, configured.model.scale_by)
     size = params.train.crop_size or params.data.patch_size
     gen = torch.Generator().manual_seed(0)
     inputs = {k: torch.rand(v.shape, generator=gen) for k, v in example_inputs(model, size, size, 1).items()}

@@ -61,10 +61,10 @@ TILE, OVERLAP = 256, 32
 BATCH = None
 """Tiles per forward pass (``--batch``): None is infer_scene's default (1 on CPU, 4 on a GPU), what `sscr infer` runs."""
 MODELS = {
-    "sscr": {},  # the project's model with its defaults (widths 32, 64, 128)
+    "sscr": {},  # the project's sscr_lite model with its defaults (widths 32, 64, 128)
     "tiny-unet": {"encoder_widths": [8, 16]},  # for the memory comparison when the default model is too slow
 }
-MODEL_NAMES = {"sscr": "sscr", "tiny-unet": "unet"}
+MODEL_NAMES = {"sscr": "sscr_lite", "tiny-unet": "unet"}
 
 
 @dataclass

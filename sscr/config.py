@@ -75,32 +75,51 @@ class MasksConfig(_Group):
     workers: int = Field(2, ge=1)
 
 
-class ModelConfig(_Group):
-    """Backbone and its hyper-parameters; ``None`` means the backbone's own default."""
+MODEL_ALIASES: dict[str, str] = {"sscr": "multisarv2"}
+"""Other names of a backbone: the paper calls its network SSCR, the seed's code ``multisarv2``."""
+LossName = Literal["l1", "l2", "ml", "structure", "GNLL", "MGNLL"]
+LOSS_NAMES: tuple[str, ...] = ("l1", "l2", "ml", "structure", "GNLL", "MGNLL")
 
-    name: str = "sscr"
+
+class ModelConfig(_Group):
+    """Backbone and its hyper-parameters; ``None`` means the backbone's own default.
+
+    The backbones are built from these keys (minus ``name``, plus the variance the
+    loss needs) as one :class:`sscr.models.BackboneConfig`. ``name`` is stored under
+    its canonical spelling (``sscr`` -> ``multisarv2``). ``use_mask: null`` is the
+    backbone's default: true for ``sscr_lite``, ``unet`` and ``utae``, false for the
+    published ``uncrtaints`` and ``multisarv2``, which take no mask (``true`` is refused
+    there). ``mask_beta`` is MultiSARv2's structure-mask gate (0 = published: no gating).
+    """
+
+    name: str = "multisarv2"
     use_sar: bool = True
-    use_mask: bool = True
+    use_mask: bool | None = None
     scale_by: float = 10.0
     block_type: Literal["mbconv", "residual"] = "mbconv"
     n_head: int | None = None
     d_model: int | None = None
     encoder_widths: list[int] | None = None
     decoder_widths: list[int] | None = None
+    mask_beta: float = Field(0.0, ge=0, le=1)
 
     @field_validator("name")
     @classmethod
-    def _seed_alias(cls, name: str) -> str:
-        # The seed called this project's model "multisarv2".
-        return "sscr" if name == "multisarv2" else name
+    def _canonical_name(cls, name: str) -> str:
+        return MODEL_ALIASES.get(name, name)
 
 
 class LossConfig(_Group):
-    """Training loss and the weights of the structure-aware mixed loss ``ml``."""
+    """Training loss (see :mod:`sscr.losses`) and the weights of the ``structure`` mixed loss.
 
-    name: Literal["l1", "l2", "ml", "GNLL", "MGNLL"] = "ml"
+    ``var_floor``: GNLL and MGNLL clamp the variance, in the scaled units the
+    published losses work in, at this value (published: 1e-8). ``w_*`` weigh the
+    terms of ``structure`` only; ``ml`` has the published fixed weights.
+    """
+
+    name: LossName = "ml"
     covmode: Literal["iso", "diag"] = "diag"
-    var_floor: float = Field(1e-4, gt=0)
+    var_floor: float = Field(1e-8, gt=0)
     w_l1: float = Field(1.0, ge=0)
     w_grad: float = Field(0.5, ge=0)
     w_struct: float = Field(0.1, ge=0)
@@ -160,9 +179,9 @@ class TuneConfig(_Group):
     pruner_startup_trials: int = Field(2, ge=0)
     pruner_warmup_epochs: int = Field(1, ge=0)
     epochs: int = Field(3, ge=1)
-    losses: list[Literal["l1", "l2", "ml", "GNLL", "MGNLL"]] = Field(
-        default_factory=lambda: ["l1", "l2", "ml", "GNLL", "MGNLL"], min_length=1)
-    models: list[str] = Field(default_factory=lambda: ["sscr"], min_length=1)
+    losses: list[LossName] = Field(
+        default_factory=lambda: ["l1", "l2", "structure", "GNLL", "MGNLL"], min_length=1)
+    models: list[str] = Field(default_factory=lambda: ["sscr_lite"], min_length=1)
     block_types: list[Literal["mbconv", "residual"]] = Field(
         default_factory=lambda: ["mbconv", "residual"], min_length=1)
     widths: list[int] = Field(default_factory=lambda: [16, 32], min_length=1)

@@ -39,7 +39,7 @@ from sscr.data.augment import TrainingView
 from sscr.data.dataset import SEN12MSCR, build_dataset, model_inputs
 from sscr.fsutil import atomic_path, write_text
 from sscr.metrics import MetricAccumulator, cloud_metrics
-from sscr.models import build_model, model_cost, select_device
+from sscr.models import BackboneConfig, build_model, model_cost, select_device
 
 EpochCallback = Callable[[int, dict[str, float]], bool | None]
 
@@ -180,9 +180,8 @@ def _resume_state(params: Params, last_path: Path) -> dict[str, Any]:
 def _build_model(params: Params, device: torch.device, pretrained: bool) -> nn.Module:
     """The configured backbone on ``device``, from ``train.pretrained`` weights if asked, frozen where asked."""
     cfg = params.train
-    model_kwargs = params.model.model_dump(exclude={"name"})
-    model_kwargs["variance"] = losses.variance_mode(params.loss)
-    model = build_model(params.model.name, **model_kwargs).to(device)
+    backbone = BackboneConfig.from_model_config(params.model, losses.variance_mode(params.loss))
+    model = build_model(params.model.name, backbone).to(device)
     if pretrained and cfg.pretrained:
         load_weights(model, load_checkpoint(cfg.pretrained)["model"], cfg.pretrained)
     _freeze(model, cfg.freeze)
@@ -201,7 +200,8 @@ def _start(params: Params, resume: bool) -> _Session:
 
     model = _build_model(params, device, pretrained=state is None)
     # Through the module, so that a fault-injection test can swap the loss for one that turns NaN.
-    loss_fn = losses.build_loss(params.loss).to(device)
+    loss_fn = losses.build_loss(params.loss, model.scale_by).to(device)
+    loss_fn.check_outputs(model.output_keys, params.model.name)  # a loss the model cannot feed fails here, not mid-run
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
     use_amp = cfg.amp and device.type == "cuda"
@@ -261,7 +261,7 @@ def _train_epoch(session: _Session, epoch: int, progress: bool) -> dict[str, flo
             raise TrainingDiverged(
                 f"loss became {loss.item()} at epoch {epoch}, batch {step} "
                 f"(samples {', '.join(batch['meta']['sample_id'])}); the last good checkpoint "
-                f"{session.last_path} is kept. Try a lower train.lr, loss.var_floor or another loss."
+                f"{session.last_path} is kept. Try a lower train.lr or another loss."
             )
         session.scaler.scale(loss).backward()
         session.scaler.step(session.optimizer)

@@ -2,7 +2,7 @@
 
 The search space is the ``tune:`` group of ``params.yaml``: loss, model,
 ``block_type``, encoder and decoder widths, ``n_head``, learning rate,
-structure-loss weight (``ml`` loss only) and ``use_sar``. A trial is an
+structure-loss weight (``structure`` loss only) and ``use_sar``. A trial is an
 ordinary :func:`sscr.train.train` run of ``tune.epochs`` epochs of the
 ``params.yaml`` configuration with the suggested values; its objective is the best
 validation PSNR, which every loss is measured by, so losses compete fairly.
@@ -201,7 +201,7 @@ def suggest(trial: optuna.Trial, cfg: TuneConfig, base: Params) -> dict[str, Any
         "model.use_sar": trial.suggest_categorical("model.use_sar", cfg.use_sar),
         "train.lr": trial.suggest_float("train.lr", *cfg.lr_range, log=True),
     }
-    if loss == "ml":  # the structure term exists in the mixed loss only
+    if loss == "structure":  # the structure term exists in the mixed loss only
         overrides["loss.w_struct"] = trial.suggest_float("loss.w_struct", *cfg.w_struct_range)
     levels = len(base.model.encoder_widths or [0, 0, 0])
     for part in ("encoder", "decoder"):

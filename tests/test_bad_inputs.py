@@ -111,7 +111,7 @@ CASES = [
         (f / "params.yaml").read_text().replace("epochs: 1", "epochs: one")) and None,
      ["train"], ["train.epochs", "'one'"]),
     ("unknown model", lambda f, p: None, ["train", "--model", "resnet9000"],
-     ["resnet9000", "sscr", "uncrtaints", "unet", "utae"]),
+     ["resnet9000", "multisarv2", "sscr_lite", "uncrtaints", "unet", "utae"]),
     ("unknown loss", lambda f, p: None, ["train", "--loss", "huber"], ["loss.name", "'huber'"]),
     ("checkpoint of another architecture", lambda f, p: _foreign_checkpoint(f).name,
      ["train", "--pretrained", "unet.pt"], ["another architecture", "SSCR"]),

@@ -84,13 +84,15 @@ def test_model_cost_smoke(tmp_path, cache):
     text = run_benchmark("model_cost", tmp_path / "model_cost.md", cache)
     assert text.startswith("# Model cost at 64 x 64")
     (rows,) = tables(text)
-    assert [row["model"] for row in rows] == ["sscr", "uncrtaints", "utae", "unet"]
+    assert [row["model"] for row in rows] == [
+        "uncrtaints", "multisarv2", "sscr_lite", "sscr_lite (params.yaml)", "utae", "unet"]
     for row in rows:
         assert row["batch"] == "1"
         for column in (
             "params",
             "GFLOPs (fwd)",
             "FLOPs / uncrtaints",
+            "GFLOPs (train-mode fwd)",
             "forward ms",
             "fwd+bwd ms",
             "peak MiB fwd",

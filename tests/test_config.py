@@ -36,11 +36,11 @@ def test_wrong_type_is_named(tmp_path):
 
 def test_overrides_parse_values_as_yaml(tmp_path):
     params = load_params(tmp_path / "missing.yaml", ["train.epochs=3", "model.encoder_widths=[8, 16]",
-                                                     "model.use_sar=false", "model.name=multisarv2"])
+                                                     "model.use_sar=false", "model.name=sscr"])
     assert params.train.epochs == 3
     assert params.model.encoder_widths == [8, 16]
     assert params.model.use_sar is False
-    assert params.model.name == "sscr"  # the seed's name for this project's model
+    assert params.model.name == "multisarv2"  # the paper's name for the seed's network, stored canonically
     with pytest.raises(ConfigError, match="group.key=value"):
         apply_override({}, "train.epochs")
 

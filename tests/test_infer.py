@@ -140,7 +140,7 @@ def test_mask_is_computed_per_tile_from_its_dn_and_aligned(scene, tmp_path, monk
 
     monkeypatch.setattr(infer, "cloud_probability", pixelwise_mask)
     torch.manual_seed(0)
-    model = build_model("sscr", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True).eval()
+    model = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True).eval()
     out = tmp_path / "clear.tif"
     report = infer_scene(model, scene["s2"], scene["s1"], out, tile=TILE, overlap=OVERLAP, batch_size=4,
                          mask_kind="cloud_cloudshadow_mask", progress=False)
@@ -162,7 +162,7 @@ def test_real_mask_and_no_data_tiles(tmp_path):
     s2[:, :, 96:] = 0  # outside the swath: L1C no-data
     s2_path = write_raster(tmp_path / "s2.tif", s2, CRS, TRANSFORM)
     s1_path = write_raster(tmp_path / "s1.tif", arrays["s1"], CRS, TRANSFORM)
-    model = build_model("sscr", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True).eval()
+    model = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True).eval()
     report = infer_scene(model, s2_path, s1_path, tmp_path / "out.tif", tile=64, overlap=16,
                          mask_kind="cloud_cloudshadow_mask", progress=False)
     with rasterio.open(tmp_path / "out.tif") as dataset:

@@ -29,7 +29,7 @@ def test_training_run_is_fully_tracked(tiny_params):
         assert (folder / name).exists(), name
     run = MlflowClient().get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.epochs"] == "2" and run.data.params["model.name"] == "sscr"
+    assert run.data.params["train.epochs"] == "2" and run.data.params["model.name"] == "sscr_lite"
     assert int(run.data.params["model.n_params"]) > 0
     assert run.data.tags["git.commit"]
     history = MlflowClient().get_metric_history(result.run_id, "val_PSNR")
@@ -56,7 +56,7 @@ def test_training_run_is_fully_tracked(tiny_params):
 def test_checkpoint_holds_its_config_and_loads_weights_only(tiny_params):
     train(tiny_params, progress=False, log_model=False)
     state = load_checkpoint(run_dir(tiny_params) / "model_best.pt")
-    assert state["model_name"] == "sscr"
+    assert state["model_name"] == "sscr_lite"
     assert state["config"]["train"]["epochs"] == 2
     assert state["model_config"]["encoder_widths"] == [8, 16]
 
@@ -67,8 +67,8 @@ def test_nan_loss_fails_cleanly_and_keeps_the_good_checkpoint(tiny_params, monke
     real_build = sscr.losses.build_loss
     calls = {"n": 0}
 
-    def poisoned(cfg):  # fault injection: the loss turns NaN on the first batch of epoch 2
-        loss = real_build(cfg)
+    def poisoned(cfg, scale_by):  # fault injection: the loss turns NaN on the first batch of epoch 2
+        loss = real_build(cfg, scale_by)
         original = loss.forward
 
         def forward(output, target, mask=None):
@@ -127,3 +127,23 @@ def test_resume_refuses_other_params(tiny_params):
 
     with pytest.raises(ResumeError, match="train.lr"):
         train(tiny_params, resume=True, progress=False, log_model=False)
+
+
+def test_the_seed_configuration_trains_and_its_checkpoint_rebuilds(tiny_params):
+    """multisarv2 (asked for by its paper name) with the seed's ml loss, at a tiny width."""
+    from sscr.checkpoint import build_from_checkpoint
+    from sscr.config import parse_params
+
+    raw = tiny_params.model_dump(mode="json")
+    raw["model"].update(name="sscr", encoder_widths=[16], decoder_widths=[16, 16], use_mask=None)
+    raw["loss"]["name"] = "ml"
+    raw["train"]["epochs"] = 1
+    params = parse_params(raw)
+    result = train(params, progress=False, log_model=False)
+    assert math.isfinite(result.best_val_psnr)
+    assert {"train_l1", "train_one_minus_pearson"} <= set(result.history[0])
+    state = load_checkpoint(result.best_checkpoint)
+    assert state["model_name"] == "multisarv2" and state["model_config"]["use_mask"] is False
+    model, _ = build_from_checkpoint(result.best_checkpoint)
+    assert type(model).__name__ == "MultiSARv2"
+    assert torch.equal(model.state_dict()["mask_conv.weight"], state["model"]["mask_conv.weight"])

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 #: A search space of one architecture (8-wide, 2 levels) and a wide learning-rate range; seconds per trial.
 FAST_TUNE = {
-    "n_trials": 3, "epochs": 2, "losses": ["l1"], "models": ["sscr"], "block_types": ["mbconv"], "widths": [8],
+    "n_trials": 3, "epochs": 2, "losses": ["l1"], "models": ["sscr_lite"], "block_types": ["mbconv"], "widths": [8],
     "n_heads": [2], "use_sar": [True], "lr_range": [1e-6, 1e-2], "sampler_startup_trials": 2,
     "pruner": "none", "heartbeat_interval": 1, "grace_period": 3,
 }

@@ -6,7 +6,7 @@ from __future__ import annotations
 TINY: dict = {
     "data": {"patch_size": 64, "synth": {"rois": {"train": 3, "val": 1, "test": 1}, "patches_per_roi": 2}},
     "masks": {"workers": 1},
-    "model": {"encoder_widths": [8, 16], "decoder_widths": [8, 16], "n_head": 2, "d_model": 16},
+    "model": {"name": "sscr_lite", "encoder_widths": [8, 16], "decoder_widths": [8, 16], "n_head": 2, "d_model": 16},
     "loss": {"name": "l1"},
     "train": {"epochs": 2, "batch_size": 2, "crop_size": None, "val_every": 1},
     "evaluate": {"n_panels": 1, "batch_size": 2},

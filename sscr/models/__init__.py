@@ -2,24 +2,32 @@
 
 Example::
 
-    model = build_model("sscr", variance="diag")
-    out = model(cloudy, sar, mask)          # {"mean", "var", "structure"}
+    model = build_model("multisarv2", variance="diag")
+    out = model(cloudy, sar)                # {"mean", "var", "sar_mask"}
 
-Every backbone takes the ``params.yaml`` ``model:`` keys (minus ``name``) plus
-``variance`` (None, "diag" or "iso"), exposes ``use_sar``, ``use_mask``,
-``variance`` and ``config`` (its resolved keyword arguments, so
-``build_model(name, **model.config)`` rebuilds it exactly), and maps
-``forward(cloudy, sar=None, mask=None)`` to a dict with ``"mean"`` in [0, 1]
-(plus ``"var"`` > 0 with a variance, plus ``"structure"`` for ``sscr``).
-A new backbone is one new module in this package with a ``@register_model`` class:
-every public module here is imported below, so nothing else needs editing.
+The backbones:
+
+- ``uncrtaints``: the published single-date UnCRtainTS, module for module;
+- ``multisarv2`` (alias ``sscr``): the published SSCR network, UnCRtainTS plus a SAR
+  edge branch and a structure-mask generator (output ``sar_mask``);
+- ``sscr_lite``: this project's own cloud-gated SAR-optical U-Net (output ``structure``);
+- ``unet``, ``utae``: the U-Net and U-TAE baselines.
+
+Every backbone is built from one :class:`BackboneConfig` (the ``params.yaml``
+``model:`` keys minus ``name``, plus ``variance``: None, "diag" or "iso"),
+exposes ``use_sar``, ``use_mask``, ``variance``, ``output_keys`` and ``config``
+(its resolved build parameters as plain data, so ``build_model(name,
+**model.config)`` rebuilds it exactly), and maps ``forward(cloudy, sar=None,
+mask=None)`` to a dict with ``"mean"`` in [0, 1] (plus ``"var"`` > 0 in [0, 1]^2
+units with a variance, plus the backbone's extra outputs). A new backbone is one
+new module in this package with a ``@register_model`` class: every public module
+here is imported below, so nothing else needs editing.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib
-import inspect
 import pkgutil
 from typing import Any
 
@@ -27,12 +35,13 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from sscr.models._base import CloudRemovalModel
+from sscr.models._base import BackboneConfig, CloudRemovalModel
 from sscr.models._registry import ALIASES, list_models, model_class, register_model, resolve_name
 from sscr.models.blocks import S1_CHANNELS, S2_CHANNELS
 
 __all__ = [
     "ALIASES",
+    "BackboneConfig",
     "CloudRemovalModel",
     "available_models",
     "build_model",
@@ -53,25 +62,25 @@ for _module in pkgutil.iter_modules(__path__):
 
 
 def available_models() -> list[str]:
-    """Names accepted by :func:`build_model` (aliases such as ``multisarv2`` also work)."""
+    """Names accepted by :func:`build_model` (aliases such as ``sscr`` also work)."""
     return list_models()
 
 
-def build_model(name: str, **params: Any) -> nn.Module:
-    """Build backbone ``name`` with ``params`` (the ``model:`` keys minus ``name``, plus ``variance``).
+def build_model(name: str, config: BackboneConfig | None = None, **params: Any) -> nn.Module:
+    """Build backbone ``name`` from ``config``, or from ``params`` (``model:`` keys minus ``name``, + ``variance``).
 
+    ``build_model(name, **checkpoint["model_config"])`` rebuilds a trained model.
     Unknown name -> ValueError listing the available names; unknown keyword -> TypeError naming it.
     """
     cls = model_class(name)
-    accepted = [
-        p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY
-    ]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise TypeError(
-            f"{resolve_name(name)} got unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}"
-        )
-    return cls(**params)
+    if config is None:
+        try:
+            config = BackboneConfig.from_params(params)
+        except TypeError as err:
+            raise TypeError(f"{resolve_name(name)}: {err}") from None
+    elif params:
+        raise TypeError(f"build_model({name!r}) takes a BackboneConfig or keyword parameters, not both")
+    return cls(config)
 
 
 def example_inputs(
@@ -87,18 +96,21 @@ def example_inputs(
     return inputs
 
 
-def model_cost(model: nn.Module, height: int = 256, width: int = 256, batch: int = 1) -> dict[str, int]:
+def model_cost(
+    model: nn.Module, height: int = 256, width: int = 256, batch: int = 1, training: bool = False
+) -> dict[str, int]:
     """Parameters and forward FLOPs of ``model`` for a (batch, 13, height, width) input.
 
     FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add;
     convolutions, matmuls and attention, not element-wise ops) over one forward in eval
-    mode on zero inputs of the right shapes (SAR and mask as ``use_sar`` / ``use_mask``
+    mode (``training=True``: train mode, where ``multisarv2`` also runs its unused edge
+    branch) on zero inputs of the right shapes (SAR and mask as ``use_sar`` / ``use_mask``
     say). The forward runs on a copy of the model on the ``meta`` device: the counts are
     those of a real forward, which no backbone's control flow depends on the values of,
     but it takes no time nor memory. ``model`` itself is left untouched.
     """
     params = sum(p.numel() for p in model.parameters())
-    shadow = copy.deepcopy(model).to("meta").eval()
+    shadow = copy.deepcopy(model).to("meta").train(training)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         shadow(**example_inputs(shadow, height, width, batch))
@@ -109,7 +121,7 @@ def for_inference(model: nn.Module, device: torch.device | str | None = None) ->
     """``model`` in eval mode on ``device`` (default: where it is), ready for prediction.
 
     On CPU its 4-D weights go to the channels-last (NHWC) layout, which oneDNN's
-    convolutions run faster for every backbone here (``sscr`` 1.2-1.3x per 256 px tile,
+    convolutions run faster for every backbone here (``sscr_lite`` 1.2-1.3x per 256 px tile,
     ``benchmarks/results/inference_speedup.md``); outputs equal the contiguous layout's to
     float rounding (tested). Inputs may stay contiguous: a convolution follows its
     weight's layout.

@@ -1,20 +1,86 @@
-"""What every backbone shares: constructor arguments, input checks and shaping, ``config``.
+"""What every backbone shares: the one typed config it is built from, input checks and shaping.
 
-Every backbone is built with the ``params.yaml`` ``model:`` keys (minus ``name``)
-plus ``variance``; keys a backbone does not use are accepted and kept in
-``config`` unchanged, so one ``model:`` group fits all backbones and
+A backbone is built from one :class:`BackboneConfig`: the ``params.yaml`` ``model:``
+group minus ``name``, plus the ``variance`` the loss needs. Keys a backbone does not
+use are kept unchanged, so one ``model:`` group fits every backbone. ``None`` means
+"the backbone's default": each backbone resolves them (:meth:`CloudRemovalModel.resolve`)
+and exposes the resolved values as ``config``, a plain dict, so
 ``build_model(name, **model.config)`` rebuilds a checkpoint's model exactly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from sscr.config import ModelConfig
 from sscr.models.blocks import BLOCK_TYPES, S1_CHANNELS, S2_CHANNELS, VARIANCES
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Everything a backbone is built from: ``params.yaml`` ``model:`` minus ``name``, plus ``variance``.
+
+    ``variance`` is not a ``model:`` key: it follows from the loss
+    (:func:`sscr.losses.variance_mode`): None, ``"diag"`` (13 channels) or ``"iso"`` (1).
+    ``None`` in any other field means the backbone's default.
+    """
+
+    use_sar: bool = True
+    use_mask: bool | None = None
+    scale_by: float = 10.0
+    block_type: str = "mbconv"
+    n_head: int | None = None
+    d_model: int | None = None
+    encoder_widths: list[int] | None = None
+    decoder_widths: list[int] | None = None
+    mask_beta: float = 0.0
+    variance: str | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {list(VARIANCES)} (set by loss.name and loss.covmode), "
+                             f"got {self.variance!r}")
+        if self.block_type not in BLOCK_TYPES:
+            raise ValueError(f"model.block_type must be one of {list(BLOCK_TYPES)}, got {self.block_type!r}")
+        if not self.scale_by > 0:
+            raise ValueError(f"model.scale_by must be > 0, got {self.scale_by!r}")
+        if not 0.0 <= self.mask_beta <= 1.0:
+            raise ValueError(f"model.mask_beta must be in [0, 1], got {self.mask_beta!r}")
+        for key in ("n_head", "d_model"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"model.{key} must be a positive integer, got {value!r}")
+        for key in ("encoder_widths", "decoder_widths"):
+            widths = getattr(self, key)
+            if widths is None:
+                continue
+            if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+                raise ValueError(f"model.{key} must be a non-empty list of positive integers, got {widths!r}")
+            object.__setattr__(self, key, list(widths))  # a private copy, as JSON gives it back
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> BackboneConfig:
+        """From keyword values (a checkpoint's ``model_config``); an unknown key is a TypeError naming it."""
+        accepted = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            raise TypeError(f"unknown model parameter(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}")
+        return cls(**params)
+
+    @classmethod
+    def from_model_config(cls, model: ModelConfig, variance: str | None) -> BackboneConfig:
+        """From the typed ``params.yaml`` ``model:`` group and the variance the loss needs."""
+        return cls.from_params({**model.model_dump(exclude={"name"}), "variance": variance})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (lists, numbers, strings, None): what a checkpoint stores as ``model_config``."""
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -41,7 +107,7 @@ class Inputs:
 
 
 class CloudRemovalModel(nn.Module):
-    """Base of every backbone: validated common arguments and input handling.
+    """Base of every backbone: built from one :class:`BackboneConfig`, validated input handling.
 
     Inputs of ``forward(cloudy, sar=None, mask=None)``:
 
@@ -51,62 +117,56 @@ class CloudRemovalModel(nn.Module):
     - ``mask`` (B, H, W), (B, 1, H, W) or (B, T, 1, H, W), cloud probability in [0, 1];
       used when ``use_mask``. ``None`` while ``use_mask`` means "no mask known" and is
       treated as all cloudy (ones): the model then reconstructs every pixel and passes
-      nothing through.
+      nothing through. Backbones with ``takes_mask = False`` ignore it.
 
     H and W must be multiples of :attr:`size_multiple` and at least twice it.
     Outputs: ``{"mean": (B, 13, H, W) in [0, 1]}``, plus ``"var"`` (B, 13 or 1, H, W) > 0
-    when ``variance`` is set (see :class:`~sscr.models.blocks.OutputHeads`).
+    in [0, 1]^2 units when ``variance`` is set, plus the keys of :attr:`extra_outputs`.
+
+    Subclasses set :attr:`defaults` (values for ``None`` fields) or override
+    :meth:`resolve` when a default depends on other fields.
     """
 
     model_name: ClassVar[str] = ""
     temporal: ClassVar[bool] = False
     """True when the backbone takes T > 1 time steps."""
+    takes_mask: ClassVar[bool] = True
+    """False for networks without a mask input: ``use_mask: true`` is refused."""
+    defaults: ClassVar[Mapping[str, Any]] = {"use_mask": True}
+    """The backbone's values for the fields left ``None``."""
+    extra_outputs: ClassVar[frozenset[str]] = frozenset()
+    """Output keys besides ``mean`` and ``var``."""
 
-    def __init__(
-        self,
-        *,
-        use_sar: bool,
-        use_mask: bool,
-        scale_by: float,
-        block_type: str,
-        n_head: int | None,
-        d_model: int | None,
-        encoder_widths: list[int] | None,
-        decoder_widths: list[int] | None,
-        variance: str | None,
-    ) -> None:
+    def __init__(self, config: BackboneConfig = BackboneConfig()) -> None:  # noqa: B008 - frozen, never mutated
         super().__init__()
         name = self.model_name or type(self).__name__
-        if variance not in VARIANCES:
-            raise ValueError(f"{name}: variance must be one of {list(VARIANCES)}, got {variance!r}")
-        if block_type not in BLOCK_TYPES:
-            raise ValueError(f"{name}: block_type must be one of {list(BLOCK_TYPES)}, got {block_type!r}")
-        if not scale_by > 0:
-            raise ValueError(f"{name}: scale_by must be > 0, got {scale_by!r}")
-        for key, value in (("n_head", n_head), ("d_model", d_model)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name}: {key} must be a positive integer, got {value!r}")
-        for key, widths in (("encoder_widths", encoder_widths), ("decoder_widths", decoder_widths)):
-            if widths is not None and (
-                not widths or not all(isinstance(w, int) and w > 0 for w in widths)
-            ):
-                raise ValueError(f"{name}: {key} must be a non-empty list of positive integers, got {widths!r}")
-        self.use_sar = bool(use_sar)
-        self.use_mask = bool(use_mask)
-        self.scale_by = float(scale_by)
-        self.variance = variance
+        config = type(self).resolve(config)
+        if config.use_mask and not self.takes_mask:
+            raise ValueError(f"{name} takes no cloud mask (the published network has no mask input): "
+                             "set model.use_mask to null or false")
+        self.settings = config
+        self.use_sar = bool(config.use_sar)
+        self.use_mask = bool(config.use_mask)
+        self.scale_by = float(config.scale_by)
+        self.variance = config.variance
         self.size_multiple = 1
-        self.config: dict[str, Any] = {
-            "use_sar": self.use_sar,
-            "use_mask": self.use_mask,
-            "scale_by": self.scale_by,
-            "block_type": block_type,
-            "n_head": n_head,
-            "d_model": d_model,
-            "encoder_widths": list(encoder_widths) if encoder_widths is not None else None,
-            "decoder_widths": list(decoder_widths) if decoder_widths is not None else None,
-            "variance": variance,
-        }
+
+    @classmethod
+    def resolve(cls, config: BackboneConfig) -> BackboneConfig:
+        """``config`` with the backbone's :attr:`defaults` in place of its ``None`` fields."""
+        filled = {key: (list(value) if isinstance(value, list) else value)
+                  for key, value in cls.defaults.items() if getattr(config, key) is None}
+        return replace(config, **filled)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved build parameters as plain data: ``build_model(name, **config)`` rebuilds this model."""
+        return self.settings.as_dict()
+
+    @property
+    def output_keys(self) -> frozenset[str]:
+        """Keys of the dict ``forward`` returns."""
+        return frozenset({"mean"} | ({"var"} if self.variance else set())) | self.extra_outputs
 
     @property
     def in_channels(self) -> int:

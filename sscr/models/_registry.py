@@ -7,11 +7,13 @@ from typing import TypeVar
 
 from torch import nn
 
+from sscr.config import MODEL_ALIASES
+
 ModelClass = TypeVar("ModelClass", bound=type[nn.Module])
 
 _MODELS: dict[str, type[nn.Module]] = {}
-ALIASES: dict[str, str] = {"multisarv2": "sscr"}
-"""Old names still accepted: the seed called this project's model ``multisarv2``."""
+ALIASES: dict[str, str] = MODEL_ALIASES
+"""Other names accepted for a backbone (``sscr`` = ``multisarv2``, the paper's name for the seed's network)."""
 
 
 def register_model(name: str) -> Callable[[ModelClass], ModelClass]:

@@ -1,10 +1,15 @@
 """Building blocks shared by every backbone: convolutions, norms, MBConv, residual blocks,
-L-TAE temporal attention, low-resolution multi-head attention and the mean / variance heads.
+L-TAE temporal attention, low-resolution multi-head attention, the mean / variance heads
+and the two weight initialisations (this project's and the published one).
 
 Each block exists once, here; backbones import them and never redefine a variant.
 The MBConv, squeeze-excitation, L-TAE and temporal aggregation follow UnCRtainTS
 (Ebel et al., CVPRW 2023, github.com/PatrickTUM/UnCRtainTS) and U-TAE
 (Sainte Fare Garnot and Landrieu, ICCV 2021, github.com/VSainteuf/utae-paps).
+:class:`ConvBlock`, :class:`ConvLayer`, :class:`MBConv` and :class:`ResidualConvBlock`
+nest their layers as the published code does, so the published networks built from
+them have the published state-dict keys (``in_conv.conv.conv.0.weight``,
+``in_block.0.conv.fn.3.weight``, ...).
 """
 
 from __future__ import annotations
@@ -59,7 +64,11 @@ def conv2d(
 
 
 class ConvNormAct(nn.Sequential):
-    """Convolution (reflect padded), normalisation, activation."""
+    """Convolution (reflect padded), normalisation, activation.
+
+    ``bias``: None = a bias only without a norm (a norm's shift makes it redundant);
+    the published UnCRtainTS layers keep it anyway (``bias=True``).
+    """
 
     def __init__(
         self,
@@ -70,14 +79,54 @@ class ConvNormAct(nn.Sequential):
         norm: NormKind = "group",
         act: type[nn.Module] | None = nn.ReLU,
         padding: int | None = None,
+        bias: bool | None = None,
     ) -> None:
+        bias = norm == "none" if bias is None else bias
         layers: list[nn.Module] = [
-            conv2d(in_channels, out_channels, kernel_size, stride, bias=norm == "none", padding=padding),
+            conv2d(in_channels, out_channels, kernel_size, stride, bias=bias, padding=padding),
             norm_layer(norm, out_channels),
         ]
         if act is not None:
             layers.append(act())
         super().__init__(*layers)
+
+
+class ConvLayer(nn.Module):
+    """Conv (with bias), norm, activation stored as ``conv``: U-TAE's ``ConvLayer`` (keys ``conv.0.weight``)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        norm: NormKind = "group",
+        act: type[nn.Module] | None = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        self.conv = ConvNormAct(in_channels, out_channels, kernel_size, norm=norm, act=act, bias=True)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, H, W)."""
+        return self.conv(features)
+
+
+class ConvBlock(nn.Module):
+    """A :class:`ConvLayer` stored as ``conv``: U-TAE's ``ConvBlock`` (keys ``conv.conv.0.weight``)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        norm: NormKind = "group",
+        act: type[nn.Module] | None = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        self.conv = ConvLayer(in_channels, out_channels, kernel_size, norm=norm, act=act)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, H, W)."""
+        return self.conv(features)
 
 
 def double_conv(in_channels: int, out_channels: int, norm: NormKind) -> nn.Sequential:
@@ -107,18 +156,32 @@ class SqueezeExcite(nn.Module):
         return features * gates[:, :, None, None]
 
 
+class PreNorm(nn.Module):
+    """``fn(norm(x))``: the pre-normalisation wrapper of UnCRtainTS' MBConv (keys ``norm.*``, ``fn.*``)."""
+
+    def __init__(self, norm: nn.Module, fn: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+        self.fn = fn
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Normalise, then apply ``fn``."""
+        return self.fn(self.norm(features))
+
+
 class MBConv(nn.Module):
     """Inverted residual with squeeze-excitation (MBConv), pre-normalised, channel preserving.
 
     norm -> 1x1 expand (x ``expansion``) -> norm -> GELU -> 3x3 depthwise (reflect)
-    -> norm -> GELU -> SE -> 1x1 project -> norm, added to the input.
+    -> norm -> GELU -> SE -> 1x1 project -> norm, added to the input. Stored as
+    UnCRtainTS stores it: ``conv.norm`` and ``conv.fn.0`` ... ``conv.fn.8``. The published
+    UnCRtainTS uses ``expansion=2``; ``sscr_lite`` the default 4.
     """
 
     def __init__(self, channels: int, norm: NormKind = "group", expansion: int = 4) -> None:
         super().__init__()
         hidden = channels * expansion
-        self.pre_norm = norm_layer(norm, channels)
-        self.branch = nn.Sequential(
+        self.conv = PreNorm(norm_layer(norm, channels), nn.Sequential(
             nn.Conv2d(channels, hidden, 1, bias=False),
             norm_layer(norm, hidden),
             nn.GELU(),
@@ -128,11 +191,11 @@ class MBConv(nn.Module):
             SqueezeExcite(channels, hidden),
             nn.Conv2d(hidden, channels, 1, bias=False),
             norm_layer(norm, channels),
-        )
+        ))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        return features + self.branch(self.pre_norm(features))
+        return features + self.conv(features)
 
 
 class ResidualBlock(nn.Module):
@@ -151,6 +214,23 @@ class ResidualBlock(nn.Module):
         return self.act(features + self.branch(features))
 
 
+class ResidualConvBlock(nn.Module):
+    """UnCRtainTS' residual block: three 3x3 conv (with bias), norm, ReLU layers, added to the input.
+
+    ``out = x + conv3(conv2(conv1(x)))``, each ``convN`` a :class:`ConvLayer` (reflect padding).
+    """
+
+    def __init__(self, channels: int, norm: NormKind = "group") -> None:
+        super().__init__()
+        self.conv1 = ConvLayer(channels, channels, 3, norm=norm)
+        self.conv2 = ConvLayer(channels, channels, 3, norm=norm)
+        self.conv3 = ConvLayer(channels, channels, 3, norm=norm)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        return features + self.conv3(self.conv2(self.conv1(features)))
+
+
 def make_block(block_type: BlockType, channels: int, norm: NormKind) -> nn.Module:
     """One channel-preserving block of the requested type (``mbconv`` or ``residual``)."""
     if block_type == "mbconv":
@@ -158,18 +238,6 @@ def make_block(block_type: BlockType, channels: int, norm: NormKind) -> nn.Modul
     if block_type == "residual":
         return ResidualBlock(channels, norm)
     raise ValueError(f"unknown block_type {block_type!r}; expected one of {list(BLOCK_TYPES)}")
-
-
-def block_stack(block_type: BlockType, widths: list[int], in_channels: int, norm: NormKind) -> nn.Sequential:
-    """Blocks of the given widths in sequence; a 1x1 projection wherever the width changes."""
-    layers: list[nn.Module] = []
-    channels = in_channels
-    for width in widths:
-        if width != channels:
-            layers.append(ConvNormAct(channels, width, 1, norm=norm))
-            channels = width
-        layers.append(make_block(block_type, width, norm))
-    return nn.Sequential(*layers)
 
 
 class PositionalEncoder(nn.Module):
@@ -321,25 +389,21 @@ class LowResAttention(nn.Module):
 class OutputHeads(nn.Module):
     """1x1 convolution to the mean (13 bands, sigmoid) and, if asked, the variance (softplus).
 
-    ``variance``: None (mean only), ``"diag"`` (one variance per band, 13 channels)
-    or ``"iso"`` (one variance shared by all bands). The network works on data
-    multiplied by ``scale_by`` (as UnCRtainTS), so the softplus output is a
-    variance in those units; it is divided by ``scale_by**2`` to be a variance of
-    [0, 1] reflectance, then floored by :data:`VAR_FLOOR`. ``norm`` is applied to
-    the raw outputs (UnCRtainTS normalises its output convolution). Outputs are
-    float32 even under autocast, so losses and metrics keep their precision.
+    The heads of ``sscr_lite``, ``unet`` and ``utae`` (the published networks have their
+    own, in :mod:`sscr.models.uncrtaints`). ``variance``: None (mean only), ``"diag"``
+    (one variance per band, 13 channels) or ``"iso"`` (one variance shared by all
+    bands). The network works on data multiplied by ``scale_by`` (as UnCRtainTS), so
+    the softplus output is a variance in those units; it is divided by ``scale_by**2``
+    to be a variance of [0, 1] reflectance, then floored by :data:`VAR_FLOOR`. Outputs
+    are float32 even under autocast, so losses and metrics keep their precision.
     """
 
-    def __init__(
-        self, in_channels: int, variance: Variance, scale_by: float, norm: NormKind = "none"
-    ) -> None:
+    def __init__(self, in_channels: int, variance: Variance, scale_by: float) -> None:
         super().__init__()
         self.variance = variance
         self.scale_by = scale_by
         self.n_var = {None: 0, "diag": S2_CHANNELS, "iso": 1}[variance]
-        out = S2_CHANNELS + self.n_var
-        self.conv = nn.Conv2d(in_channels, out, 1)
-        self.norm = norm_layer(norm, out, groups=1)
+        self.conv = nn.Conv2d(in_channels, S2_CHANNELS + self.n_var, 1)
 
     def custom_init(self) -> None:
         """Start at mean 0.5 and variance softplus(0) / scale_by**2."""
@@ -347,7 +411,7 @@ class OutputHeads(nn.Module):
 
     def logits(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw mean logits (B, 13, H, W) and raw variance (B, 13 or 1, H, W) or None, in float32."""
-        raw = self.norm(self.conv(features)).float()  # float32 outputs even under mixed precision
+        raw = self.conv(features).float()  # float32 outputs even under mixed precision
         return raw[:, :S2_CHANNELS], (raw[:, S2_CHANNELS:] if self.n_var else None)
 
     def variance_from_raw(self, raw: torch.Tensor) -> torch.Tensor:
@@ -368,6 +432,24 @@ def init_output_conv(conv: nn.Conv2d, std: float = 0.01) -> None:
     nn.init.normal_(conv.weight, std=std)
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
+
+
+def init_published(module: nn.Module) -> None:
+    """The published UnCRtainTS / SSCR initialisation (``weight_init`` applied to the whole network).
+
+    Convolutions and linear layers: Xavier-normal weights, N(0, 1) biases; batch norms:
+    N(0, 1) weights, zero biases; group norms keep PyTorch's ones and zeros. Layers are
+    visited in registration order, the order the published ``model.apply`` visits them
+    in, so the same seed draws the same weights.
+    """
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.xavier_normal_(layer.weight)
+            if layer.bias is not None:
+                nn.init.normal_(layer.bias)
+        elif isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.normal_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
-from sscr.models._base import CloudRemovalModel
+from sscr.models._base import BackboneConfig, CloudRemovalModel
 from sscr.models._registry import register_model
 from sscr.models.blocks import ConvNormAct, OutputHeads, double_conv, init_weights
 
@@ -23,29 +26,20 @@ class UNet(CloudRemovalModel):
     (8 by default). ``block_type``, ``n_head`` and ``d_model`` are accepted and ignored.
     """
 
-    def __init__(
-        self,
-        *,
-        use_sar: bool = True,
-        use_mask: bool = True,
-        scale_by: float = 10.0,
-        block_type: str = "mbconv",
-        n_head: int | None = None,
-        d_model: int | None = None,
-        encoder_widths: list[int] | None = None,
-        decoder_widths: list[int] | None = None,
-        variance: str | None = None,
-    ) -> None:
-        encoder_widths = list(DEFAULT_ENCODER_WIDTHS if encoder_widths is None else encoder_widths)
-        decoder_widths = list(encoder_widths if decoder_widths is None else decoder_widths)
-        super().__init__(
-            use_sar=use_sar, use_mask=use_mask, scale_by=scale_by, block_type=block_type,
-            n_head=n_head, d_model=d_model, encoder_widths=encoder_widths,
-            decoder_widths=decoder_widths, variance=variance,
-        )
+    defaults: ClassVar[dict[str, Any]] = {"use_mask": True, "encoder_widths": DEFAULT_ENCODER_WIDTHS}
+
+    @classmethod
+    def resolve(cls, config: BackboneConfig) -> BackboneConfig:
+        """:attr:`defaults`, then decoder widths = encoder widths."""
+        config = super().resolve(config)
+        return replace(config, decoder_widths=list(config.decoder_widths or config.encoder_widths))
+
+    def __init__(self, config: BackboneConfig = BackboneConfig()) -> None:  # noqa: B008 - frozen
+        super().__init__(config)
+        encoder_widths, decoder_widths = self.settings.encoder_widths, self.settings.decoder_widths
         if len(decoder_widths) != len(encoder_widths):
             raise ValueError(
-                f"unet: decoder_widths {decoder_widths} needs one width per encoder level "
+                f"unet: model.decoder_widths {decoder_widths} needs one width per encoder level "
                 f"({len(encoder_widths)})"
             )
         levels = len(encoder_widths)
@@ -67,7 +61,7 @@ class UNet(CloudRemovalModel):
             double_conv(decoder_widths[i] + encoder_widths[i], decoder_widths[i], "batch")
             for i in range(levels - 1)
         )
-        self.heads = OutputHeads(decoder_widths[0], variance, self.scale_by)
+        self.heads = OutputHeads(decoder_widths[0], self.variance, self.scale_by)
         init_weights(self)
 
     def forward(

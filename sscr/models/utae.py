@@ -8,10 +8,13 @@ that collapse time at every skip level; the decoder is a plain U-Net decoder.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
-from sscr.models._base import CloudRemovalModel
+from sscr.models._base import BackboneConfig, CloudRemovalModel
 from sscr.models._registry import register_model
 from sscr.models.blocks import (
     ConvNormAct,
@@ -78,36 +81,29 @@ class UTAE(CloudRemovalModel):
 
     temporal = True
 
-    def __init__(
-        self,
-        *,
-        use_sar: bool = True,
-        use_mask: bool = True,
-        scale_by: float = 10.0,
-        block_type: str = "mbconv",
-        n_head: int | None = None,
-        d_model: int | None = None,
-        encoder_widths: list[int] | None = None,
-        decoder_widths: list[int] | None = None,
-        variance: str | None = None,
-    ) -> None:
-        encoder_widths = list(DEFAULT_ENCODER_WIDTHS if encoder_widths is None else encoder_widths)
-        if decoder_widths is None:  # custom encoder without decoder: mirror the encoder
-            decoder_widths = DEFAULT_DECODER_WIDTHS if encoder_widths == DEFAULT_ENCODER_WIDTHS else encoder_widths
-        decoder_widths = list(decoder_widths)
-        n_head = DEFAULT_N_HEAD if n_head is None else n_head
-        d_model = DEFAULT_D_MODEL if d_model is None else d_model
-        super().__init__(
-            use_sar=use_sar, use_mask=use_mask, scale_by=scale_by, block_type=block_type,
-            n_head=n_head, d_model=d_model, encoder_widths=encoder_widths,
-            decoder_widths=decoder_widths, variance=variance,
-        )
+    defaults: ClassVar[dict[str, Any]] = {
+        "use_mask": True, "encoder_widths": DEFAULT_ENCODER_WIDTHS, "n_head": DEFAULT_N_HEAD, "d_model": DEFAULT_D_MODEL,
+    }
+
+    @classmethod
+    def resolve(cls, config: BackboneConfig) -> BackboneConfig:
+        """:attr:`defaults`; decoder widths [32, 32, 64, 128] for the default encoder, else the encoder's."""
+        config = super().resolve(config)
+        if config.decoder_widths is None:  # custom encoder without decoder: mirror the encoder
+            default = config.encoder_widths == DEFAULT_ENCODER_WIDTHS
+            config = replace(config, decoder_widths=list(DEFAULT_DECODER_WIDTHS if default else config.encoder_widths))
+        return config
+
+    def __init__(self, config: BackboneConfig = BackboneConfig()) -> None:  # noqa: B008 - frozen
+        super().__init__(config)
+        encoder_widths, decoder_widths = self.settings.encoder_widths, self.settings.decoder_widths
+        n_head, d_model = self.settings.n_head, self.settings.d_model
         if len(decoder_widths) != len(encoder_widths):
             raise ValueError(
-                f"utae: decoder_widths {decoder_widths} needs one width per encoder level ({len(encoder_widths)})"
+                f"utae: model.decoder_widths {decoder_widths} needs one width per encoder level ({len(encoder_widths)})"
             )
         if any(width % n_head for width in encoder_widths):
-            raise ValueError(f"utae: every encoder width {encoder_widths} must be divisible by n_head={n_head}")
+            raise ValueError(f"utae: every encoder width {encoder_widths} must be divisible by model.n_head={n_head}")
         levels = len(encoder_widths)
         self.size_multiple = 2 ** (levels - 1)
         self.stem = double_conv(self.in_channels, encoder_widths[0], "group")
@@ -120,7 +116,7 @@ class UTAE(CloudRemovalModel):
             UpBlock(decoder_widths[i + 1], decoder_widths[i], encoder_widths[i]) for i in range(levels - 1)
         )
         self.out_conv = ConvNormAct(decoder_widths[0], decoder_widths[0], 3, norm="batch")
-        self.heads = OutputHeads(decoder_widths[0], variance, self.scale_by)
+        self.heads = OutputHeads(decoder_widths[0], self.variance, self.scale_by)
         init_weights(self)
 
     def forward(

@@ -1,4 +1,4 @@
-"""Every backbone: shapes, ranges, gradients, inputs it refuses, and SSCR's own promises."""
+"""Every backbone: shapes, ranges, gradients, inputs it refuses, and each design's own promises."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import torch
 from sscr.models import build_model, model_cost
 from sscr.models.blocks import VAR_FLOOR
 
-BACKBONES = ["sscr", "uncrtaints", "utae", "unet"]
+BACKBONES = ["multisarv2", "sscr_lite", "uncrtaints", "utae", "unet"]
+PUBLISHED = ["uncrtaints", "multisarv2"]
 SIZE = 64
-# UnCRtainTS works at full resolution with 512 hidden channels (about 13 GFLOPs per 64 x 64
-# image): the head / SAR / variance combinations run it at its structure but narrower, and
-# test_uncrtaints_default_widths runs its real widths once.
-FAST = {"uncrtaints": {"encoder_widths": [32], "decoder_widths": [32] * 5, "n_head": 4, "d_model": 32}}
+# The published networks work at full resolution with 128 channels (3.4 GFLOPs per 64 x 64
+# image): the head / SAR / variance combinations run them at their structure but narrower, and
+# test_published_default_widths runs their real widths once.
+FAST = {name: {"encoder_widths": [16], "decoder_widths": [16] * 2} for name in PUBLISHED}
+EXTRA = {"sscr_lite": {"structure"}, "multisarv2": {"sar_mask"}}
 
 
 def make_batch(batch: int = 2, size: int = SIZE, steps: int | None = None, seed: int = 0) -> dict:
@@ -27,56 +29,63 @@ def make_batch(batch: int = 2, size: int = SIZE, steps: int | None = None, seed:
     }
 
 
-def no_grad_expected(name: str, steps: int = 1) -> str | None:
-    """Prefix of the parameters a forward legitimately leaves without gradient."""
-    # UnCRtainTS skips its L-TAE for a single date (the paper's mono-temporal mode)
-    return "temporal_encoder." if name == "uncrtaints" and steps == 1 else None
+def no_grad_expected(name: str) -> tuple[str, ...]:
+    """Prefixes of the parameters a forward legitimately leaves without gradient."""
+    # MultiSARv2's edge branch runs in training mode but its output is unused, as published
+    return ("sar_edge_conv.", "sar_in_conv2.", "sar_in_block.") if name == "multisarv2" else ()
 
 
-@pytest.mark.parametrize("use_sar", [True, False], ids=["sar", "nosar"])
 @pytest.mark.parametrize("variance", [None, "diag", "iso"], ids=["det", "diag", "iso"])
-@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize(("name", "use_sar"), [
+    (name, use_sar) for name in BACKBONES for use_sar in (True, False)
+    if use_sar or name != "multisarv2"  # it needs SAR: test_multisarv2_refuses_what_the_published_branch_cannot_do
+])
 def test_forward_backward(name, variance, use_sar):
     torch.manual_seed(0)
     model = build_model(name, variance=variance, use_sar=use_sar, **FAST.get(name, {}))
     batch = make_batch()
     out = model(batch["cloudy"], batch["sar"] if use_sar else None, batch["mask"])
 
-    expected_keys = {"mean"} | ({"var"} if variance else set()) | ({"structure"} if name == "sscr" else set())
-    assert set(out) == expected_keys
+    expected_keys = {"mean"} | ({"var"} if variance else set()) | EXTRA.get(name, set())
+    assert set(out) == expected_keys == model.output_keys
     assert out["mean"].shape == (2, 13, SIZE, SIZE)
     assert 0.0 <= out["mean"].min() and out["mean"].max() <= 1.0
     if variance:
         assert out["var"].shape == (2, 13 if variance == "diag" else 1, SIZE, SIZE)
         assert out["var"].min() >= VAR_FLOOR
-    if name == "sscr":
-        assert out["structure"].shape == (2, 1, SIZE, SIZE)
-        assert 0.0 <= out["structure"].min() and out["structure"].max() <= 1.0
+    for key in EXTRA.get(name, ()):
+        assert out[key].shape == (2, 1, SIZE, SIZE)
+        assert 0.0 <= out[key].min() and out[key].max() <= 1.0
 
     # a loss touching every output, with the variance in it as a Gaussian NLL would
     target = torch.rand_like(out["mean"])
     loss = (out["mean"] - target).abs().mean()
     if variance:
         loss = loss + (((out["mean"] - target) ** 2) / out["var"] + out["var"].log()).mean()
-    if "structure" in out:
-        loss = loss + out["structure"].mean()
+    for key in EXTRA.get(name, ()):
+        loss = loss + out[key].mean()
     loss.backward()
 
     skip = no_grad_expected(name)
-    missing = [n for n, p in model.named_parameters() if p.grad is None and not (skip and n.startswith(skip))]
+    missing = [n for n, p in model.named_parameters() if p.grad is None and not n.startswith(skip)]
     assert not missing, f"parameters without gradient: {missing[:5]}"
     bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     assert not bad, f"non-finite gradients: {bad[:5]}"
     assert any(p.grad.abs().sum() > 0 for p in model.parameters() if p.grad is not None)
 
 
-def test_uncrtaints_default_widths():
-    model = build_model("uncrtaints", variance="diag").eval()
-    assert len(model.decoder) == 5 and model.config["encoder_widths"] == [128]
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_default_widths(name):
+    model = build_model(name, variance="diag").eval()
+    assert len(model.in_block) == 1 and len(model.out_block) == 5 and model.config["encoder_widths"] == [128]
+    assert model.use_mask is False and model.config["use_mask"] is False
+    batch = make_batch(size=32)
     with torch.no_grad():
-        out = model(**make_batch())
-    assert out["mean"].shape == out["var"].shape == (2, 13, SIZE, SIZE)
-    assert 0.0 <= out["mean"].min() and out["mean"].max() <= 1.0 and out["var"].min() > 0
+        out = model(batch["cloudy"], batch["sar"])
+    assert out["mean"].shape == out["var"].shape == (2, 13, 32, 32)
+    assert 0.0 <= out["mean"].min() and out["mean"].max() <= 1.0
+    # variance = (softplus + 1e-3) / scale_by**2 in [0, 1]^2 units
+    assert out["var"].min() >= 1e-3 / 10.0**2
 
 
 @pytest.mark.parametrize("steps", [1, 3])
@@ -106,23 +115,14 @@ def test_utae_single_sar_frame_broadcast_over_time():
     torch.testing.assert_close(single["mean"], repeated["mean"])
 
 
-def test_uncrtaints_time_series_uses_its_temporal_encoder():
-    torch.manual_seed(0)
-    model = build_model("uncrtaints", encoder_widths=[32], decoder_widths=[32, 32], n_head=4, d_model=32)
-    out = model(**make_batch(steps=3, size=32))
-    assert out["mean"].shape == (2, 13, 32, 32)
-    out["mean"].mean().backward()
-    assert model.temporal_encoder.query.grad.abs().sum() > 0
-
-
-@pytest.mark.parametrize("name", ["sscr", "unet"])
+@pytest.mark.parametrize("name", ["sscr_lite", "unet", *PUBLISHED])
 def test_mono_temporal_models_refuse_time_series(name):
-    model = build_model(name)
+    model = build_model(name, **FAST.get(name, {}))
     with pytest.raises(ValueError, match="mono-temporal"):
         model(**make_batch(steps=3, size=16))
 
 
-@pytest.mark.parametrize(("name", "multiple"), [("sscr", 4), ("unet", 8), ("utae", 8)])
+@pytest.mark.parametrize(("name", "multiple"), [("sscr_lite", 4), ("unet", 8), ("utae", 8)])
 def test_size_constraint_is_a_clear_error(name, multiple):
     model = build_model(name)
     assert model.size_multiple == multiple
@@ -131,8 +131,9 @@ def test_size_constraint_is_a_clear_error(name, multiple):
         model(**batch)
 
 
-def test_uncrtaints_takes_any_size():
-    model = build_model("uncrtaints", encoder_widths=[16], decoder_widths=[16], n_head=4, d_model=16)
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_networks_take_any_size(name):
+    model = build_model(name, **FAST[name])
     out = model(**make_batch(size=30))
     assert out["mean"].shape == (2, 13, 30, 30)
 
@@ -140,8 +141,10 @@ def test_uncrtaints_takes_any_size():
 @pytest.mark.parametrize("name", BACKBONES)
 def test_missing_sar_is_refused_and_ignored_without_sar(name):
     with pytest.raises(ValueError, match="use_sar=True"):
-        build_model(name)(make_batch(size=16)["cloudy"])
-    model = build_model(name, use_sar=False).eval()
+        build_model(name, **FAST.get(name, {}))(make_batch(size=16)["cloudy"])
+    if name == "multisarv2":
+        return  # needs SAR: test_multisarv2_refuses_what_the_published_branch_cannot_do
+    model = build_model(name, use_sar=False, **FAST.get(name, {})).eval()
     batch = make_batch(size=16)
     with torch.no_grad():
         with_sar = model(batch["cloudy"], batch["sar"], batch["mask"])["mean"]
@@ -171,9 +174,9 @@ def test_inputs_are_multiplied_by_scale_by():
     torch.testing.assert_close(seen["input"], 7.0 * torch.cat((batch["cloudy"], batch["sar"]), 1))
 
 
-def test_sscr_passes_clear_pixels_through():
+def test_sscr_lite_passes_clear_pixels_through():
     torch.manual_seed(0)
-    model = build_model("sscr", variance="diag").eval()
+    model = build_model("sscr_lite", variance="diag").eval()
     batch = make_batch()
     with torch.no_grad():
         clear = model(batch["cloudy"], batch["sar"], torch.zeros_like(batch["mask"]))
@@ -186,9 +189,9 @@ def test_sscr_passes_clear_pixels_through():
     torch.testing.assert_close(mixed["mean"][clear_pixels], batch["cloudy"][clear_pixels], atol=1e-6, rtol=0)
 
 
-def test_sscr_missing_mask_means_all_cloudy():
+def test_sscr_lite_missing_mask_means_all_cloudy():
     torch.manual_seed(0)
-    model = build_model("sscr").eval()
+    model = build_model("sscr_lite").eval()
     batch = make_batch()
     with torch.no_grad():
         unknown = model(batch["cloudy"], batch["sar"])["mean"]
@@ -196,9 +199,9 @@ def test_sscr_missing_mask_means_all_cloudy():
     torch.testing.assert_close(unknown, cloudy)
 
 
-def test_sscr_without_mask_learns_its_blend_gate():
+def test_sscr_lite_without_mask_learns_its_blend_gate():
     torch.manual_seed(0)
-    model = build_model("sscr", use_mask=False)
+    model = build_model("sscr_lite", use_mask=False)
     assert hasattr(model, "blend")
     batch = make_batch()
     out = model(batch["cloudy"], batch["sar"])
@@ -206,10 +209,10 @@ def test_sscr_without_mask_learns_its_blend_gate():
     assert model.blend.weight.grad.abs().sum() > 0
 
 
-def test_sscr_structure_reads_sar_unless_disabled():
+def test_sscr_lite_structure_reads_sar_unless_disabled():
     torch.manual_seed(0)
     batch = make_batch()
-    model = build_model("sscr").eval()
+    model = build_model("sscr_lite").eval()
     other_sar = torch.rand_like(batch["sar"])
     with torch.no_grad():
         a = model(**batch)["structure"]
@@ -217,22 +220,94 @@ def test_sscr_structure_reads_sar_unless_disabled():
         c = model(batch["cloudy"] * 0.5, batch["sar"], batch["mask"])["structure"]
     assert (a - b).abs().max() > 1e-4  # the structure map depends on SAR ...
     torch.testing.assert_close(a, c)  # ... and only on SAR
-    optical_only = build_model("sscr", use_sar=False)
+    optical_only = build_model("sscr_lite", use_sar=False)
     assert not hasattr(optical_only, "sar") and not hasattr(optical_only, "fusion")
 
 
-def test_sscr_is_cheaper_than_uncrtaints():
-    sscr = model_cost(build_model("sscr"), 256, 256, batch=1)
-    uncrtaints = model_cost(build_model("uncrtaints"), 256, 256, batch=1)
-    assert sscr["params"] < uncrtaints["params"]
-    assert sscr["flops"] <= 0.5 * uncrtaints["flops"]
-    assert sscr["flops"] > 0
+def test_sscr_lite_costs_a_quarter_of_the_published_networks():
+    lite = model_cost(build_model("sscr_lite"), 256, 256, batch=1)
+    for name in PUBLISHED:
+        published = model_cost(build_model(name), 256, 256, batch=1)
+        assert 0 < lite["flops"] <= 0.25 * published["flops"]
 
 
 def test_model_cost_scales_with_batch_and_pixels():
-    model = build_model("sscr")
+    model = build_model("sscr_lite")
     base = model_cost(model, 64, 64, batch=1)
     assert model_cost(model, 64, 64, batch=2)["flops"] == pytest.approx(2 * base["flops"], rel=1e-6)
     # linear in pixels: low-resolution attention keys live on a fixed grid
     assert model_cost(model, 128, 128)["flops"] == pytest.approx(4 * base["flops"], rel=0.02)
     assert next(model.parameters()).device.type == "cpu"  # the meta copy left the model alone
+
+
+def test_published_networks_stack_sar_first_and_scale_it():
+    seen = {}
+    model = build_model("uncrtaints", scale_by=7.0, **FAST["uncrtaints"])
+    model.in_conv.register_forward_hook(lambda module, args, output: seen.update(input=args[0]))
+    batch = make_batch(size=16)
+    model(batch["cloudy"], batch["sar"], batch["mask"])  # the mask is ignored: the network takes none
+    torch.testing.assert_close(seen["input"], 7.0 * torch.cat((batch["sar"], batch["cloudy"]), 1))
+    optical = build_model("uncrtaints", use_sar=False, **FAST["uncrtaints"])
+    assert optical.in_conv.conv.conv[0].in_channels == 13
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_networks_refuse_a_mask_input(name):
+    with pytest.raises(ValueError, match="takes no cloud mask.*model.use_mask"):
+        build_model(name, use_mask=True)
+    assert build_model(name, use_mask=False, **FAST[name]).use_mask is False
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_networks_keep_one_width(name):
+    with pytest.raises(ValueError, match="model.encoder_widths and model.decoder_widths must repeat one number"):
+        build_model(name, encoder_widths=[16, 32], decoder_widths=[32])
+    with pytest.raises(ValueError, match="must repeat one number"):
+        build_model(name, encoder_widths=[16], decoder_widths=[16, 32])
+    model = build_model(name, encoder_widths=[16, 16], decoder_widths=[16] * 3)
+    assert len(model.in_block) == 2 and len(model.out_block) == 3
+
+
+def test_multisarv2_refuses_what_the_published_branch_cannot_do():
+    with pytest.raises(ValueError, match="needs SAR.*model.use_sar.*uncrtaints"):
+        build_model("multisarv2", use_sar=False)
+    with pytest.raises(ValueError, match="MBConv blocks only.*model.block_type"):
+        build_model("multisarv2", block_type="residual")
+    with pytest.raises(ValueError, match="width of at least 8"):
+        build_model("multisarv2", encoder_widths=[4], decoder_widths=[4])
+    assert build_model("uncrtaints", block_type="residual", **FAST["uncrtaints"]).in_block[0].conv1 is not None
+
+
+def test_multisarv2_mask_beta_gates_the_encoder_features_with_the_structure_mask():
+    torch.manual_seed(0)
+    published = build_model("multisarv2", **FAST["multisarv2"]).eval()
+    gated = build_model("multisarv2", mask_beta=0.5, **FAST["multisarv2"]).eval()
+    gated.load_state_dict(published.state_dict())
+    batch = make_batch(size=16)
+    features = {}
+    gated.in_block[-1].register_forward_hook(lambda module, args, output: features.update(encoder=output))
+    gated.out_block[0].register_forward_hook(lambda module, args, output: features.update(decoder_in=args[0]))
+    with torch.no_grad():
+        out = gated(batch["cloudy"], batch["sar"])
+        reference = published(batch["cloudy"], batch["sar"])
+    expected = 0.5 * features["encoder"] + 0.5 * features["encoder"] * out["sar_mask"]
+    torch.testing.assert_close(features["decoder_in"], expected)
+    torch.testing.assert_close(out["sar_mask"], reference["sar_mask"])
+    assert (out["mean"] - reference["mean"]).abs().max() > 1e-4
+
+
+def test_multisarv2_edge_branch_runs_in_training_mode_only():
+    torch.manual_seed(0)
+    model = build_model("multisarv2", **FAST["multisarv2"])
+    batch = make_batch(size=16)
+    edge_stats = model.sar_edge_conv.norm.running_mean
+    model.eval()
+    with torch.no_grad():
+        model(batch["cloudy"], batch["sar"])
+    assert torch.count_nonzero(edge_stats) == 0  # skipped: nothing of it can reach an output
+    model.train()
+    out = model(batch["cloudy"], batch["sar"])
+    assert torch.count_nonzero(edge_stats) > 0  # run as published: its batch-norm statistics move
+    (out["mean"].mean() + out["sar_mask"].mean()).backward()
+    assert model.sar_edge_conv.conv_x.weight.grad is None  # ... and its output is never used
+    assert model.mask_conv.weight.grad.abs().sum() > 0

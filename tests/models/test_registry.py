@@ -1,7 +1,8 @@
-"""Building backbones by name: names, alias, errors, exact rebuild from ``config``, device choice."""
+"""Building backbones by name: names, alias, one typed config, errors, exact rebuild from ``config``, device."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from sscr.config import ModelConfig
 from sscr.models import (
+    BackboneConfig,
     available_models,
     build_model,
     example_inputs,
@@ -19,26 +21,47 @@ from sscr.models import (
 )
 from sscr.models._base import CloudRemovalModel
 from sscr.models._registry import _MODELS
-from sscr.models.sscr import SSCR
+from sscr.models.multisarv2 import MultiSARv2
+
+NAMES = ["multisarv2", "sscr_lite", "uncrtaints", "unet", "utae"]
 
 
 def test_available_models():
-    assert available_models() == ["sscr", "uncrtaints", "unet", "utae"]
+    assert available_models() == NAMES
 
 
-def test_seed_alias_builds_sscr():
-    model = build_model("multisarv2")
-    assert isinstance(model, SSCR)
-    assert model.model_name == "sscr"
+def test_paper_name_sscr_builds_the_published_multisarv2():
+    model = build_model("sscr", encoder_widths=[16], decoder_widths=[16])
+    assert isinstance(model, MultiSARv2)
+    assert model.model_name == "multisarv2"
+    assert ModelConfig(name="sscr").name == "multisarv2"  # params and checkpoints hold the canonical name
 
 
 def test_unknown_name_lists_the_available_ones():
-    with pytest.raises(ValueError, match="unknown model 'resnet'.*sscr, uncrtaints, unet, utae"):
+    with pytest.raises(ValueError, match="unknown model 'resnet'.*multisarv2, sscr_lite, uncrtaints, unet, utae"):
         build_model("resnet")
 
 
+def test_backbone_config_is_the_model_group_plus_the_variance():
+    fields = {field.name for field in dataclasses.fields(BackboneConfig)}
+    assert fields == (set(ModelConfig.model_fields) - {"name"}) | {"variance"}
+    group = ModelConfig(name="sscr_lite", encoder_widths=[8, 16], use_mask=False, mask_beta=0.25)
+    config = BackboneConfig.from_model_config(group, "iso")
+    assert config.encoder_widths == [8, 16] and config.use_mask is False and config.variance == "iso"
+    model = build_model(group.name, config)
+    assert model.config == {**config.as_dict(), "decoder_widths": [8, 16], "n_head": 4, "d_model": 16}
+    with pytest.raises(TypeError, match="not both"):
+        build_model("unet", config, scale_by=1.0)
+
+
+def test_every_backbone_constructor_takes_one_config():
+    for name in NAMES:
+        init = _MODELS[name].__init__
+        assert list(init.__code__.co_varnames[1:init.__code__.co_argcount]) == ["config"], name
+
+
 def test_unknown_keyword_is_named():
-    with pytest.raises(TypeError, match="encoder_width\\b"):
+    with pytest.raises(TypeError, match="unet: unknown model parameter\\(s\\) encoder_width; accepted"):
         build_model("unet", encoder_width=[8, 16])
 
 
@@ -46,30 +69,34 @@ def test_unknown_keyword_is_named():
     ("key", "value", "match"),
     [
         ("variance", "full", "variance must be one of"),
-        ("block_type", "transformer", "block_type must be one of"),
-        ("encoder_widths", [], "non-empty list"),
-        ("scale_by", 0.0, "scale_by must be > 0"),
+        ("block_type", "transformer", "model.block_type must be one of"),
+        ("encoder_widths", [], "model.encoder_widths must be a non-empty list"),
+        ("scale_by", 0.0, "model.scale_by must be > 0"),
+        ("mask_beta", 1.5, "model.mask_beta must be in"),
+        ("n_head", 0, "model.n_head must be a positive integer"),
     ],
 )
 def test_bad_values_are_refused(key, value, match):
     with pytest.raises(ValueError, match=match):
-        build_model("sscr", **{key: value})
+        build_model("sscr_lite", **{key: value})
 
 
 def test_incompatible_heads_are_refused():
-    with pytest.raises(ValueError, match="divisible by n_head"):
+    with pytest.raises(ValueError, match="divisible by model.n_head"):
         build_model("utae", encoder_widths=[24, 24], n_head=16)
     with pytest.raises(ValueError, match="divisible by n_head"):
-        build_model("sscr", encoder_widths=[16, 24], n_head=16)
+        build_model("sscr_lite", encoder_widths=[16, 24], n_head=16)
 
 
 @pytest.mark.parametrize(
     ("name", "params"),
     [
-        ("sscr", {}),
-        ("sscr", {"variance": "iso", "use_sar": False, "block_type": "residual", "encoder_widths": [8, 16]}),
-        ("sscr", {"use_mask": False, "n_head": 2, "d_model": 16, "encoder_widths": [8, 16, 16]}),
+        ("sscr_lite", {}),
+        ("sscr_lite", {"variance": "iso", "use_sar": False, "block_type": "residual", "encoder_widths": [8, 16]}),
+        ("sscr_lite", {"use_mask": False, "n_head": 2, "d_model": 16, "encoder_widths": [8, 16, 16]}),
         ("uncrtaints", {"variance": "diag", "block_type": "residual"}),
+        ("uncrtaints", {"use_sar": False, "encoder_widths": [16], "decoder_widths": [16, 16], "scale_by": 1.0}),
+        ("multisarv2", {"variance": "iso", "mask_beta": 0.5}),
         ("utae", {"variance": "diag", "use_mask": False}),
         ("unet", {"encoder_widths": [8, 16], "decoder_widths": [12, 16], "scale_by": 1.0}),
     ],
@@ -88,10 +115,10 @@ def test_config_round_trip(name, params):
     rebuilt.load_state_dict(model.state_dict(), strict=True)
 
 
-@pytest.mark.parametrize("name", ["sscr", "uncrtaints", "utae", "unet", "multisarv2"])
+@pytest.mark.parametrize("name", [*NAMES, "sscr"])
 def test_params_yaml_model_group_fits_every_backbone(name):
     group = ModelConfig(name=name, n_head=16, block_type="mbconv")
-    model = build_model(group.name, **group.model_dump(exclude={"name"}), variance="diag")
+    model = build_model(group.name, BackboneConfig.from_model_config(group, "diag"))
     assert model.config["use_sar"] is True and model.config["scale_by"] == 10.0
     assert model_cost(model, 32, 32)["flops"] > 0
 
@@ -99,8 +126,18 @@ def test_params_yaml_model_group_fits_every_backbone(name):
 def test_defaults_are_resolved_in_config():
     assert build_model("uncrtaints").config["decoder_widths"] == [128] * 5
     assert build_model("utae").config["n_head"] == 16
-    sscr = build_model("sscr").config
-    assert sscr["encoder_widths"] == [32, 64, 128] and sscr["d_model"] == 128
+    lite = build_model("sscr_lite").config
+    assert lite["encoder_widths"] == [32, 64, 128] and lite["d_model"] == 128
+    # use_mask null = the backbone's default: the published networks take no mask
+    assert {name: build_model(name).config["use_mask"] for name in NAMES} == {
+        "multisarv2": False, "sscr_lite": True, "uncrtaints": False, "unet": True, "utae": True}
+
+
+def test_a_checkpoint_config_written_before_mask_beta_still_rebuilds():
+    stored = {"use_sar": True, "use_mask": True, "scale_by": 10.0, "block_type": "mbconv", "n_head": None,
+              "d_model": None, "encoder_widths": [8, 16], "decoder_widths": [8, 16], "variance": None}
+    model = build_model("unet", **stored)
+    assert model.config == {**stored, "mask_beta": 0.0}
 
 
 def test_register_a_new_backbone_is_one_decorator():
@@ -108,11 +145,8 @@ def test_register_a_new_backbone_is_one_decorator():
 
         @register_model("tiny_test_model")
         class Tiny(CloudRemovalModel):
-            def __init__(self, *, use_sar=True, use_mask=True, scale_by=10.0, block_type="mbconv",
-                         n_head=None, d_model=None, encoder_widths=None, decoder_widths=None, variance=None):
-                super().__init__(use_sar=use_sar, use_mask=use_mask, scale_by=scale_by, block_type=block_type,
-                                 n_head=n_head, d_model=d_model, encoder_widths=encoder_widths,
-                                 decoder_widths=decoder_widths, variance=variance)
+            def __init__(self, config=BackboneConfig()):  # noqa: B008
+                super().__init__(config)
                 self.conv = torch.nn.Conv2d(self.in_channels, 13, 1)
 
             def forward(self, cloudy, sar=None, mask=None):
@@ -121,7 +155,7 @@ def test_register_a_new_backbone_is_one_decorator():
         assert "tiny_test_model" in available_models()
         assert build_model("tiny_test_model").model_name == "tiny_test_model"
         with pytest.raises(ValueError, match="already registered"):
-            register_model("sscr")(Tiny)
+            register_model("sscr")(Tiny)  # an alias is taken too
     finally:
         _MODELS.pop("tiny_test_model", None)
 
@@ -138,10 +172,11 @@ def test_select_device():
             select_device("cuda")
 
 
-@pytest.mark.parametrize("name", ["sscr", "uncrtaints", "utae", "unet"])
+@pytest.mark.parametrize("name", NAMES)
 def test_for_inference_changes_the_layout_not_the_prediction(name):
     torch.manual_seed(0)
-    model = build_model(name, variance="diag" if name != "unet" else None).eval()
+    small = {"encoder_widths": [16], "decoder_widths": [16] * 5} if name in ("uncrtaints", "multisarv2") else {}
+    model = build_model(name, variance="diag" if name != "unet" else None, **small).eval()
     inputs = {key: value.uniform_() for key, value in example_inputs(model, 48, 40, batch=2).items()}
     with torch.no_grad():
         expected = model(**inputs)
@@ -158,6 +193,6 @@ def test_for_inference_changes_the_layout_not_the_prediction(name):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_runs_on_cuda():
     device = select_device("cuda")
-    model = build_model("sscr", variance="diag").to(device)
+    model = build_model("sscr_lite", variance="diag").to(device)
     out = model(torch.rand(1, 13, 32, 32, device=device), torch.rand(1, 2, 32, 32, device=device))
     assert out["mean"].device.type == "cuda"

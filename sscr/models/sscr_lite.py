@@ -1,6 +1,9 @@
-"""``sscr``: this project's model, "structural semantics from SAR" (alias ``multisarv2``).
+"""``sscr_lite``: this project's own design, a cloud-gated SAR-optical U-Net (not the published SSCR).
 
-Two encoders run side by side over ``levels = len(encoder_widths)`` scales:
+The published SSCR network is ``multisarv2`` (alias ``sscr``): UnCRtainTS at full
+resolution with a SAR structure-mask generator whose gate is off. This design fuses SAR
+into the optical features at every scale, gated by the cloud probability, and works at
+1, 1/2, 1/4 resolution. Two encoders run side by side over ``levels = len(encoder_widths)`` scales:
 
 - a SAR structure branch (S1 only) whose features, at every scale, feed an auxiliary
   head predicting the structure map of the clear scene (``"structure"``; the loss
@@ -23,11 +26,14 @@ learned from the decoder features instead.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sscr.models._base import CloudRemovalModel
+from sscr.models._base import BackboneConfig, CloudRemovalModel
 from sscr.models._registry import register_model
 from sscr.models.blocks import (
     S1_CHANNELS,
@@ -114,9 +120,9 @@ class StructureHead(nn.Module):
         return torch.sigmoid(logits.float())
 
 
-@register_model("sscr")
-class SSCR(CloudRemovalModel):
-    """SSCR: SAR structure branch, optical branch, cloud-gated fusion per scale, light decoder.
+@register_model("sscr_lite")
+class SSCRLite(CloudRemovalModel):
+    """SSCR-lite: SAR structure branch, optical branch, cloud-gated fusion per scale, light decoder.
 
     Defaults: ``encoder_widths [32, 64, 128]`` (one scale each, /2 between scales; the
     SAR branch uses half of each), ``decoder_widths`` = encoder widths (highest
@@ -133,32 +139,29 @@ class SSCR(CloudRemovalModel):
     With ``use_mask`` and no mask passed, every pixel counts as cloudy (nothing passes through).
     """
 
-    def __init__(
-        self,
-        *,
-        use_sar: bool = True,
-        use_mask: bool = True,
-        scale_by: float = 10.0,
-        block_type: str = "mbconv",
-        n_head: int | None = None,
-        d_model: int | None = None,
-        encoder_widths: list[int] | None = None,
-        decoder_widths: list[int] | None = None,
-        variance: str | None = None,
-    ) -> None:
-        encoder_widths = list(DEFAULT_ENCODER_WIDTHS if encoder_widths is None else encoder_widths)
-        decoder_widths = list(encoder_widths if decoder_widths is None else decoder_widths)
-        n_head = DEFAULT_N_HEAD if n_head is None else n_head
-        if d_model is None and encoder_widths:  # (empty widths are refused below)
-            d_model = encoder_widths[-1]
-        super().__init__(
-            use_sar=use_sar, use_mask=use_mask, scale_by=scale_by, block_type=block_type,
-            n_head=n_head, d_model=d_model, encoder_widths=encoder_widths,
-            decoder_widths=decoder_widths, variance=variance,
+    extra_outputs = frozenset({"structure"})
+    defaults: ClassVar[dict[str, Any]] = {
+        "use_mask": True, "encoder_widths": DEFAULT_ENCODER_WIDTHS, "n_head": DEFAULT_N_HEAD,
+    }
+
+    @classmethod
+    def resolve(cls, config: BackboneConfig) -> BackboneConfig:
+        """:attr:`defaults`, then decoder widths = encoder widths and ``d_model`` = last encoder width."""
+        config = super().resolve(config)
+        return replace(
+            config,
+            decoder_widths=list(config.encoder_widths if config.decoder_widths is None else config.decoder_widths),
+            d_model=config.encoder_widths[-1] if config.d_model is None else config.d_model,
         )
+
+    def __init__(self, config: BackboneConfig = BackboneConfig()) -> None:  # noqa: B008 - frozen
+        super().__init__(config)
+        block_type, n_head, d_model = self.settings.block_type, self.settings.n_head, self.settings.d_model
+        encoder_widths, decoder_widths = self.settings.encoder_widths, self.settings.decoder_widths
         if len(decoder_widths) != len(encoder_widths):
             raise ValueError(
-                f"sscr: decoder_widths {decoder_widths} needs one width per encoder level ({len(encoder_widths)})"
+                f"sscr_lite: model.decoder_widths {decoder_widths} needs one width per encoder level "
+                f"({len(encoder_widths)})"
             )
         levels = len(encoder_widths)
         self.size_multiple = 2 ** (levels - 1)
@@ -183,7 +186,7 @@ class SSCR(CloudRemovalModel):
             for i in range(levels - 1)
         )
         self.decode = nn.ModuleList(make_block(block_type, decoder_widths[i], "group") for i in range(levels - 1))
-        self.heads = OutputHeads(decoder_widths[0], variance, self.scale_by)
+        self.heads = OutputHeads(decoder_widths[0], self.variance, self.scale_by)
         if not self.use_mask:
             self.blend = nn.Conv2d(decoder_widths[0], 1, 1)
 

@@ -1,0 +1,217 @@
+"""Reference outputs of the published UnCRtainTS and MultiSARv2 code, the fixtures of the parity tests.
+
+    python tools/published_reference.py --published /path/to/sscr --out tests/fixtures/published/
+
+``--published`` is a checkout of github.com/RSIR25/sscr (the seed's code: UnCRtainTS plus
+``multisarv2.py`` and the ``ml`` loss). Not run by CI: ``tests/models/test_published_parity.py``
+reads only the files written here. The published modules are imported from
+``<published>/model`` (``ipdb``, which they import and never call, is stubbed); nothing
+of them is copied.
+
+Each case builds one published network at a tiny width with the seed's settings
+(``--pretrain``: single date; ``--scale_by 10``; ``--use_sar``), seeded, then
+``weight_init`` over the whole network as ``train_reconstruct.py`` does, and records:
+the initial state dict; the scaled outputs of an eval-mode and of a train-mode forward
+(the train-mode one moves the batch-norm statistics, as training does); the published
+losses on the train-mode outputs; the state dict after one Adam step (lr 1e-3, as the
+seed's command) on the case's loss. MGNLL is also recorded on the first image alone
+(batch 1), where the published per-batch log-determinant equals the per-pixel one.
+Everything is saved with ``torch.save`` as plain tensors, numbers and strings
+(loadable with ``weights_only=True``; state dicts packed into one tensor each), about 250 KB in all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SEED = 7
+BATCH, SIZE = 2, 8
+SCALE_BY = 10.0
+LR = 1e-3
+S2_BANDS = 13
+
+# name -> published network, width, decoder blocks, published covmode, output channels,
+#         the loss stepped, the published losses recorded, and our matching settings
+CASES: dict[str, dict[str, Any]] = {
+    "uncrtaints_l1": {"net": "UNCRTAINTS", "width": 8, "decoder_blocks": 2, "covmode": "diag", "out": 13,
+                      "step": "l1", "losses": ["l1", "l2"], "ours": {"name": "uncrtaints", "variance": None}},
+    "multisarv2_ml": {"net": "MultiSARv2", "width": 16, "decoder_blocks": 2, "covmode": "diag", "out": 13,
+                      "step": "ml", "losses": ["ml", "l1"], "ours": {"name": "multisarv2", "variance": None}},
+    # the seed's GNLL sets covmode "uni": 13 variance channels, our "diag"; MGNLL diag reads the same outputs
+    "uncrtaints_gnll": {"net": "UNCRTAINTS", "width": 8, "decoder_blocks": 2, "covmode": "uni", "out": 26,
+                        "step": "GNLL", "losses": ["GNLL", "MGNLL_diag"],
+                        "ours": {"name": "uncrtaints", "variance": "diag"}},
+    "uncrtaints_iso": {"net": "UNCRTAINTS", "width": 8, "decoder_blocks": 2, "covmode": "iso", "out": 14,
+                       "step": "MGNLL_iso_batch1", "losses": ["MGNLL_iso"],
+                       "ours": {"name": "uncrtaints", "variance": "iso"}},
+}
+
+
+def import_published(checkout: Path) -> types.SimpleNamespace:
+    """The published backbones, losses and init, imported from ``<checkout>/model``."""
+    model_dir = checkout / "model"
+    if not (model_dir / "src" / "backbones" / "multisarv2.py").is_file():
+        raise SystemExit(f"{checkout} is not a checkout of RSIR25/sscr (no model/src/backbones/multisarv2.py)")
+    sys.modules.setdefault("ipdb", types.ModuleType("ipdb"))  # imported by the backbones, never called
+    sys.path.insert(0, str(model_dir))
+    from src import losses
+    from src.backbones.multisarv2 import MultiSARv2
+    from src.backbones.uncrtaints import UNCRTAINTS
+    from src.learning.weight_init import weight_init
+
+    return types.SimpleNamespace(UNCRTAINTS=UNCRTAINTS, MultiSARv2=MultiSARv2, losses=losses,
+                                 weight_init=weight_init)
+
+
+def build(pub: types.SimpleNamespace, case: dict[str, Any]) -> torch.nn.Module:
+    """The network as ``model_utils.get_generator`` builds it under the seed's flags, seeded and initialised."""
+    torch.manual_seed(SEED)
+    net = getattr(pub, case["net"])(
+        input_dim=2 + S2_BANDS, encoder_widths=[case["width"]], decoder_widths=[case["width"]] * case["decoder_blocks"],
+        out_conv=[case["out"]], out_nonlin_mean=True, out_nonlin_var="softplus", agg_mode="att_group",
+        encoder_norm="group", decoder_norm="batch", n_head=1, d_model=256, d_k=4, pad_value=0,
+        padding_mode="reflect", positional_encoding=False, covmode=case["covmode"], scale_by=SCALE_BY,
+        separate_out=False, use_v=False, block_type="mbconv", is_mono=True,
+    )
+    net.apply(pub.weight_init)
+    return net
+
+
+def split(out: Any) -> dict[str, torch.Tensor]:
+    """The published (out, extra) tuple as {"mean", "var", "sar_mask"}, (B, C, H, W), scaled units."""
+    stacked, extra = out
+    parts = {"mean": stacked[:, 0, :S2_BANDS]}
+    if stacked.shape[2] > S2_BANDS:
+        parts["var"] = stacked[:, 0, S2_BANDS:]
+    if extra.dim() == 5 and extra.shape[2] == 1:  # MultiSARv2's sar_mask (UNCRTAINTS returns its features)
+        parts["sar_mask"] = extra[:, 0]
+    return {key: value.detach().clone() for key, value in parts.items()}
+
+
+def published_loss(pub: types.SimpleNamespace, name: str, out: Any, target: torch.Tensor) -> torch.Tensor:
+    """One published loss on a published forward's output, called as ``base_model.get_loss_G`` calls it."""
+    stacked, extra = out
+    mean, var = stacked[:, :, :S2_BANDS], stacked[:, :, S2_BANDS:]
+    losses = pub.losses
+    if name.endswith("_batch1"):
+        name = name.removesuffix("_batch1")
+        mean, var, target, extra = mean[:1], var[:1], target[:1], extra[:1]
+    if name == "l1":
+        return torch.nn.L1Loss()(mean, target)
+    if name == "l2":
+        return torch.nn.MSELoss()(mean, target)
+    if name == "ml":
+        return losses.MultimodalLoss(reduction="mean")(mean, target, extra)
+    if name == "GNLL":
+        return losses.GaussianNLLLoss(reduction="mean", eps=1e-8, full=True)(mean, target, var)[0]
+    if name.startswith("MGNLL_"):
+        mode = name.removeprefix("MGNLL_")
+        return losses.MultiGaussianNLLLoss(reduction="mean", eps=1e-8, full=True, mode=mode, chunk=None)(
+            mean, target, var)[0]
+    raise ValueError(f"no published loss {name!r}")
+
+
+def state(net: torch.nn.Module) -> dict[str, Any]:
+    """The state dict packed into one flat float32 tensor plus its keys, shapes and dtypes.
+
+    One tensor instead of a hundred keeps the file small (each tensor of a ``torch.save``
+    file is a zip record with its own headers); float32 holds the batch-norm counters exactly.
+    """
+    tensors = net.state_dict()
+    return {
+        "keys": list(tensors),
+        "shapes": [list(value.shape) for value in tensors.values()],
+        "dtypes": [str(value.dtype).removeprefix("torch.") for value in tensors.values()],
+        "values": torch.cat([value.detach().reshape(-1).float() for value in tensors.values()]),
+    }
+
+
+def run_case(pub: types.SimpleNamespace, case: dict[str, Any], inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Everything the parity tests compare for one case."""
+    net = build(pub, case)
+    record: dict[str, Any] = {
+        "seed": SEED, "scale_by": SCALE_BY, "lr": LR, "step": case["step"],
+        "ours": {**case["ours"], "encoder_widths": [case["width"]],
+                 "decoder_widths": [case["width"]] * case["decoder_blocks"]},
+        "state_init": state(net),
+    }
+    network_input, target = inputs["network_input"], SCALE_BY * inputs["target"].unsqueeze(1)
+    net.eval()
+    with torch.no_grad():
+        record["eval"] = split(net(network_input))
+    net.train()
+    out = net(network_input)
+    record["train"] = split(out)
+    losses = {}
+    for name in case["losses"]:
+        losses[name] = float(published_loss(pub, name, out, target).detach())
+        if name.startswith("MGNLL"):
+            losses[f"{name}_batch1"] = float(published_loss(pub, f"{name}_batch1", out, target).detach())
+    record["losses"] = losses
+    optimizer = torch.optim.Adam(net.parameters(), lr=LR)
+    optimizer.zero_grad()
+    if case["step"].endswith("_batch1"):  # the published MGNLL is right at batch 1 only: step on image 0
+        out = net(network_input[:1])
+        record["step_batch"] = 1
+    else:
+        record["step_batch"] = BATCH
+    loss = published_loss(pub, case["step"], out, target)
+    record["step_loss"] = float(loss.detach())
+    loss.backward()
+    optimizer.step()
+    record["state_after_step"] = state(net)
+    return record
+
+
+def make_inputs() -> dict[str, torch.Tensor]:
+    """[0, 1] inputs and target, and the published network's input: S1 then S2, times scale_by, T = 1.
+
+    The published losses see the target times scale_by, with the time axis: (B, 1, 13, H, W).
+    """
+    generator = torch.Generator().manual_seed(SEED)
+    cloudy = torch.rand(BATCH, S2_BANDS, SIZE, SIZE, generator=generator)
+    sar = torch.rand(BATCH, 2, SIZE, SIZE, generator=generator)
+    target = (0.6 * torch.rand(BATCH, S2_BANDS, SIZE, SIZE, generator=generator) + 0.4 * cloudy).clamp(0, 1)
+    # prepare_data_mono stacks S1 before S2 and adds the time axis; set_input multiplies by scale_by
+    network_input = SCALE_BY * torch.cat((sar.unsqueeze(1), cloudy.unsqueeze(1)), dim=2)
+    return {"cloudy": cloudy, "sar": sar, "target": target, "network_input": network_input}
+
+
+def published_commit(checkout: Path) -> str:
+    """The checkout's git commit, or "unknown"."""
+    try:
+        return subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write ``inputs.pt`` and one ``<case>.pt`` per case under ``--out``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--published", type=Path, required=True, help="checkout of github.com/RSIR25/sscr")
+    parser.add_argument("--out", type=Path, default=Path("tests/fixtures/published"))
+    args = parser.parse_args(argv)
+    pub = import_published(args.published)
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    inputs = make_inputs()
+    meta = {"published_commit": published_commit(args.published), "torch": str(torch.__version__)}
+    torch.save({**inputs, "meta": meta}, args.out / "inputs.pt")
+    for name, case in CASES.items():
+        torch.save(run_case(pub, case, inputs), args.out / f"{name}.pt")
+    sizes = {path.name: path.stat().st_size for path in sorted(args.out.glob("*.pt"))}
+    print(f"{args.out}: " + ", ".join(f"{name} {size / 1024:.0f} KB" for name, size in sizes.items())
+          + f"; {sum(sizes.values()) / 1024:.0f} KB in all")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
