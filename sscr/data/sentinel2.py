@@ -55,7 +55,9 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.drivers import raster_driver_extensions
 from rasterio.errors import RasterioIOError
+from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
@@ -309,6 +311,13 @@ class S2Scene:
     """The input's convention: write the prediction back with it (``Radiometry.restore``)."""
     processing: dict[str, str] = field(default_factory=dict)
     """What was done to the input, for the output's tags."""
+    cache_bytes: int = 0
+    """GDAL block cache that holds one row of source blocks of every band across the scene (0: no need).
+
+    A JPEG 2000 tile (1024 px in L1C products) is decoded whole; with a smaller cache the
+    tiled inference decodes it again for every row of model tiles that crosses it. Set
+    ``rasterio.Env(GDAL_CACHEMAX=...)`` to at least this while reading the scene.
+    """
 
     @property
     def is_vrt(self) -> bool:
@@ -328,25 +337,32 @@ class S2Scene:
         return path
 
 
-def _open_band(path: str, band: str, where: str) -> tuple[CRS, Affine, int, int]:
+def _open_band(path: str, band: str, where: str) -> tuple[CRS, Affine, int, int, int]:
+    """CRS, transform, width, height of a band file, and the bytes of one row of its blocks."""
     try:
         with rasterio.open(path) as src:
             if src.crs is None:
                 raise PatchError(path, f"band {band} has no CRS; the product is damaged: download it again")
-            return src.crs, src.transform, src.width, src.height
+            block_rows, block_cols = src.block_shapes[0]
+            row_bytes = math.ceil(src.width / block_cols) * block_cols * block_rows * np.dtype(src.dtypes[0]).itemsize
+            return src.crs, src.transform, src.width, src.height, row_bytes
     except RasterioIOError as err:
-        hint = "" if "JP2OpenJPEG" in rasterio.drivers.raster_driver_extensions().values() else (
+        hint = "" if "JP2OpenJPEG" in raster_driver_extensions().values() else (
             " (this GDAL has no JPEG 2000 driver: install rasterio's wheel, which ships JP2OpenJPEG)")
         raise PatchError(path, f"cannot read band {band} of {where} ({str(err).splitlines()[0]}){hint}; "
                                "the product is incomplete or damaged: download it again") from None
 
 
-def _grid_of_product(product: L1CProduct) -> tuple[CRS, Affine, int, int, dict[str, tuple[Affine, int, int]]]:
-    """The 10 m grid (from B2) and each band's own grid, checked to cover the same extent in the same CRS."""
+def _grid_of_product(product: L1CProduct) -> tuple[CRS, Affine, int, int, dict[str, tuple[Affine, int, int]], int]:
+    """The 10 m grid (from B2), each band's own grid (checked to cover the same extent in the same CRS),
+    and the bytes of one row of blocks of all bands."""
     grids: dict[str, tuple[Affine, int, int]] = {}
     crs = None
+    row_bytes = 0
     for band in S2_BANDS:
-        band_crs, transform, width, height = _open_band(product.band_files[band], band, product.metadata_path)
+        band_crs, transform, width, height, band_row_bytes = _open_band(product.band_files[band], band,
+                                                                        product.metadata_path)
+        row_bytes += band_row_bytes
         if crs is None:
             crs = band_crs
         elif band_crs != crs:
@@ -365,7 +381,7 @@ def _grid_of_product(product: L1CProduct) -> tuple[CRS, Affine, int, int, dict[s
             raise PatchError(product.band_files[band], f"band {band} ({abs(transform.a):g} m, extent {mine}) does "
                                                        f"not cover the {GRID_BAND} grid ({extent}) at {res} m: "
                                                        "the product is inconsistent")
-    return crs, ref_transform, ref_width, ref_height, grids
+    return crs, ref_transform, ref_width, ref_height, grids, row_bytes
 
 
 def crop_window(width: int, height: int, transform: Affine, crs: CRS, window: Window | tuple | None = None,
@@ -392,7 +408,7 @@ def crop_window(width: int, height: int, transform: Affine, crs: CRS, window: Wi
         col0, row0, col1, row1 = max(col0, 0), max(row0, 0), min(col1, width), min(row1, height)
         if col1 <= col0 or row1 <= row0:
             scene_bounds = transform_bounds(crs, CRS.from_user_input(bbox_crs),
-                                            *rasterio.transform.array_bounds(height, width, transform))
+                                            *array_bounds(height, width, transform))
             raise ValueError(f"bbox {tuple(bbox)} ({bbox_crs}) does not overlap {where}, which covers "
                              f"{tuple(round(v, 5) for v in scene_bounds)} in {bbox_crs}")
         return Window(col0, row0, col1 - col0, row1 - row0)
@@ -461,7 +477,7 @@ def _vrt_of_file(scene: S2Scene) -> str:
 def _product_scene(path: Path, resampling: str, window: Window | None, bbox: tuple | None,
                    bbox_crs: str | CRS) -> S2Scene:
     product = read_l1c_product(path)
-    crs, grid_transform, grid_width, grid_height, grids = _grid_of_product(product)
+    crs, grid_transform, grid_width, grid_height, grids, row_bytes = _grid_of_product(product)
     crop = crop_window(grid_width, grid_height, grid_transform, crs, window, bbox, bbox_crs, where=str(path))
     crop = crop or Window(0, 0, grid_width, grid_height)
     col0, row0, width, height = (int(v) for v in crop.flatten())
@@ -489,7 +505,8 @@ def _product_scene(path: Path, resampling: str, window: Window | None, bbox: tup
     if bbox is not None:
         processing["s2_bbox"] = f"{tuple(bbox)} in {CRS.from_user_input(bbox_crs).to_string()}"
     document = _vrt_document(crs, transform, width, height, bands, processing)
-    return S2Scene(document, crs, transform, width, height, radiometry, processing)
+    # one row of blocks of every band, plus a quarter for the rows a model tile straddles
+    return S2Scene(document, crs, transform, width, height, radiometry, processing, cache_bytes=row_bytes * 5 // 4)
 
 
 def _geotiff_scene(path: Path, window: Window | None, bbox: tuple | None, bbox_crs: str | CRS,
