@@ -139,7 +139,7 @@ def open_mask_file(path: str | Path, grid: Grid, resampling: str = "bilinear") -
     def to_probability(values: np.ndarray) -> np.ndarray:
         return np.clip(values * np.float32(scale) + np.float32(offset), 0.0, 1.0)
 
-    reader = GridReader([BandSource(path, 1, "cloud")], grid, Resampling[resampling], to_probability,
+    reader = GridReader([BandSource(str(path), 1, "cloud")], grid, Resampling[resampling], to_probability,
                         name=str(path))
     aligned = reader.source_grid(0).aligned_with(grid)
     reader.processing = {

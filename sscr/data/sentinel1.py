@@ -67,8 +67,8 @@ def _band_sources(paths: Sequence[Path]) -> list[BandSource]:
                                    "single-band files, VV first")
         if set(descriptions) == set(S1_BANDS):
             # The file names its bands: take them by name, whatever their order.
-            return [BandSource(path, descriptions.index(name) + 1, name) for name in S1_BANDS]
-        return [BandSource(path, index, name) for index, name in enumerate(S1_BANDS, start=1)]
+            return [BandSource(str(path), descriptions.index(name) + 1, name) for name in S1_BANDS]
+        return [BandSource(str(path), index, name) for index, name in enumerate(S1_BANDS, start=1)]
     if len(paths) == 2:
         sources = []
         for path, name in zip(paths, S1_BANDS, strict=True):
@@ -77,7 +77,7 @@ def _band_sources(paths: Sequence[Path]) -> list[BandSource]:
             if named is not None and named != name:
                 raise PatchError(path, f"is named {named} but was passed as {name}: pass the S1 files in the order "
                                        "VV, VH")
-            sources.append(BandSource(path, 1, name))
+            sources.append(BandSource(str(path), 1, name))
         return sources
     raise ValueError(f"pass S1 as one 2-band file (VV, VH) or two single-band files (VV, VH), got {len(paths)} files")
 

@@ -7,19 +7,22 @@ metadata ``MTD_MSIL1C.xml``. The models were trained on SEN12MS-CR, whose patche
 the 13 bands in the order B1 ... B8, B8A, B9 ... B12 at 10 m, in L1C DN =
 top-of-atmosphere reflectance x 10000 as produced before processing baseline 04.00.
 
-:func:`open_s2` turns a product (or, as before, a 13-band GeoTIFF) into a :class:`S2Scene`:
-a GDAL VRT that ``rasterio.open`` reads by windows like any GeoTIFF, so the tiled
-inference never holds the whole scene. The VRT
+:func:`open_s2` turns a product (or, as before, a 13-band GeoTIFF) into a :class:`S2Scene`
+whose reader (:meth:`S2Scene.open`, an :class:`S2Reader`) answers ``read(window=...)`` on
+the 10 m grid like an open GeoTIFF, so the tiled inference never holds the whole scene. It
 
-- stacks the 13 JP2 bands in the SEN12MS-CR order (read through ``/vsizip/`` for a zip,
-  with the JP2OpenJPEG driver of rasterio's GDAL);
+- stacks the 13 JP2 bands in the SEN12MS-CR order (GDAL paths from the metadata, through
+  ``/vsizip/`` for a zip, decoded by the JP2OpenJPEG driver of rasterio's GDAL);
 - resamples the 20 m and 60 m bands onto the 10 m grid of B2 (:data:`DEFAULT_RESAMPLING`,
-  nearest neighbour; see below);
+  nearest neighbour; see below). Files are read one-to-one and resampled in memory with
+  ``rasterio.warp.reproject`` (:class:`~sscr.data.regrid.GridReader`): GDAL's JPEG 2000
+  driver is pathologically slow when asked to upsample a window itself (150 s instead of
+  0.3 s for one 256 px tile here), which rules out a GDAL VRT doing the resampling;
 - harmonises the radiometry: from processing baseline 04.00 (25 January 2022) L1C DN
   carry an offset, reflectance = (DN + RADIO_ADD_OFFSET) / QUANTIFICATION_VALUE with
   RADIO_ADD_OFFSET = -1000, while the training data has reflectance = DN / 10000 with valid
-  DN >= 1 (negative reflectance was clamped to 1). The VRT maps each band through the
-  lookup table of :meth:`Radiometry.lut`: 0 (no data) stays 0, DN becomes
+  DN >= 1 (negative reflectance was clamped to 1). Each band goes through
+  :meth:`Radiometry.band_converter` before resampling: 0 (no data) stays no data, DN becomes
   max((DN + offset) * 10000 / Q, 1), 65535 (saturated) stays 65535. The offsets are read
   from the metadata (``Radiometric_Offset_List``), so a product without them (baseline
   < 04.00) passes unchanged;
@@ -27,7 +30,13 @@ inference never holds the whole scene. The VRT
   (west, south, east, north) in longitude/latitude (WGS 84, ``bbox_crs`` to change it),
   rounded outward to whole 10 m pixels.
 
-What was done is in :attr:`S2Scene.processing` (also the VRT's metadata), for the
+Before a tiled inference over a product, call :meth:`S2Scene.decoded`: GDAL's JPEG 2000
+driver decodes the requested area at every read, so reading 256 px tiles straight from the
+13 JP2 files costs about 5 s per tile (hours for a 10980 px tile); decoding the needed part
+of each band once into GeoTIFFs took 37 s for a 10980 x 2040 px product here, after which
+its 441 tiles read in 30 s (a shared 2-core machine, load 6-7).
+
+What was done is in :attr:`S2Scene.processing` (the reader's ``tags()``), for the
 output's tags; :attr:`S2Scene.radiometry` is what the output writer needs to write the
 prediction back in the input's convention (:mod:`sscr.data.cog`).
 
@@ -45,17 +54,18 @@ from __future__ import annotations
 import math
 import re
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
-from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.drivers import raster_driver_extensions
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
@@ -63,6 +73,7 @@ from rasterio.windows import Window, from_bounds
 
 from sscr.data.io import PatchError
 from sscr.data.layout import S2_BANDS, S2_DN_MAX
+from sscr.data.regrid import BandSource, Grid, GridReader
 
 #: Band codes in product file names (``T32TQM_20230823T095559_B8A.jp2``), in the order of ``S2_BANDS``.
 PRODUCT_BANDS: tuple[str, ...] = (
@@ -152,22 +163,20 @@ class Radiometry:
         out[:, ~np.asarray(valid, bool)] = NODATA_DN
         return out
 
-    def lut(self, band: int) -> str | None:
-        """GDAL VRT lookup table (``<LUT>``) doing :meth:`harmonise` for band index ``band``; None if identity.
+    def band_converter(self, band: int) -> Callable[[np.ndarray], np.ndarray]:
+        """:meth:`harmonise` of band index ``band`` on float32 values, no data (0) -> NaN, for resampling.
 
-        Piecewise linear: 0 -> 0, DN -> (DN + offset) * gain on the valid range, clamped
-        at 1 below, and 65535 -> 65535.
+        NaN keeps no-data pixels out of bilinear and cubic kernels; the reader writes 0 back.
         """
-        offset, gain = self.offsets[band], self._gain()
-        if offset == 0 and gain == 1.0:
-            return None
-        floor_dn = MIN_VALID_DN / gain - offset  # product DN that maps to DN 1
-        top = SATURATED_DN - 1
-        points = [(0.0, 0.0), (1.0, 1.0)]
-        if floor_dn > 1.0:
-            points.append((floor_dn, 1.0))
-        points += [(float(top), min((top + offset) * gain, top)), (float(SATURATED_DN), float(SATURATED_DN))]
-        return ",".join(f"{x:.6g}:{y:.6g}" for x, y in points)
+        offset, gain = float(self.offsets[band]), self._gain()
+
+        def convert(values: np.ndarray) -> np.ndarray:
+            out = np.maximum((values + offset) * gain, MIN_VALID_DN) if offset or gain != 1.0 else values.copy()
+            out[values == SATURATED_DN] = SATURATED_DN
+            out[values == NODATA_DN] = np.nan
+            return out.astype(np.float32, copy=False)
+
+        return convert
 
     def reflectance_scale_offset(self, band: int) -> tuple[float, float]:
         """(scale, offset) with reflectance = DN * scale + offset, for GDAL band metadata."""
@@ -295,57 +304,162 @@ def read_l1c_product(path: str | Path) -> L1CProduct:
 
 @dataclass(frozen=True)
 class S2Scene:
-    """A cloudy Sentinel-2 scene on its 10 m grid, readable by windows: ``rasterio.open(scene.source)``.
+    """A cloudy Sentinel-2 scene on its 10 m grid: 13 band files, how to read them, and what was done.
 
-    ``source`` is a file path (a 13-band GeoTIFF used as it is) or a GDAL VRT document
-    (XML text, which GDAL opens like a file). Bands: ``S2_BANDS`` order, uint16 DN of the
-    training convention, 0 = no data.
+    :meth:`open` gives a reader (:class:`S2Reader`) whose ``read(window=...)`` returns
+    uint16 DN of the training convention in ``S2_BANDS`` order, 0 = no data.
     """
 
-    source: str
-    crs: CRS
-    transform: Affine
-    width: int
-    height: int
+    sources: tuple[BandSource, ...]
+    """The 13 bands in ``S2_BANDS`` order: GDAL path, band index, per-band harmonisation."""
+    grid: Grid
+    resampling: str
     radiometry: Radiometry
     """The input's convention: write the prediction back with it (``Radiometry.restore``)."""
     processing: dict[str, str] = field(default_factory=dict)
     """What was done to the input, for the output's tags."""
-    cache_bytes: int = 0
-    """GDAL block cache that holds one row of source blocks of every band across the scene (0: no need).
 
-    A JPEG 2000 tile (1024 px in L1C products) is decoded whole; with a smaller cache the
-    tiled inference decodes it again for every row of model tiles that crosses it. Set
-    ``rasterio.Env(GDAL_CACHEMAX=...)`` to at least this while reading the scene.
-    """
+    crs = property(lambda self: self.grid.crs)
+    transform = property(lambda self: self.grid.transform)
+    width = property(lambda self: self.grid.width)
+    height = property(lambda self: self.grid.height)
+
+    def open(self) -> S2Reader:
+        """The scene as a reader by windows (a context manager, like an open rasterio dataset)."""
+        return S2Reader(self)
 
     @property
-    def is_vrt(self) -> bool:
-        """True when :attr:`source` is a VRT document rather than a file path."""
-        return self.source.lstrip().startswith("<VRTDataset")
+    def is_jpeg2000(self) -> bool:
+        """True when the band files are JPEG 2000 (an L1C product), which :meth:`decoded` speeds up."""
+        return any(source.path.lower().endswith(".jp2") for source in self.sources)
 
-    def open(self) -> Any:
-        """The scene as an open rasterio dataset (close it, or use it in a ``with``)."""
-        return rasterio.open(self.source)
+    def decoded(self, directory: str | Path) -> S2Scene:
+        """The same scene read from GeoTIFFs: each JPEG 2000 band decoded once, at its native resolution.
 
-    def save_vrt(self, path: str | Path) -> Path:
-        """Write the VRT document to ``path`` (for ``gdalinfo``, QGIS, or the record); a path source is wrapped."""
+        GDAL's JPEG 2000 driver decodes the requested area at every read and keeps nothing
+        between reads of 13 interleaved files: the tiled inference would decode each
+        1024 px JP2 tile again for every model tile over it (0.3-0.5 s per band per 256 px
+        tile here, hours for a whole 10980 px tile). This decodes, per band, only the part
+        of the file the scene needs (plus the resampling margin), one row of JP2 tiles at a
+        time (memory: one such row), into a tiled, deflated GeoTIFF under ``directory``,
+        named after the band file. A file already there is reused (they are written
+        atomically), so an interrupted run resumes. GeoTIFF scenes are returned unchanged.
+        """
+        if not self.is_jpeg2000:
+            return self
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        sources = tuple(
+            BandSource(str(_decode_band(source, self.grid, directory)), 1, source.name, source.convert)
+            for source in self.sources
+        )
+        processing = {**self.processing, "s2_decoded_to": str(directory)}
+        return S2Scene(sources, self.grid, self.resampling, self.radiometry, processing)
+
+    def write_geotiff(self, path: str | Path, block: int = 1024) -> Path:
+        """Write the scene as it is read (13 bands uint16, tiled, deflate) to ``path``, ``block`` px at a time.
+
+        For tools that need a file; memory is one block of 13 bands. Atomic (temp name, rename).
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = self.source if self.is_vrt else _vrt_of_file(self)
-        path.write_text(text)
+        partial = path.with_name(f".{path.name}.partial")
+        profile = {"driver": "GTiff", "width": self.width, "height": self.height, "count": len(S2_BANDS),
+                   "dtype": "uint16", "crs": self.crs, "transform": self.transform, "nodata": NODATA_DN,
+                   "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "predictor": 2,
+                   "BIGTIFF": "IF_SAFER"}
+        try:
+            with self.open() as reader, rasterio.open(partial, "w", **profile) as out:
+                for row in range(0, self.height, block):
+                    for col in range(0, self.width, block):
+                        window = Window(col, row, min(block, self.width - col), min(block, self.height - row))
+                        out.write(reader.read(window=window), window=window)
+                out.descriptions = S2_BANDS
+                out.scales = reader.scales
+                out.offsets = reader.offsets
+                out.update_tags(**self.processing)
+            partial.replace(path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         return path
 
 
-def _open_band(path: str, band: str, where: str) -> tuple[CRS, Affine, int, int, int]:
-    """CRS, transform, width, height of a band file, and the bytes of one row of its blocks."""
+#: Pixels of the native band read around the scene's footprint, for the resampling kernels.
+_DECODE_MARGIN = 4
+
+
+def _decode_band(source: BandSource, grid: Grid, directory: Path) -> Path:
+    """Decode the part of one JPEG 2000 band that ``grid`` needs into ``directory``; the GeoTIFF's path."""
+    target = directory / (Path(source.path.rsplit("/", 1)[-1]).stem + f"_{grid.width}x{grid.height}"
+                          f"_{round(grid.transform.c)}_{round(grid.transform.f)}.tif")
+    if target.is_file():
+        return target
+    partial = target.with_name(f".{target.name}.partial")
+    with rasterio.open(source.path) as src:
+        left, bottom, right, top = grid.bounds
+        area = from_bounds(left, bottom, right, top, src.transform)
+        block_rows, block_cols = src.block_shapes[0]
+        # whole JP2 tiles: a request that cuts a tile decodes it anyway
+        row0 = max(math.floor(area.row_off) - _DECODE_MARGIN, 0) // block_rows * block_rows
+        col0 = max(math.floor(area.col_off) - _DECODE_MARGIN, 0) // block_cols * block_cols
+        row1 = min(-(-(math.ceil(area.row_off + area.height) + _DECODE_MARGIN) // block_rows) * block_rows, src.height)
+        col1 = min(-(-(math.ceil(area.col_off + area.width) + _DECODE_MARGIN) // block_cols) * block_cols, src.width)
+        window = Window(col0, row0, col1 - col0, row1 - row0)
+        profile = {"driver": "GTiff", "width": col1 - col0, "height": row1 - row0, "count": 1,
+                   "dtype": src.dtypes[0], "crs": src.crs, "transform": src.window_transform(window),
+                   "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate", "predictor": 2,
+                   "zlevel": 1, "BIGTIFF": "IF_SAFER"}
+        try:
+            with rasterio.open(partial, "w", **profile) as out:
+                for row in range(row0, row1, block_rows):
+                    rows = min(block_rows, row1 - row)
+                    data = src.read(source.band, window=Window(col0, row, col1 - col0, rows))
+                    out.write(data, 1, window=Window(0, row - row0, col1 - col0, rows))
+            partial.replace(target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+    return target
+
+
+class S2Reader(GridReader):
+    """Reads an :class:`S2Scene` by windows of its 10 m grid: (bands, h, w) uint16 DN, 0 = no data.
+
+    Each band file is read one-to-one; 20 m and 60 m bands are resampled in memory
+    (:class:`~sscr.data.regrid.GridReader`), harmonised before resampling.
+    """
+
+    nodata = NODATA_DN
+
+    def __init__(self, scene: S2Scene) -> None:
+        super().__init__(scene.sources, scene.grid, Resampling[scene.resampling],
+                         name=scene.processing.get("s2_input", "S2 scene"))
+        self.processing = dict(scene.processing)
+        pairs = [Radiometry().reflectance_scale_offset(i) for i in range(len(S2_BANDS))]
+        self.scales = tuple(p[0] for p in pairs)
+        self.offsets = tuple(p[1] for p in pairs)
+
+    dtypes = property(lambda self: ("uint16",) * self.count)
+
+    def tags(self) -> dict[str, str]:
+        """What was done to the input (as a rasterio dataset's tags)."""
+        return dict(self.processing)
+
+    def read(self, indexes: int | Sequence[int] | None = None, window: Window | None = None,
+             **kwargs: Any) -> np.ndarray:
+        """Bands (1-based ``indexes``, default all) over ``window``, uint16 DN of the training convention."""
+        values = super().read(indexes, window, **kwargs)
+        return np.clip(np.rint(np.nan_to_num(values, nan=NODATA_DN)), 0, SATURATED_DN).astype(np.uint16)
+
+
+def _open_band(path: str, band: str, where: str) -> tuple[CRS, Affine, int, int]:
+    """CRS, transform, width and height of a band file."""
     try:
         with rasterio.open(path) as src:
             if src.crs is None:
                 raise PatchError(path, f"band {band} has no CRS; the product is damaged: download it again")
-            block_rows, block_cols = src.block_shapes[0]
-            row_bytes = math.ceil(src.width / block_cols) * block_cols * block_rows * np.dtype(src.dtypes[0]).itemsize
-            return src.crs, src.transform, src.width, src.height, row_bytes
+            return src.crs, src.transform, src.width, src.height
     except RasterioIOError as err:
         hint = "" if "JP2OpenJPEG" in raster_driver_extensions().values() else (
             " (this GDAL has no JPEG 2000 driver: install rasterio's wheel, which ships JP2OpenJPEG)")
@@ -353,16 +467,15 @@ def _open_band(path: str, band: str, where: str) -> tuple[CRS, Affine, int, int,
                                "the product is incomplete or damaged: download it again") from None
 
 
-def _grid_of_product(product: L1CProduct) -> tuple[CRS, Affine, int, int, dict[str, tuple[Affine, int, int]], int]:
-    """The 10 m grid (from B2), each band's own grid (checked to cover the same extent in the same CRS),
-    and the bytes of one row of blocks of all bands."""
+def _grid_of_product(product: L1CProduct) -> tuple[CRS, Affine, int, int]:
+    """The 10 m grid (from B2).
+
+    Every band is checked to cover the same extent in the same CRS at its own resolution.
+    """
     grids: dict[str, tuple[Affine, int, int]] = {}
     crs = None
-    row_bytes = 0
     for band in S2_BANDS:
-        band_crs, transform, width, height, band_row_bytes = _open_band(product.band_files[band], band,
-                                                                        product.metadata_path)
-        row_bytes += band_row_bytes
+        band_crs, transform, width, height = _open_band(product.band_files[band], band, product.metadata_path)
         if crs is None:
             crs = band_crs
         elif band_crs != crs:
@@ -381,7 +494,7 @@ def _grid_of_product(product: L1CProduct) -> tuple[CRS, Affine, int, int, dict[s
             raise PatchError(product.band_files[band], f"band {band} ({abs(transform.a):g} m, extent {mine}) does "
                                                        f"not cover the {GRID_BAND} grid ({extent}) at {res} m: "
                                                        "the product is inconsistent")
-    return crs, ref_transform, ref_width, ref_height, grids, row_bytes
+    return crs, ref_transform, ref_width, ref_height
 
 
 def crop_window(width: int, height: int, transform: Affine, crs: CRS, window: Window | tuple | None = None,
@@ -421,92 +534,29 @@ def crop_window(width: int, height: int, transform: Affine, crs: CRS, window: Wi
     return None
 
 
-def _vrt_band(index: int, band: str, sources: list[str], scale_offset: tuple[float, float]) -> str:
-    scale, offset = scale_offset
-    return (
-        f'  <VRTRasterBand dataType="UInt16" band="{index}">\n'
-        f"    <Description>{band}</Description>\n"
-        f"    <NoDataValue>{NODATA_DN}</NoDataValue>\n"
-        f"    <Offset>{offset:.10g}</Offset>\n    <Scale>{scale:.10g}</Scale>\n"
-        + "".join(sources)
-        + "  </VRTRasterBand>\n"
-    )
-
-
-def _rect(tag: str, x: float, y: float, w: float, h: float) -> str:
-    return f'<{tag} xOff="{x:.10g}" yOff="{y:.10g}" xSize="{w:.10g}" ySize="{h:.10g}"/>'
-
-
-def _source(filename: str, band: int, src: tuple[float, float, float, float], dst: tuple[int, int, int, int],
-            resampling: str, lut: str | None) -> str:
-    kind = "ComplexSource" if lut else "SimpleSource"
-    return (
-        f"    <{kind} resampling={quoteattr(resampling)}>\n"
-        f'      <SourceFilename relativeToVRT="0">{escape(filename)}</SourceFilename>\n'
-        f"      <SourceBand>{band}</SourceBand>\n"
-        f"      {_rect('SrcRect', *src)}\n      {_rect('DstRect', *dst)}\n"
-        + (f"      <LUT>{lut}</LUT>\n" if lut else "")
-        + f"    </{kind}>\n"
-    )
-
-
-def _vrt_document(crs: CRS, transform: Affine, width: int, height: int, bands: list[str],
-                  metadata: dict[str, str]) -> str:
-    items = "".join(f"    <MDI key={quoteattr(key)}>{escape(value)}</MDI>\n" for key, value in metadata.items())
-    return (
-        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n'
-        f"  <SRS>{escape(crs.to_wkt())}</SRS>\n"
-        f"  <GeoTransform>{', '.join(f'{v:.12g}' for v in transform.to_gdal())}</GeoTransform>\n"
-        f"  <Metadata>\n{items}  </Metadata>\n"
-        + "".join(bands)
-        + "</VRTDataset>\n"
-    )
-
-
-def _vrt_of_file(scene: S2Scene) -> str:
-    with rasterio.open(scene.source) as src:
-        bands = [
-            _vrt_band(i, S2_BANDS[i - 1], [_source(str(Path(scene.source).resolve()), i, (0, 0, src.width, src.height),
-                                                   (0, 0, src.width, src.height), "nearest", None)],
-                      scene.radiometry.reflectance_scale_offset(i - 1))
-            for i in range(1, src.count + 1)
-        ]
-    return _vrt_document(scene.crs, scene.transform, scene.width, scene.height, bands, scene.processing)
-
-
 def _product_scene(path: Path, resampling: str, window: Window | None, bbox: tuple | None,
                    bbox_crs: str | CRS) -> S2Scene:
     product = read_l1c_product(path)
-    crs, grid_transform, grid_width, grid_height, grids, row_bytes = _grid_of_product(product)
+    crs, grid_transform, grid_width, grid_height = _grid_of_product(product)
     crop = crop_window(grid_width, grid_height, grid_transform, crs, window, bbox, bbox_crs, where=str(path))
     crop = crop or Window(0, 0, grid_width, grid_height)
     col0, row0, width, height = (int(v) for v in crop.flatten())
-    transform = grid_transform @ Affine.translation(col0, row0)
+    grid = Grid(crs, grid_transform @ Affine.translation(col0, row0), width, height)
     radiometry = product.radiometry
-    bands = []
-    for index, band in enumerate(S2_BANDS):
-        band_transform, _, _ = grids[band]
-        factor = abs(band_transform.a) / TARGET_RESOLUTION_M
-        # Where the crop's corner falls in the band's own pixels (fractional for 20 and 60 m bands).
-        src_col, src_row = ~band_transform @ (transform.c, transform.f)
-        source = _source(product.band_files[band], 1, (src_col, src_row, width / factor, height / factor),
-                         (0, 0, width, height), resampling if factor != 1 else "nearest",
-                         radiometry.lut(index))
-        bands.append(_vrt_band(index + 1, band, [source], Radiometry().reflectance_scale_offset(index)))
+    sources = tuple(BandSource(product.band_files[band], 1, band, radiometry.band_converter(index))
+                    for index, band in enumerate(S2_BANDS))
     processing = {
         "s2_input": str(path),
         "s2_product": product.product_id,
         "s2_processing_baseline": product.processing_baseline,
-        "s2_radiometry_in": product.radiometry.describe(),
+        "s2_radiometry_in": radiometry.describe(),
         "s2_harmonisation": "none needed (no offset)" if radiometry.is_training_convention else HARMONISATION,
-        "s2_resampling": f"{resampling} (20 m and 60 m bands to 10 m)",
+        "s2_resampling": f"{resampling} (20 m and 60 m bands to 10 m, rasterio.warp.reproject)",
         "s2_window": f"col_off={col0} row_off={row0} width={width} height={height} of {grid_width} x {grid_height}",
     }
     if bbox is not None:
         processing["s2_bbox"] = f"{tuple(bbox)} in {CRS.from_user_input(bbox_crs).to_string()}"
-    document = _vrt_document(crs, transform, width, height, bands, processing)
-    # one row of blocks of every band, plus a quarter for the rows a model tile straddles
-    return S2Scene(document, crs, transform, width, height, radiometry, processing, cache_bytes=row_bytes * 5 // 4)
+    return S2Scene(sources, grid, resampling, radiometry, processing)
 
 
 def _geotiff_scene(path: Path, window: Window | None, bbox: tuple | None, bbox_crs: str | CRS,
@@ -523,24 +573,20 @@ def _geotiff_scene(path: Path, window: Window | None, bbox: tuple | None, bbox_c
     if crs is None:
         raise PatchError(path, "S2 scene has no CRS: georeference it (e.g. gdal_translate -a_srs EPSG:326xx)")
     crop = crop_window(width, height, transform, crs, window, bbox, bbox_crs, where=str(path))
-    processing = {"s2_input": str(path), "s2_radiometry_in": radiometry.describe()}
-    if radiometry.is_training_convention and crop is None:
-        return S2Scene(str(path), crs, transform, width, height, radiometry, processing)
     crop = crop or Window(0, 0, width, height)
     col0, row0, w, h = (int(v) for v in crop.flatten())
-    processing["s2_window"] = f"col_off={col0} row_off={row0} width={w} height={h} of {width} x {height}"
+    processing = {
+        "s2_input": str(path),
+        "s2_radiometry_in": radiometry.describe(),
+        "s2_harmonisation": "none needed (no offset)" if radiometry.is_training_convention else HARMONISATION,
+        "s2_window": f"col_off={col0} row_off={row0} width={w} height={h} of {width} x {height}",
+    }
     if bbox is not None:
         processing["s2_bbox"] = f"{tuple(bbox)} in {CRS.from_user_input(bbox_crs).to_string()}"
-    if not radiometry.is_training_convention:
-        processing["s2_harmonisation"] = HARMONISATION
-    bands = [
-        _vrt_band(i + 1, name, [_source(str(path.resolve()), i + 1, (col0, row0, w, h), (0, 0, w, h), "nearest",
-                                        radiometry.lut(i))], Radiometry().reflectance_scale_offset(i))
-        for i, name in enumerate(S2_BANDS)
-    ]
-    cropped = transform @ Affine.translation(col0, row0)
-    return S2Scene(_vrt_document(crs, cropped, w, h, bands, processing), crs, cropped, w, h, radiometry,
-                   processing)
+    sources = tuple(BandSource(str(path), index + 1, band, radiometry.band_converter(index))
+                    for index, band in enumerate(S2_BANDS))
+    grid = Grid(crs, transform @ Affine.translation(col0, row0), w, h)
+    return S2Scene(sources, grid, "nearest", radiometry, processing)
 
 
 def open_s2(

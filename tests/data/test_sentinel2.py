@@ -144,7 +144,24 @@ def test_bbox_crop_in_lonlat_and_in_the_scene_crs(l1c_products):
         open_s2(l1c_products["new"], bbox=(20.0, 10.0, 20.1, 10.1))
 
 
-def test_lookup_table_equals_numpy_harmonisation_for_every_dn(tmp_path):
+@pytest.mark.parametrize("resampling", ["nearest", "cubic"])
+def test_decoded_scene_reads_the_same_and_is_reused(l1c_products, tmp_path, resampling):
+    """JPEG 2000 bands decoded once into GeoTIFFs (the part a crop needs) give the same scene."""
+    scene = open_s2(l1c_products["new_zip"], resampling=resampling, window=(7, 13, 50, 41))
+    assert scene.is_jpeg2000
+    decoded = scene.decoded(tmp_path / "decoded")
+    files = sorted((tmp_path / "decoded").iterdir())
+    assert len(files) == 13 and all(s.path.endswith(".tif") for s in decoded.sources)
+    np.testing.assert_array_equal(_read(decoded), _read(scene))
+    assert decoded.processing["s2_decoded_to"] == str(tmp_path / "decoded")
+    written = {path: path.stat().st_mtime_ns for path in files}
+    scene.decoded(tmp_path / "decoded")
+    assert {path: path.stat().st_mtime_ns for path in files} == written, "decoded bands are reused"
+    geotiff = open_s2(decoded.write_geotiff(tmp_path / "stack.tif"))
+    assert not geotiff.is_jpeg2000 and geotiff.decoded(tmp_path / "unused") is geotiff
+
+
+def test_band_harmonisation_equals_numpy_harmonisation_for_every_dn(tmp_path):
     values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
     stack = np.repeat(values[None], 13, axis=0)
     path = write_raster(tmp_path / "all_dn.tif", stack, CRS, TRANSFORM, band_names=S2_BANDS)
@@ -167,13 +184,15 @@ def test_lookup_table_equals_numpy_harmonisation_for_every_dn(tmp_path):
 def test_plain_geotiff_is_used_as_it_is(tmp_path, l1c_scene):
     path = write_raster(tmp_path / "stack.tif", l1c_scene, CRS, TRANSFORM, band_names=S2_BANDS)
     scene = open_s2(path)
-    assert scene.source == str(path) and scene.radiometry.is_training_convention
+    assert scene.radiometry.is_training_convention and scene.processing["s2_input"] == str(path)
     np.testing.assert_array_equal(_read(scene), l1c_scene)
     cropped = open_s2(path, window=(6, 6, 30, 20))
     np.testing.assert_array_equal(_read(cropped), l1c_scene[:, 6:26, 6:36])
-    saved = cropped.save_vrt(tmp_path / "crop.vrt")
+    saved = cropped.write_geotiff(tmp_path / "crop.tif", block=16)
     with rasterio.open(saved) as dataset:
         np.testing.assert_array_equal(dataset.read(), l1c_scene[:, 6:26, 6:36])
+        assert dataset.transform == TRANSFORM @ Affine.translation(6, 6) and dataset.descriptions == S2_BANDS
+        assert dataset.tags()["s2_window"].startswith("col_off=6 row_off=6")
 
 
 def _copy(product: Path, tmp_path: Path) -> Path:
@@ -225,9 +244,10 @@ def test_same_prediction_with_and_without_the_offset(l1c_products, tmp_path):
     model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=True).eval()
     outputs = {}
     for name in ("old", "new_zip"):
-        vrt = open_s2(l1c_products[name]).save_vrt(tmp_path / f"{name}.vrt")
+        # until infer_scene reads an S2Scene itself, the scene goes through a GeoTIFF
+        s2 = open_s2(l1c_products[name]).write_geotiff(tmp_path / f"{name}.tif")
         out = tmp_path / f"{name}_clear.tif"
-        infer_scene(model, vrt, s1, out, tile=64, overlap=16, mask_kind="cloud_cloudshadow_mask", progress=False)
+        infer_scene(model, s2, s1, out, tile=64, overlap=16, mask_kind="cloud_cloudshadow_mask", progress=False)
         with rasterio.open(out) as dataset:
             outputs[name] = dataset.read()
             assert dataset.transform == TRANSFORM and dataset.crs.to_string() == CRS
