@@ -51,6 +51,7 @@ real SEN12MS-CR patches: their B1, B9 and B10 should come in 6 x 6 blocks).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import zipfile
@@ -342,8 +343,9 @@ class S2Scene:
         tile here, hours for a whole 10980 px tile). This decodes, per band, only the part
         of the file the scene needs (plus the resampling margin), one row of JP2 tiles at a
         time (memory: one such row), into a tiled, deflated GeoTIFF under ``directory``,
-        named after the band file. A file already there is reused (they are written
-        atomically), so an interrupted run resumes. GeoTIFF scenes are returned unchanged.
+        named after the band file and a digest of its path and the grid (so two products of one
+        tile and date, or two crops, never share a file). A file already there is reused (they
+        are written atomically), so an interrupted run resumes. GeoTIFF scenes are returned unchanged.
         """
         if not self.is_jpeg2000:
             return self
@@ -391,8 +393,10 @@ _DECODE_MARGIN = 4
 
 def _decode_band(source: BandSource, grid: Grid, directory: Path) -> Path:
     """Decode the part of one JPEG 2000 band that ``grid`` needs into ``directory``; the GeoTIFF's path."""
-    target = directory / (Path(source.path.rsplit("/", 1)[-1]).stem + f"_{grid.width}x{grid.height}"
-                          f"_{round(grid.transform.c)}_{round(grid.transform.f)}.tif")
+    # the band file's name, and a digest of its full path and the grid: products of one tile and date
+    # (e.g. two processing baselines) and different crops never share a file
+    digest = hashlib.sha1(f"{source.path}|{source.band}|{grid}".encode()).hexdigest()[:12]
+    target = directory / f"{Path(source.path.rsplit('/', 1)[-1]).stem}_{digest}.tif"
     if target.is_file():
         return target
     partial = target.with_name(f".{target.name}.partial")

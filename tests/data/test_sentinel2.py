@@ -157,6 +157,10 @@ def test_decoded_scene_reads_the_same_and_is_reused(l1c_products, tmp_path, resa
     written = {path: path.stat().st_mtime_ns for path in files}
     scene.decoded(tmp_path / "decoded")
     assert {path: path.stat().st_mtime_ns for path in files} == written, "decoded bands are reused"
+    # the other baseline's product of the same tile and date decodes into its own files
+    old = open_s2(l1c_products["old"], resampling=resampling, window=(7, 13, 50, 41)).decoded(tmp_path / "decoded")
+    assert len(list((tmp_path / "decoded").iterdir())) == 26
+    np.testing.assert_array_equal(_read(old), _read(decoded))
     geotiff = open_s2(decoded.write_geotiff(tmp_path / "stack.tif"))
     assert not geotiff.is_jpeg2000 and geotiff.decoded(tmp_path / "unused") is geotiff
 
