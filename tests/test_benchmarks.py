@@ -24,6 +24,7 @@ BENCHMARKS = [
     "pipeline_overhead",
     "physical_bounds",
     "inference_speedup",
+    "mask_resolution",
 ]
 NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+( ?(s|ms|MiB|MB/s|GB/s|GFLOP/s|%))?$")
 
@@ -193,6 +194,20 @@ def test_inference_speedup_smoke(tmp_path, cache):
     difference = float(re.search(r"Largest output difference after vs before: ([0-9.e+-]+)", text).group(1))
     assert difference < 1e-4  # the same prediction
     assert text.count("aten::") >= 4  # both profiles are in the report
+
+
+def test_mask_resolution_smoke(tmp_path, cache):
+    text = run_benchmark("mask_resolution", tmp_path / "mask_resolution.md", cache)
+    agreement, truth, timing = tables(text)
+    assert [row["images"] for row in agreement] == [
+        "sample patches, all", "sample patches, partly cloudy", "scenes of 192 px"]
+    for row in agreement:
+        assert 0.0 <= float(row["IoU 60 m vs 10 m"]) <= 1.0 and row["pixels that agree"].endswith("%"), row
+        assert 0.0 <= float(row["probability MAE"]) <= 1.0, row
+    for row in truth:
+        assert all(0.0 <= float(row[key]) <= 1.0 for key in ("IoU at 10 m", "IoU at 60 m")), row
+    for row in timing:
+        assert is_number(row["10 m"]) and is_number(row["60 m"]) and float(row["speed-up"][:-1]) > 0, row
 
 
 def test_every_benchmark_script_has_a_smoke_test():

@@ -214,3 +214,17 @@ def compute_masks(dn: np.ndarray, kinds: Sequence[str], threads: int | None = No
     if "cloud_cloudshadow_mask" in kinds:
         masks["cloud_cloudshadow_mask"] = cloud_shadow_mask(clipped)
     return {kind: masks[kind] for kind in kinds}
+
+
+def masks_from_probability(probability: np.ndarray, kinds: Sequence[str]) -> dict[str, np.ndarray]:
+    """The s2cloudless kinds (``s2cloudless_mask``, ``s2cloudless_map``) from an (H, W) cloud probability.
+
+    The post-processing of :func:`compute_masks`, for a probability computed elsewhere
+    (e.g. on a coarser grid and upsampled, :mod:`sscr.clouds.scene_masks`).
+    """
+    probability = np.asarray(probability, np.float32)
+    makers = {"s2cloudless_mask": _mask_from_probability, "s2cloudless_map": _map_from_probability}
+    unknown = [kind for kind in kinds if kind not in makers]
+    if unknown:
+        raise ValueError(f"{unknown} are not s2cloudless mask kinds; expected names from {list(makers)}")
+    return {kind: makers[kind](probability) for kind in kinds}
