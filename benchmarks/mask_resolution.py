@@ -6,7 +6,7 @@
 
 At 10 m, s2cloudless's classifier runs on every pixel, as the benchmark's masks were
 made (``sscr.clouds.detect.compute_masks``). At 60 m
-(``sscr.clouds.scene_masks.compute_masks_at(..., 60)``) it runs on 6 x 6 block means of the
+(``sscr.data.scene_masks.compute_masks_at(..., 60)``) it runs on 6 x 6 block means of the
 DN, its probability is upsampled bilinearly to 10 m and the benchmark's post-processing
 (disk average r=4 + threshold 0.4 + dilation r=2 for ``s2cloudless_mask``; floor 0.5 + Gaussian
 sigma 2 for ``s2cloudless_map``) runs at 10 m. Inputs: the cloudy S2 of the embedded default
@@ -92,7 +92,7 @@ class Agreement:
 def both_resolutions(dn: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The probability, binary mask and map at 10 m and at 60 m of one (13, H, W) DN image."""
     from sscr.clouds.detect import masks_from_probability, s2cloudless_probability
-    from sscr.clouds.scene_masks import s2cloudless_probability_coarse
+    from sscr.data.scene_masks import s2cloudless_probability_coarse
 
     out = []
     for probability in (s2cloudless_probability(dn), s2cloudless_probability_coarse(dn)):
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     mode = mode_of(args.quick, args.smoke)
     repeats = args.repeats or {"full": 3, "quick": 1, "smoke": 1}[mode]
 
-    from sscr.clouds.scene_masks import compute_masks_at
-    from sscr.data.layout import PatchId
+    from sscr.data.scene_masks import compute_masks_at
     from sscr.data.synth import sample_patch_ids, synth_patch
+    from sscr.layout import PatchId
 
     started = time.perf_counter()
     params = default_params()

@@ -220,7 +220,7 @@ def masks_from_probability(probability: np.ndarray, kinds: Sequence[str]) -> dic
     """The s2cloudless kinds (``s2cloudless_mask``, ``s2cloudless_map``) from an (H, W) cloud probability.
 
     The post-processing of :func:`compute_masks`, for a probability computed elsewhere
-    (e.g. on a coarser grid and upsampled, :mod:`sscr.clouds.scene_masks`).
+    (e.g. on a coarser grid and upsampled, :mod:`sscr.data.scene_masks`).
     """
     probability = np.asarray(probability, np.float32)
     makers = {"s2cloudless_mask": _mask_from_probability, "s2cloudless_map": _map_from_probability}

@@ -35,9 +35,10 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
-from sscr.data.layout import S2_BANDS
+from sscr.bands import S2_BANDS
 from sscr.data.regrid import Grid
 from sscr.data.sentinel2 import NODATA_DN, Radiometry
+from sscr.fsutil import atomic_path
 
 COG_BLOCKSIZE = 512
 COMPRESS = "DEFLATE"
@@ -161,17 +162,12 @@ def finish_cog(path: str | Path, spec: LayerSpec, tags: Mapping[str, str] | None
         raise FileNotFoundError(f"{staging} does not exist: open it with create_staging and write the windows first")
     with rasterio.open(staging, "r+") as dataset:
         _describe(dataset, spec, tags)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_path(path) as partial:
         rasterio.shutil.copy(
             staging, partial, driver="COG", BLOCKSIZE=blocksize, COMPRESS=COMPRESS, PREDICTOR="YES",
             OVERVIEWS="IGNORE_EXISTING", OVERVIEW_RESAMPLING=spec.overview_resampling.upper(), BIGTIFF="IF_SAFER",
             NUM_THREADS="ALL_CPUS",
         )
-        partial.replace(path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     staging.unlink()
     return path
 

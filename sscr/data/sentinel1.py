@@ -26,8 +26,8 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 
+from sscr.bands import S1_BANDS
 from sscr.data.io import PatchError
-from sscr.data.layout import S1_BANDS
 from sscr.data.regrid import BandSource, Grid, GridReader
 
 S1_UNITS: tuple[str, ...] = ("db", "linear")

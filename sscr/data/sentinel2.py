@@ -72,9 +72,10 @@ from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
+from sscr.bands import S2_BANDS, S2_DN_MAX
 from sscr.data.io import PatchError
-from sscr.data.layout import S2_BANDS, S2_DN_MAX
 from sscr.data.regrid import BandSource, Grid, GridReader
+from sscr.fsutil import atomic_path
 
 #: Band codes in product file names (``T32TQM_20230823T095559_B8A.jp2``), in the order of ``S2_BANDS``.
 PRODUCT_BANDS: tuple[str, ...] = (
@@ -364,26 +365,19 @@ class S2Scene:
         For tools that need a file; memory is one block of 13 bands. Atomic (temp name, rename).
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
         profile = {"driver": "GTiff", "width": self.width, "height": self.height, "count": len(S2_BANDS),
                    "dtype": "uint16", "crs": self.crs, "transform": self.transform, "nodata": NODATA_DN,
                    "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "predictor": 2,
                    "BIGTIFF": "IF_SAFER"}
-        try:
-            with self.open() as reader, rasterio.open(partial, "w", **profile) as out:
-                for row in range(0, self.height, block):
-                    for col in range(0, self.width, block):
-                        window = Window(col, row, min(block, self.width - col), min(block, self.height - row))
-                        out.write(reader.read(window=window), window=window)
-                out.descriptions = S2_BANDS
-                out.scales = reader.scales
-                out.offsets = reader.offsets
-                out.update_tags(**self.processing)
-            partial.replace(path)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as partial, self.open() as reader, rasterio.open(partial, "w", **profile) as out:
+            for row in range(0, self.height, block):
+                for col in range(0, self.width, block):
+                    window = Window(col, row, min(block, self.width - col), min(block, self.height - row))
+                    out.write(reader.read(window=window), window=window)
+            out.descriptions = S2_BANDS
+            out.scales = reader.scales
+            out.offsets = reader.offsets
+            out.update_tags(**self.processing)
         return path
 
 
@@ -399,7 +393,6 @@ def _decode_band(source: BandSource, grid: Grid, directory: Path) -> Path:
     target = directory / f"{Path(source.path.rsplit('/', 1)[-1]).stem}_{digest}.tif"
     if target.is_file():
         return target
-    partial = target.with_name(f".{target.name}.partial")
     with rasterio.open(source.path) as src:
         left, bottom, right, top = grid.bounds
         area = from_bounds(left, bottom, right, top, src.transform)
@@ -414,16 +407,11 @@ def _decode_band(source: BandSource, grid: Grid, directory: Path) -> Path:
                    "dtype": src.dtypes[0], "crs": src.crs, "transform": src.window_transform(window),
                    "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate", "predictor": 2,
                    "zlevel": 1, "BIGTIFF": "IF_SAFER"}
-        try:
-            with rasterio.open(partial, "w", **profile) as out:
-                for row in range(row0, row1, block_rows):
-                    rows = min(block_rows, row1 - row)
-                    data = src.read(source.band, window=Window(col0, row, col1 - col0, rows))
-                    out.write(data, 1, window=Window(0, row - row0, col1 - col0, rows))
-            partial.replace(target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        with atomic_path(target) as partial, rasterio.open(partial, "w", **profile) as out:
+            for row in range(row0, row1, block_rows):
+                rows = min(block_rows, row1 - row)
+                data = src.read(source.band, window=Window(col0, row, col1 - col0, rows))
+                out.write(data, 1, window=Window(0, row - row0, col1 - col0, rows))
     return target
 
 

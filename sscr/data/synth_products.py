@@ -25,7 +25,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
-from sscr.data.layout import S1_BANDS, S2_BANDS
+from sscr.bands import S1_BANDS, S2_BANDS
 from sscr.data.sentinel2 import BAND_RESOLUTION_M, NODATA_DN, PRODUCT_BANDS, TARGET_RESOLUTION_M
 
 _SPECTRAL = [  # (physical band, central wavelength nm) in band_id order 0..12

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from sscr.data.layout import PatchId
 from sscr.data.synth import synth_patch
 from sscr.data.synth_products import write_l1c_product
+from sscr.layout import PatchId
 
 
 @dataclass(frozen=True)

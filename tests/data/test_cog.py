@@ -10,6 +10,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
+from sscr.bands import S2_BANDS
 from sscr.data.cog import (
     MASK_NODATA,
     cog_writer,
@@ -20,7 +21,6 @@ from sscr.data.cog import (
     variance_spec,
     write_cog,
 )
-from sscr.data.layout import S2_BANDS
 from sscr.data.regrid import Grid
 from sscr.data.sentinel2 import Radiometry
 

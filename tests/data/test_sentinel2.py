@@ -13,12 +13,13 @@ import torch
 from affine import Affine
 from rasterio.warp import transform_bounds
 
+from sscr.bands import S1_BANDS, S2_BANDS
 from sscr.data.io import PatchError, write_raster
-from sscr.data.layout import S1_BANDS, S2_BANDS, PatchId
 from sscr.data.sentinel2 import BAND_RESOLUTION_M, Radiometry, open_s2, read_l1c_product
 from sscr.data.synth import synth_patch
 from sscr.data.synth_products import native_bands
 from sscr.infer import infer_scene
+from sscr.layout import PatchId
 from sscr.models import build_model
 
 OFFSET = (-1000,) * 13

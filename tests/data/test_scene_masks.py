@@ -11,7 +11,9 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from sscr.clouds.detect import compute_masks
-from sscr.clouds.scene_masks import (
+from sscr.data.io import PatchError, write_raster
+from sscr.data.regrid import Grid
+from sscr.data.scene_masks import (
     MaskChoice,
     block_mean,
     compute_masks_at,
@@ -20,10 +22,8 @@ from sscr.clouds.scene_masks import (
     tile_masks,
     upsample_bilinear,
 )
-from sscr.data.io import PatchError, write_raster
-from sscr.data.layout import PatchId
-from sscr.data.regrid import Grid
 from sscr.data.synth import synth_patch
+from sscr.layout import PatchId
 
 KINDS = ["s2cloudless_mask", "s2cloudless_map", "cloud_cloudshadow_mask"]
 GRID = Grid(CRS.from_epsg(32632), Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0), 200, 150)
