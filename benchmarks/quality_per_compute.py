@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     """Train and evaluate every configuration, print and write the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="64 px tiny sample, 20 CPU-s per run")
-    parser.add_argument("--smoke", action="store_true", help="CI: tiny sample, 1 CPU-s per run, sscr only")
+    parser.add_argument("--smoke", action="store_true", help="CI: tiny sample, 1 CPU-s per run, sscr_lite only")
     parser.add_argument(
         "--budget-minutes",
         type=float,

@@ -145,8 +145,8 @@ def test_quality_per_compute_smoke(tmp_path, cache):
     (rows,) = tables(text)
     assert [(row["model"], row["SAR"]) for row in rows] == [
         ("cloudy input (baseline)", "-"),
-        ("`sscr`", "yes"),
-        ("`sscr`", "no"),
+        ("`sscr_lite`", "yes"),
+        ("`sscr_lite`", "no"),
     ]
     for row in rows:
         for column in ("PSNR in clouds", "SSIM in clouds", "SAM in clouds", "PSNR all"):
@@ -175,11 +175,11 @@ def test_physical_bounds_smoke(tmp_path, cache):
     assert all(is_number(row["measured"].split(" ")[0]) for row in bounds)
     assert len(figures) == 7
     assert [row["figure"].split(" ")[0] for row in figures[:5]] == [
-        "`sscr`",
+        "`sscr_lite`",
         "`uncrtaints`",
         "`utae`",
         "`unet`",
-        "`sscr`",
+        "`sscr_lite`",
     ]
     assert all(row["fraction of bound"].endswith("%") for row in figures)
 
