@@ -27,7 +27,7 @@ class SEN12MSCR(Dataset):
     (VV, VH) as float32 backscatter in dB (NaN possible); S2 L1C has 13 bands
     (B1 ... B12) as uint16 top-of-atmosphere reflectance x 10000. About
     122,000 triplets over four seasons (450 GiB). Normalisation is the
-    benchmark's "default": S1 NaN -> 0, clip [-25, 0] dB, map to [0, 1];
+    benchmark's "default": S1 clip [-25, 0] dB, map to [0, 1], then NaN -> 0;
     S2 clip [0, 10000] / 10000. The official ROI split is applied by exact ROI
     key, so no val or test ROI leaks into training.
 

@@ -87,16 +87,18 @@ def read_raster(
 
 
 def normalize_s1(db: np.ndarray) -> np.ndarray:
-    """S1 dB -> [0, 1]: NaN -> 0, clip to [-25, 0] dB, map linearly (benchmark "default").
+    """S1 dB -> [0, 1] as the benchmark's "default": clip to [-25, 0] dB, map linearly, then NaN -> 0.
 
-    One float32 copy, then in place (the data loader's hot path, ``benchmarks/results/data_loading.md``).
+    The order matters: NaN (no backscatter) becomes 0.0, the value of -25 dB, not 0 dB = 1.0
+    (REFERENCE.md section 1). One float32 copy, then in place (the data loader's hot path,
+    ``benchmarks/results/data_loading.md``).
     """
     lo, hi = S1_DB_RANGE
     out = db.astype(np.float32)  # always a copy: the caller's array is left alone
-    np.nan_to_num(out, copy=False, nan=0.0, posinf=hi, neginf=lo)
-    np.clip(out, lo, hi, out=out)
+    np.clip(out, lo, hi, out=out)  # +-inf clip to the range's ends; NaN stays NaN
     out -= lo
     out /= hi - lo
+    np.nan_to_num(out, copy=False, nan=0.0)
     return out
 
 
