@@ -273,7 +273,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None =
     """Read ``params.yaml`` (missing file = all defaults) and apply ``key.sub=value`` overrides."""
     path = Path(path)
     raw: dict[str, Any] = {}
-    if path.exists():
+    if path.exists() or path.is_symlink():  # a link to nowhere (or a loop) is an error, not "missing"
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:

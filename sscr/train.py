@@ -193,7 +193,7 @@ def _start(params: Params, resume: bool) -> _Session:
     cfg = params.train
     rank, world = _distributed()
     seed_everything(cfg.rdm_seed)
-    device = select_device(cfg.device)
+    device = select_device(cfg.device, key="train.device")
     out_dir = run_dir(params)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = _resume_state(params, out_dir / "checkpoint_last.pt") if resume else None

@@ -17,6 +17,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
+from rasterio.io import MemoryFile
 
 from sscr.bands import S1_BANDS, S1_CHANNELS, S1_DB_RANGE, S2_BANDS, S2_DN_MAX
 from sscr.fsutil import atomic_path
@@ -134,6 +135,8 @@ def write_raster(
     """Write (bands, H, W) as a tiled, deflate-compressed GeoTIFF atomically (temp file, rename).
 
     ``tags`` (GDAL metadata) are written with the data, so a file that exists is complete, tags included.
+    For patch-sized arrays: the file is encoded in memory first, so a failed write raises (a full disk:
+    ``OSError`` ENOSPC naming ``path``) instead of leaving a truncated file.
     """
     path = Path(path)
     count, height, width = data.shape
@@ -150,12 +153,17 @@ def write_raster(
     }
     if height % 16 == 0 and width % 16 == 0:
         profile.update(tiled=True, blockxsize=min(256, width), blockysize=min(256, height))
-    # raster.write:<name> is where reliability tests crash, between the write and the rename
-    with atomic_path(path, fault_point=f"raster.write:{path.name}") as tmp, \
-            rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(data)
-        for index, name in enumerate(band_names or [], start=1):
-            dst.set_band_description(index, name)
-        if tags:
-            dst.update_tags(**tags)
+    # Encoded in memory, then written by Python: GDAL only prints a failed write (a full disk) and leaves
+    # a truncated file, Python's write raises it (ENOSPC). Patches and masks are small.
+    with MemoryFile() as memory:
+        with memory.open(**profile) as dst:
+            dst.write(data)
+            for index, name in enumerate(band_names or [], start=1):
+                dst.set_band_description(index, name)
+            if tags:
+                dst.update_tags(**tags)
+        encoded = memory.getbuffer()
+        # raster.write:<name> is where reliability tests crash, between the write and the rename
+        with atomic_path(path, fault_point=f"raster.write:{path.name}") as tmp:
+            tmp.write_bytes(encoded)
     return path
