@@ -104,6 +104,7 @@ def cmd_data_download(args: argparse.Namespace, params: Params) -> None:
 
 def cmd_masks(args: argparse.Namespace, params: Params) -> None:
     from sscr.cloudmasks import precompute_masks
+    from sscr.data.index import dropped_lines
 
     masks = params.masks
     report = precompute_masks(
@@ -113,8 +114,10 @@ def cmd_masks(args: argparse.Namespace, params: Params) -> None:
     )
     print(f"cloud masks: {report.computed} computed, {report.skipped} already done, "
           f"{len(report.invalid)} invalid; coverage table {report.table}")
-    for problem in report.invalid:
-        print(f"  skipped: {problem}", file=sys.stderr)
+    for line in dropped_lines(report.dropped(), "cloud masks", report.computed + report.skipped):
+        print(line, file=sys.stderr)
+    if report.invalid:
+        print(f"  every invalid sample and why: {report.invalid_table}", file=sys.stderr)
 
 
 def cmd_train(args: argparse.Namespace, params: Params) -> None:

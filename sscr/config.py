@@ -50,6 +50,8 @@ class DataConfig(_Group):
     base_url: str = OFFICIAL_BASE_URL
     patch_size: int = Field(256, ge=16)
     on_error: Literal["raise", "skip"] = "raise"
+    # exact: ROI keys as listed (leak-free); substring: the published loaders' match (6 test, 3 val ROIs in train)
+    split_match: Literal["exact", "substring"] = "exact"
     synth: SynthConfig = Field(default_factory=SynthConfig)
 
     @field_validator("seasons")

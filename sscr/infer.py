@@ -33,7 +33,14 @@ from tqdm import tqdm
 
 from sscr.bands import S1_BANDS, S2_BANDS
 from sscr.config import DEFAULT_MASK_KIND
-from sscr.data.io import PatchError, denormalize_s2, normalize_s1, normalize_s2
+from sscr.data.io import (
+    PatchError,
+    check_s1_dtype,
+    check_s2_dtype,
+    denormalize_s2,
+    normalize_s1,
+    normalize_s2,
+)
 from sscr.fsutil import atomic_path
 from sscr.predict import cloud_probability, predict_tensors
 
@@ -282,15 +289,20 @@ def _grid_fix(s2: Any) -> str:
 
 
 def check_scene(s2: Any, s1: Any | None) -> None:
-    """Band counts of S2 (13) and S1 (2), and that S1 lies on the S2 grid; PatchError naming the file."""
+    """Band counts and dtypes of S2 (13, integer DN) and S1 (2, float dB), and that S1 lies on the S2 grid.
+
+    Raises PatchError naming the file.
+    """
     if s2.count != len(S2_BANDS):
         raise PatchError(s2.name, f"S2 scene has {s2.count} bands, expected {len(S2_BANDS)} "
                                   f"({' '.join(S2_BANDS)}, L1C DN as uint16)")
+    check_s2_dtype(s2.name, s2.dtypes[0], "S2 scene")
     if s1 is None:
         return
     if s1.count != len(S1_BANDS):
         raise PatchError(s1.name, f"S1 scene has {s1.count} bands, expected {len(S1_BANDS)} "
                                   f"({' '.join(S1_BANDS)}, backscatter in dB)")
+    check_s1_dtype(s1.name, s1.dtypes[0], "S1 scene")
     def crs_name(dataset: Any) -> str:
         return dataset.crs.to_string() if dataset.crs else "no CRS"
 

@@ -249,11 +249,14 @@ def test_stride_is_rounded_to_geotiff_blocks_and_overlap_checked():
 
 
 def _write_scene(root: Path, s2_bands: int = 13, s1_crs: str = CRS, s1_size: tuple[int, int] = (70, 50),
-                 s1_transform: Affine = TRANSFORM) -> tuple[Path, Path]:
+                 s1_transform: Affine = TRANSFORM, s2_reflectance: bool = False,
+                 s1_dtype: str = "float32") -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
-    s2 = write_raster(root / "cloudy.tif", rng.integers(1, 5000, (s2_bands, 50, 70)).astype(np.uint16), CRS, TRANSFORM)
+    dn = rng.integers(1, 5000, (s2_bands, 50, 70)).astype(np.uint16)
+    # s2_reflectance: the wrong convention, float32 reflectance in [0, 1]
+    s2 = write_raster(root / "cloudy.tif", (dn / 10000).astype(np.float32) if s2_reflectance else dn, CRS, TRANSFORM)
     width, height = s1_size
-    s1 = write_raster(root / "sar.tif", rng.uniform(-25, 0, (2, height, width)).astype(np.float32), s1_crs,
+    s1 = write_raster(root / "sar.tif", rng.uniform(-25, 0, (2, height, width)).astype(s1_dtype), s1_crs,
                       s1_transform)
     return s2, s1
 
@@ -265,6 +268,8 @@ def _write_scene(root: Path, s2_bands: int = 13, s1_crs: str = CRS, s1_size: tup
         ({"s1_size": (70, 49)}, "sar.tif", "S1 is 70 x 49 px, S2 .*cloudy.tif is 70 x 50 px: reproject S1.*gdalwarp"),
         ({"s1_transform": TRANSFORM @ Affine.translation(3, 0)}, "sar.tif", "S1 transform .* differs from S2"),
         ({"s2_bands": 12}, "cloudy.tif", "S2 scene has 12 bands, expected 13"),
+        ({"s2_reflectance": True}, "cloudy.tif", "S2 scene is float32, expected uint16 DN .* -scale 0 1 0 10000"),
+        ({"s1_dtype": "int16"}, "sar.tif", "S1 scene is int16, expected float32 backscatter in dB"),
     ],
 )
 def test_mismatched_inputs_are_refused_and_leave_nothing(tmp_path, unet, kwargs, bad, message):

@@ -31,6 +31,41 @@ class PatchError(ValueError):
         self.reason = reason
         super().__init__(f"{path}: {reason}")
 
+    def __reduce__(self) -> tuple[type[PatchError], tuple[Path, str]]:
+        # Rebuilt from (path, reason), not from the message: an error raised in a worker process must
+        # cross back to the parent (a ProcessPoolExecutor otherwise dies with BrokenProcessPool).
+        return type(self), (self.path, self.reason)
+
+
+def check_s2_dtype(path: str | Path, dtype: str | np.dtype, kind: str = "S2") -> None:
+    """Refuse an S2 raster that is not integer DN (SEN12MS-CR and L1C: uint16, reflectance x 10000).
+
+    A float S2 of reflectance in [0, 1] would otherwise pass every check and be read as DN 0..1,
+    a black image: every S2 reader (patches, scenes) calls this with the file's dtype.
+    """
+    dtype = np.dtype(dtype)
+    if not (np.issubdtype(dtype, np.integer) and dtype.itemsize >= 2):
+        raise PatchError(
+            path, f"{kind} is {dtype.name}, expected uint16 DN (top-of-atmosphere reflectance x 10000, as L1C and "
+            "SEN12MS-CR store it): convert it, e.g. reflectance in [0, 1] with `gdal_translate -ot UInt16 -scale "
+            "0 1 0 10000 in.tif out.tif`, DN stored as floats with `gdal_translate -ot UInt16 in.tif out.tif`",
+        )
+
+
+def check_s1_dtype(path: str | Path, dtype: str | np.dtype, kind: str = "S1") -> None:
+    """Refuse an S1 raster that is not floating-point backscatter (SEN12MS-CR: float32 dB)."""
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.floating):
+        raise PatchError(
+            path, f"{kind} is {dtype.name}, expected float32 backscatter in dB (as SEN12MS-CR stores Sentinel-1 "
+            "GRD): convert calibrated linear power with 10 * log10(power) into a float32 GeoTIFF",
+        )
+
+
+def check_dtype(path: str | Path, dtype: str | np.dtype, kind: str) -> None:
+    """:func:`check_s1_dtype` when ``kind`` starts with "S1", else :func:`check_s2_dtype`."""
+    (check_s1_dtype if kind.startswith("S1") else check_s2_dtype)(path, dtype, kind)
+
 
 @dataclass(frozen=True)
 class RasterInfo:
@@ -57,9 +92,10 @@ def read_raster(
     kind: str,
     size: int | None = None,
 ) -> tuple[np.ndarray, RasterInfo]:
-    """Read a whole GeoTIFF as (bands, H, W), checking band count and (optionally) size.
+    """Read a whole GeoTIFF as (bands, H, W), checking band count, dtype and (optionally) size.
 
-    ``kind`` ("S1", "S2", "S2 cloudy") only words the error messages.
+    ``kind`` ("S1", "S2", "S2 cloudy") words the error messages and picks the dtype check
+    (:func:`check_dtype`).
     """
     path = Path(path)
     try:
@@ -75,6 +111,7 @@ def read_raster(
                     f"{kind} patch is {src.width} x {src.height} px, expected {size} x {size}"
                     " (set data.patch_size if your patches are another size)",
                 )
+            check_dtype(path, src.dtypes[0], kind)
             data = src.read()
             info = RasterInfo(src.crs, src.transform, src.width, src.height)
     except PatchError:
