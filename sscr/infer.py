@@ -537,8 +537,6 @@ def _check_paths(use_sar: bool, inputs: SceneInputs, outputs: SceneOutputs, choi
     for flag, path in named.items():
         if path.is_dir():
             raise ValueError(f"{flag} {path} is a directory: pass a file name, e.g. {path / 'clear.tif'}")
-        if path.suffix.lower() not in (".tif", ".tiff"):
-            raise ValueError(f"{flag} {path}: outputs are Cloud-Optimized GeoTIFFs; name them *.tif")
     _check_outputs_against(outputs, [*sources, *(Path(p) for p in model_files)])
     flags = list(named)
     for i, first in enumerate(flags):

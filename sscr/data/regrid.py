@@ -211,7 +211,8 @@ class GridReader:
         reproject(
             values, out, src_transform=window_transform(src_window, src.transform), src_crs=src.crs,
             src_nodata=np.nan, dst_transform=dst_transform, dst_crs=self.grid.crs, dst_nodata=np.nan,
-            resampling=self.resampling,
+            resampling=self.resampling, tolerance=0,  # exact coordinates: the default approximation (0.125 px)
+            # depends on the window, so windows would disagree with the whole-grid warp at their edges
         )
         return out
 
