@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -28,6 +29,21 @@ DIGEST_TAG = "sscr.artifact_sha256"
 DOWNLOADER_FILES = frozenset({"registered_model_meta"})
 """Written by MLflow's downloader into the local copy (the name and version it was asked for), not stored."""
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))/?$")
+
+
+def _download(uri: str, directory: str | Path) -> Path:
+    """MLflow's download of ``uri`` into ``directory``, without its progress bars (one line per file on stderr)."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    previous = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"
+    try:
+        return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(directory)))
+    finally:
+        if previous is None:
+            os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
+        else:
+            os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = previous
 
 
 class IntegrityError(ValueError):
@@ -75,7 +91,7 @@ def registered_version(uri: str) -> tuple[str, str] | None:
 def record(model_name: str, version: str) -> dict[str, str]:
     """Hash the files of registered ``model_name`` ``version`` and store them as its :data:`DIGEST_TAG` tag."""
     with tempfile.TemporaryDirectory(prefix="sscr-record-") as directory:
-        local = mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}", dst_path=directory)
+        local = _download(f"models:/{model_name}/{version}", directory)
         digests = file_digests(local)
     MlflowClient().set_model_version_tag(model_name, str(version), DIGEST_TAG, json.dumps(digests, sort_keys=True))
     return digests
@@ -123,6 +139,6 @@ def fetch_verified(uri: str, directory: str | Path) -> Path:
         raise ValueError(f"{uri!r} is not a registered model URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
     name, version = resolved
     digests = expected(name, version)
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(directory)))
+    local = _download(f"models:/{name}/{version}", directory)
     verify(local, digests, f"models:/{name}/{version} ({uri})")
     return local

@@ -42,6 +42,7 @@ from sscr import integrity, tracking
 from sscr.bands import S1_CHANNELS, S2_CHANNELS
 from sscr.checkpoint import CheckpointError, build_from_checkpoint
 from sscr.config import DEFAULT_MASK_KIND
+from sscr.fsutil import atomic_path
 from sscr.models import for_inference, select_device
 from sscr.predict import predict_arrays
 
@@ -208,23 +209,33 @@ def _source_digest(package: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def build_wheel(out_dir: str | Path) -> Path:
+def _wheel_cache() -> Path:
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sscr" / "wheels"
+
+
+def build_wheel(out_dir: str | Path | None = None) -> Path:
     """A wheel of this package as it is now, version ``<version>+g<source digest>``, without dependencies.
 
     Its dependencies are the model's ``requirements.txt`` (:func:`serving_requirements`), so a
     serving environment gets torch and what the model imports, not the training stack (DVC,
     Prefect, Optuna). Built with pip and setuptools from a copy of the package's files, so
-    it works from a checkout and from an installed package alike.
+    it works from a checkout and from an installed package alike; kept in ``out_dir``
+    (default: ``~/.cache/sscr/wheels``), where a wheel of the same source is reused.
     """
     from sscr import __version__
 
     package = Path(__file__).resolve().parent
     version = f"{__version__}+g{_source_digest(package)}"
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir) if out_dir is not None else _wheel_cache()
+    built = sorted(out_dir.glob(f"sscr-{version}-*.whl"))
+    if built:
+        return built[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sscr-wheel-") as build:
-        shutil.copytree(package, Path(build) / "sscr", ignore=_WHEEL_IGNORE)
-        (Path(build) / "pyproject.toml").write_text(
+        shutil.copytree(package, Path(build) / "src" / "sscr", ignore=_WHEEL_IGNORE)
+        (Path(build) / "src" / "pyproject.toml").write_text(
             '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n\n'
             f'[project]\nname = "sscr"\nversion = "{version}"\nrequires-python = ">=3.11"\ndependencies = []\n\n'
             '[tool.setuptools.packages.find]\ninclude = ["sscr*"]\n\n'
@@ -232,10 +243,13 @@ def build_wheel(out_dir: str | Path) -> Path:
         )
         done = subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--quiet",
-             "-w", str(out_dir), build], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"building the sscr wheel failed: {done.stderr.strip()[-1000:]}")
-    return next(out_dir.glob(f"sscr-{version}-*.whl"))
+             "-w", str(Path(build) / "dist"), str(Path(build) / "src")], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"building the sscr wheel failed: {done.stderr.strip()[-1000:]}")
+        wheel = next((Path(build) / "dist").glob("sscr-*.whl"))
+        with atomic_path(out_dir / wheel.name) as partial:  # a wheel in the cache is complete
+            shutil.copyfile(wheel, partial)
+    return out_dir / wheel.name
 
 
 def log_model(checkpoint: Path, use_sar: bool, example_size: int = 32) -> str:
@@ -255,14 +269,13 @@ def log_model(checkpoint: Path, use_sar: bool, example_size: int = 32) -> str:
     wrapper.load_context(type("Context", (), {"artifacts": {"checkpoint": str(checkpoint)}})())
     output = wrapper.predict(None, example)
     signature = ModelSignature(inputs=None, outputs=_tensor_schema(output))
-    with tempfile.TemporaryDirectory(prefix="sscr-log-") as build:
-        wheel = build_wheel(build)
-        # Models from code: the logged model is this package's source file, not a pickled object.
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-            artifacts={"checkpoint": str(checkpoint), "sscr_wheel": str(wheel)}, signature=signature,
-            input_example=example, pip_requirements=[*serving_requirements(), f"artifacts/{wheel.name}"],
-        )
+    wheel = build_wheel()
+    # Models from code: the logged model is this package's source file, not a pickled object.
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+        artifacts={"checkpoint": str(checkpoint), "sscr_wheel": str(wheel)}, signature=signature,
+        input_example=example, pip_requirements=[*serving_requirements(), f"artifacts/{wheel.name}"],
+    )
     return info.model_uri
 
 
