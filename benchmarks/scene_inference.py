@@ -1,7 +1,8 @@
 """Full-scene inference: throughput and peak memory against scene size.
 
-    python -m benchmarks.scene_inference            # 2048 px and a whole Sentinel-2 tile (10980 px)
-    python -m benchmarks.scene_inference --quick    # 512 and 1024 px
+    python -m benchmarks.scene_inference            # `sscr infer`'s defaults per model at 2048 px, one run
+    python -m benchmarks.scene_inference --quick    # the same at 1024 px
+    python -m benchmarks.scene_inference --memory   # peak RSS: 2048 px against a whole Sentinel-2 tile (10980 px)
     python -m benchmarks.scene_inference --smoke    # CI: 256 and 512 px, tiny U-Net, mask off
     python -m benchmarks.scene_inference --batch 4  # 4 tiles per forward pass instead of the CPU default 1
 
@@ -15,14 +16,17 @@ patches of :func:`sscr.data.synth.synth_patch`. Each run of
 the peak: when they agree, memory stopped growing early and more tiles would not
 raise it. Models are randomly initialised: throughput does not depend on the weights.
 
-Full mode measures the default ``sscr`` model at 2048 px with the s2cloudless
-mask on and off, estimates the 10980 px time from those rates, and runs the
-10980 px scene itself with the costliest configuration that fits
-``--budget-minutes``; if none does, it runs the memory comparison (2048 vs 10980
+Full mode (and ``--quick`` at 1024 px) measures what ``sscr infer`` does by default for each
+network, in one run: ``sscr_lite`` takes a cloud mask, so it gets s2cloudless at 10 m (the
+benchmark's, the ``--mask`` default; also shown at 60 m), while ``multisarv2`` and
+``uncrtaints`` take none and get none; every run writes its COG. It estimates a whole
+10980 px tile from each rate. ``--memory`` measures the default ``sscr_lite`` at 2048 px with
+the mask on and off, and runs the 10980 px scene itself with the costliest configuration
+that fits ``--budget-minutes``; if none does, it runs the memory comparison (2048 vs 10980
 px) with a tiny model, whose buffers and I/O are the same as the default model's.
-Results: a markdown table on stdout and in ``benchmarks/results/scene_inference.md``
-(``scene_inference_quick.md`` for ``--quick``, ``scene_inference_smoke.md`` for ``--smoke``, so
-neither overwrites the full results; ``--out`` writes elsewhere).
+Results: a markdown table on stdout and in ``benchmarks/results/scene_inference_defaults.md``
+(``scene_inference_defaults_quick.md`` for ``--quick``, ``scene_inference.md`` for ``--memory``,
+``scene_inference_smoke.md`` for ``--smoke``; ``--out`` writes elsewhere).
 """
 
 from __future__ import annotations
@@ -47,8 +51,9 @@ from benchmarks._common import cache_dir, command_line
 NAME = "scene_inference"
 HERE = Path(__file__).resolve().parent
 CACHE = cache_dir()
-RESULTS = HERE / "results" / "scene_inference.md"
-RESULTS_QUICK = HERE / "results" / "scene_inference_quick.md"
+RESULTS = HERE / "results" / "scene_inference_defaults.md"
+RESULTS_QUICK = HERE / "results" / "scene_inference_defaults_quick.md"
+RESULTS_MEMORY = HERE / "results" / "scene_inference.md"
 RESULTS_SMOKE = HERE / "results" / "scene_inference_smoke.md"
 SENTINEL2_TILE = 10980
 BUDGET_MINUTES = 30.0
@@ -61,10 +66,16 @@ TILE, OVERLAP = 256, 32
 BATCH = None
 """Tiles per forward pass (``--batch``): None is infer_scene's default (1 on CPU, 4 on a GPU), what `sscr infer` runs."""
 MODELS = {
-    "sscr": {},  # the project's sscr_lite model with its defaults (widths 32, 64, 128)
+    "sscr_lite": {},  # the project's design with its defaults (widths 32, 64, 128); takes a cloud mask
+    "multisarv2": {},  # the published SSCR network as published; takes no mask
+    "uncrtaints": {},  # UnCRtainTS as the seed trains it; takes no mask
     "tiny-unet": {"encoder_widths": [8, 16]},  # for the memory comparison when the default model is too slow
 }
-MODEL_NAMES = {"sscr": "sscr_lite", "tiny-unet": "unet"}
+MODEL_NAMES = {"sscr_lite": "sscr_lite", "multisarv2": "multisarv2", "uncrtaints": "uncrtaints", "tiny-unet": "unet"}
+DEFAULTS = [("sscr_lite", "default"), ("sscr_lite", "s2cloudless-60m"), ("multisarv2", "default"),
+            ("uncrtaints", "default")]
+"""(model, --mask) pairs of the defaults run: each network as `sscr infer` runs it, and sscr_lite's faster mask."""
+DEFAULT_SIZE, QUICK_SIZE = 2048, 1024
 
 
 @dataclass
@@ -73,7 +84,10 @@ class Run:
 
     size: int
     model: str
-    mask: bool
+    mask: str
+    """The ``--mask`` asked for: ``default`` (s2cloudless-10m), ``none``, ``s2cloudless-60m``."""
+    mask_used: str | None
+    """What the run fed the model: None for networks that take no mask."""
     tiles: int
     seconds: float
     pixels_per_second: float
@@ -162,20 +176,21 @@ def write_scene(
 # ---------------------------------------------------------------- one run, in a fresh process
 
 
-def worker(size: int, model_key: str, mask: bool, smoke: bool = False, batch: int | None = BATCH) -> None:
+def worker(size: int, model_key: str, mask: str, smoke: bool = False, batch: int | None = BATCH) -> None:
     """Run infer_scene once and print a JSON line with its report, this process's peak RSS and an RSS trace."""
     import threading
 
     import psutil
     import torch
 
-    from sscr.infer import infer_scene
+    from sscr.config import DEFAULT_MASK_KIND
+    from sscr.infer import DEFAULT_MASK_SOURCE, infer_scene
     from sscr.models import build_model, for_inference
 
     torch.manual_seed(0)
     model = for_inference(build_model(MODEL_NAMES[model_key], **MODELS[model_key]), "cpu")  # as `sscr infer` does
     s2_path, s1_path = scene_paths(size, smoke)
-    out_path = CACHE / f"out_{size}_{model_key}_{'mask' if mask else 'nomask'}.tif"
+    out_path = CACHE / f"out_{size}_{model_key}_{mask}.tif"
     process = psutil.Process()
     rss_before = process.memory_info().rss / 2**20
     samples: list[tuple[float, float]] = []  # (seconds since start, RSS MiB), every 0.2 s
@@ -199,7 +214,8 @@ def worker(size: int, model_key: str, mask: bool, smoke: bool = False, batch: in
             tile=TILE,
             overlap=OVERLAP,
             batch_size=batch,
-            mask_kind="s2cloudless_map" if mask and model.use_mask else None,
+            mask_kind=DEFAULT_MASK_KIND,  # what a checkpoint trained with the params.yaml defaults asks for
+            mask=DEFAULT_MASK_SOURCE if mask == "default" else mask,
             progress=False,
         )
     finally:
@@ -216,6 +232,7 @@ def worker(size: int, model_key: str, mask: bool, smoke: bool = False, batch: in
                 "size": size,
                 "model": model_key,
                 "mask": mask,
+                "mask_used": report.mask_source,
                 "tiles": report.tiles,
                 "seconds": report.seconds,
                 "pixels_per_second": report.pixels_per_second,
@@ -229,10 +246,10 @@ def worker(size: int, model_key: str, mask: bool, smoke: bool = False, batch: in
     )
 
 
-def measure(size: int, model_key: str, mask: bool, smoke: bool = False, batch: int | None = BATCH) -> Run:
+def measure(size: int, model_key: str, mask: str, smoke: bool = False, batch: int | None = BATCH) -> Run:
     """Run :func:`worker` in a fresh interpreter and collect its measurements."""
     scene_paths(size, smoke)  # written here, not inside the measured process
-    print(f"running {size} x {size}, model {model_key}, mask {'on' if mask else 'off'} ...", flush=True)
+    print(f"running {size} x {size}, model {model_key}, --mask {mask} ...", flush=True)
     env = dict(os.environ, SSCR_S2CLOUDLESS_THREADS=str(os.cpu_count() or 1))
     done = subprocess.run(
         [
@@ -242,7 +259,7 @@ def measure(size: int, model_key: str, mask: bool, smoke: bool = False, batch: i
             "--worker",
             str(size),
             model_key,
-            str(int(mask)),
+            mask,
             str(int(smoke)),
             str(batch or 0),
         ],
@@ -274,13 +291,13 @@ def tiles_of(size: int) -> int:
 
 def table(runs: list[Run]) -> list[str]:
     lines = [
-        "| scene | model | s2cloudless mask | batch | tiles | time | s / tile | Mpx / s | RSS before | "
+        "| scene | model | --mask | cloud mask computed | batch | tiles | time | s / tile | Mpx / s | RSS before | "
         "RSS, first quarter | peak RSS |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in runs:
         lines.append(
-            f"| {run.label} | {run.model} | {'on' if run.mask else 'off'} | {run.batch} | {run.tiles} | "
+            f"| {run.label} | {run.model} | {run.mask} | {run.mask_used or 'none'} | {run.batch} | {run.tiles} | "
             f"{run.seconds:.0f} s | {run.seconds / run.tiles:.2f} | {run.pixels_per_second / 1e6:.3f} | "
             f"{run.rss_before_mib:.0f} MiB | {run.rss_first_quarter_mib:.0f} MiB | {run.peak_rss_mib:.0f} MiB |"
         )
@@ -293,17 +310,48 @@ def memory_ratios(runs: list[Run]) -> list[str]:
         for small in runs:
             if (small.model, small.mask) == (big.model, big.mask) and small.size < big.size:
                 lines.append(
-                    f"- peak RSS {big.label} / {small.label} ({big.model}, mask {'on' if big.mask else 'off'}): "
+                    f"- peak RSS {big.label} / {small.label} ({big.model}, --mask {big.mask}): "
                     f"{big.peak_rss_mib:.0f} / {small.peak_rss_mib:.0f} MiB = "
                     f"**{big.peak_rss_mib / small.peak_rss_mib:.3f}** for {big.size**2 / small.size**2:.0f}x the pixels"
                 )
     return lines
 
 
+def memory_runs(run, budget_minutes: float, notes: list[str]) -> list[Run]:
+    """sscr_lite at 2048 px with the mask on and off, then 10980 px with what fits the budget (else a tiny U-Net)."""
+    runs = []
+    on, off = run(2048, "sscr_lite", "default"), run(2048, "sscr_lite", "none")
+    runs += [on, off]
+    scale = tiles_of(SENTINEL2_TILE) / tiles_of(2048)
+    estimate = {"default": on.seconds * scale / 60, "none": off.seconds * scale / 60}
+    notes.append(
+        f"- estimated {SENTINEL2_TILE} px time for sscr_lite from the 2048 px rates "
+        f"({tiles_of(SENTINEL2_TILE)} vs {tiles_of(2048)} tiles): mask on {estimate['default']:.0f} min, "
+        f"mask off {estimate['none']:.0f} min"
+    )
+    fitting = [mask for mask in ("default", "none") if estimate[mask] <= budget_minutes]
+    if fitting:
+        mask = fitting[0]
+        if mask == "none":
+            notes.append(
+                f"- the {SENTINEL2_TILE} px scene ran with the mask off: with it, over {budget_minutes:.0f} min"
+            )
+        runs.append(run(SENTINEL2_TILE, "sscr_lite", mask))
+    else:
+        notes.append(
+            f"- both exceed the {budget_minutes:.0f} min budget, so the memory comparison runs "
+            f"`tiny-unet` (U-Net, widths 8, 16, mask off) at 2048 and {SENTINEL2_TILE} px: streaming "
+            "buffers, reads and writes are those of any model; only the model's own constant working set differs"
+        )
+        runs += [run(2048, "tiny-unet", "none"), run(SENTINEL2_TILE, "tiny-unet", "none")]
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the measurements, print and write the markdown report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="512 and 1024 px only")
+    parser.add_argument("--quick", action="store_true", help=f"the defaults run at {QUICK_SIZE} px")
+    parser.add_argument("--memory", action="store_true", help=f"peak RSS at 2048 px against {SENTINEL2_TILE} px")
     parser.add_argument("--smoke", action="store_true", help="CI: 256 and 512 px, tiny U-Net, mask off")
     parser.add_argument(
         "--out", type=Path, default=None, help="results file (default benchmarks/results/...)"
@@ -312,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-minutes",
         type=float,
         default=BUDGET_MINUTES,
-        help="largest estimated run time for the 10980 px scene with the default model",
+        help="--memory: largest estimated run time for the 10980 px scene with the default model",
     )
     parser.add_argument(
         "--batch", type=int, default=BATCH, help="tiles per forward pass (default: infer_scene's, 1 on CPU)"
@@ -323,48 +371,34 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         size, model_key, mask, smoke, batch = args.worker
-        worker(int(size), model_key, bool(int(mask)), bool(int(smoke)), int(batch) or None)
+        worker(int(size), model_key, mask, bool(int(smoke)), int(batch) or None)
         return 0
 
     load = os.getloadavg()[0]
     notes: list[str] = []
     runs: list[Run] = []
     run = functools.partial(measure, batch=args.batch)
+    title = "Full-scene inference: `sscr infer`'s defaults per model"
     if args.smoke:
-        runs += [run(256, "tiny-unet", False, smoke=True), run(512, "tiny-unet", False, smoke=True)]
-    elif args.quick:
-        runs += [run(512, "sscr", True), run(1024, "sscr", True)]
+        title = "Full-scene inference: throughput and memory"
+        runs += [run(256, "tiny-unet", "none", smoke=True), run(512, "tiny-unet", "none", smoke=True)]
+    elif args.memory:
+        title = "Full-scene inference: throughput and memory"
+        runs += memory_runs(run, args.budget_minutes, notes)
     else:
-        on, off = run(2048, "sscr", True), run(2048, "sscr", False)
-        runs += [on, off]
-        scale = tiles_of(SENTINEL2_TILE) / tiles_of(2048)
-        estimate = {True: on.seconds * scale / 60, False: off.seconds * scale / 60}
-        notes.append(
-            f"- estimated {SENTINEL2_TILE} px time for sscr from the 2048 px rates "
-            f"({tiles_of(SENTINEL2_TILE)} vs {tiles_of(2048)} tiles): mask on {estimate[True]:.0f} min, "
-            f"mask off {estimate[False]:.0f} min"
-        )
-        fitting = [mask for mask in (True, False) if estimate[mask] <= args.budget_minutes]
-        if fitting:
-            mask = fitting[0]
-            if not mask:
-                notes.append(
-                    f"- the {SENTINEL2_TILE} px scene ran with the mask off: with it, over "
-                    f"{args.budget_minutes:.0f} min"
-                )
-            runs.append(run(SENTINEL2_TILE, "sscr", mask))
-        else:
+        size = QUICK_SIZE if args.quick else DEFAULT_SIZE
+        runs += [run(size, model_key, mask) for model_key, mask in DEFAULTS]
+        scale = tiles_of(SENTINEL2_TILE) / tiles_of(size)
+        for each in runs:
             notes.append(
-                f"- both exceed the {args.budget_minutes:.0f} min budget, so the memory comparison runs "
-                f"`tiny-unet` (U-Net, widths 8, 16, mask off) at 2048 and {SENTINEL2_TILE} px: streaming "
-                "buffers, reads and writes are those of any model; only the model's own constant working set differs"
+                f"- {each.model}, --mask {each.mask}: a whole {SENTINEL2_TILE} px tile in about "
+                f"{each.seconds * scale / 60:.0f} min at this rate ({tiles_of(SENTINEL2_TILE)} vs {each.tiles} tiles)"
             )
-            runs += [run(2048, "tiny-unet", False), run(SENTINEL2_TILE, "tiny-unet", False)]
 
     import torch
 
     lines = [
-        "# Full-scene inference: throughput and memory",
+        f"# {title}",
         "",
         f"`{command_line(NAME, argv)}`, "
         f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
@@ -381,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines)
     print("\n" + text)
-    results = args.out or (RESULTS_SMOKE if args.smoke else RESULTS_QUICK if args.quick else RESULTS)
+    results = args.out or (RESULTS_SMOKE if args.smoke else RESULTS_MEMORY if args.memory
+                           else RESULTS_QUICK if args.quick else RESULTS)
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(text)
     return 0

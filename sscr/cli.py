@@ -199,15 +199,46 @@ def cmd_sync_metrics(args: argparse.Namespace, params: Params) -> None:
     print(f"uploaded {tracking.replay_fallback(args.fallback)} metric values from {args.fallback}")
 
 
+def _bbox_arg(text: str) -> tuple[float, float, float, float]:
+    """``W,S,E,N`` -> four floats."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected W,S,E,N (four numbers, e.g. 11.30,48.05,11.42,48.12), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _window_arg(text: str) -> tuple[int, int, int, int]:
+    """``COL,ROW,WIDTH,HEIGHT`` -> four ints."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected COL,ROW,WIDTH,HEIGHT in 10 m pixels (e.g. 0,0,2048,2048), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
 def cmd_infer(args: argparse.Namespace, params: Params) -> None:
-    from sscr.infer import infer_scene
+    from sscr.infer import SceneInputs, infer_scene
     from sscr.serving import load_model
 
-    model, mask_kind = load_model(args.model, device=args.device)
-    report = infer_scene(model, args.s2, args.s1, args.out, var_path=args.var_out, tile=args.tile,
-                         overlap=args.overlap, batch_size=args.batch_size, mask_kind=args.mask_kind or mask_kind,
-                         progress=not args.no_progress)
+    inputs = SceneInputs.of(args.s2, args.s1, s1_units=args.s1_units, s2_resampling=args.s2_resampling,
+                            window=args.window, bbox=args.bbox, bbox_crs=args.bbox_crs)
+    loaded = load_model(args.model, device=args.device)
+    report = infer_scene(loaded.model, inputs, None, args.out, var_path=args.var_out, mask_path=args.mask_out,
+                         tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                         mask_kind=args.mask_kind or loaded.mask_kind, mask=args.mask, model_source=loaded.source,
+                         model_version=loaded.version, model_files=loaded.files, progress=not args.no_progress)
     print(json.dumps(report.as_dict(), default=str))
+
+
+def cmd_serve(args: argparse.Namespace, params: Params) -> int:
+    from sscr.serving import serve
+
+    return serve(args.model, host=args.host, port=args.port, workers=args.workers)
 
 
 def cmd_ensemble(args: argparse.Namespace, params: Params) -> None:
@@ -307,23 +338,52 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("fallback", type=Path, help="the metrics_fallback.jsonl a training run reported")
     sync.set_defaults(handler=cmd_sync_metrics)
 
-    infer = commands.add_parser("infer", help="cloud-free GeoTIFF for a cloudy S2 scene of any size (+ S1)")
+    infer = commands.add_parser(
+        "infer", help="cloud-free COG for a cloudy S2 scene of any size (L1C product or GeoTIFF, + S1)")
     _add_common(infer)
     infer.add_argument("--model", required=True,
                        help="checkpoint path or MLflow model URI, e.g. models:/sscr@champion")
-    infer.add_argument("--s2", type=Path, required=True, help="cloudy S2 GeoTIFF, 13 bands uint16 DN")
-    infer.add_argument("--s1", type=Path, default=None, help="co-registered S1 GeoTIFF, 2 bands dB (SAR models)")
-    infer.add_argument("--out", type=Path, required=True, help="output cloud-free GeoTIFF (13 bands uint16 DN)")
-    infer.add_argument("--var-out", type=Path, default=None, help="output variance GeoTIFF (variance models)")
+    infer.add_argument("--s2", type=Path, required=True,
+                       help="cloudy S2: an L1C product (.SAFE directory, its .zip, or MTD_MSIL1C.xml) or a 13-band "
+                            "GeoTIFF of L1C DN")
+    infer.add_argument("--s1", type=Path, nargs="+", default=None, metavar="FILE",
+                       help="S1 backscatter, any CRS and pixel size: one 2-band file (VV, VH) or two files VV VH "
+                            "(SAR models)")
+    infer.add_argument("--s1-units", choices=["db", "linear"], default="db", help="S1 values: dB or linear power")
+    infer.add_argument("--bbox", type=_bbox_arg, default=None, metavar="W,S,E,N",
+                       help="crop to this area (longitude/latitude unless --bbox-crs)")
+    infer.add_argument("--bbox-crs", default="EPSG:4326", help="CRS of --bbox (default EPSG:4326)")
+    infer.add_argument("--window", type=_window_arg, default=None, metavar="COL,ROW,W,H",
+                       help="crop to this pixel window of the 10 m grid")
+    infer.add_argument("--s2-resampling", choices=["nearest", "bilinear", "cubic"], default="nearest",
+                       help="20 m and 60 m bands to 10 m (nearest: as the training data)")
+    infer.add_argument("--out", type=Path, required=True, help="output cloud-free COG (13 bands uint16 DN)")
+    infer.add_argument("--var-out", type=Path, default=None, help="output variance COG (variance models)")
+    infer.add_argument("--mask-out", type=Path, default=None,
+                       help="output COG of the cloud mask the model was fed (models that take one)")
+    infer.add_argument("--mask", default="s2cloudless-10m", metavar="SOURCE",
+                       help="cloud mask for models that take one: s2cloudless-10m (default, the benchmark's), "
+                            "s2cloudless-60m (faster), none, or a mask GeoTIFF; ignored by models without a mask "
+                            "input")
     infer.add_argument("--tile", type=int, default=256, help="tile size in px")
     infer.add_argument("--overlap", type=int, default=32, help="overlap between tiles in px (blended)")
     infer.add_argument("--batch-size", type=int, default=None,
                        help="tiles per forward pass (default: 1 on CPU, 4 on a GPU)")
     infer.add_argument("--mask-kind", choices=["s2cloudless_mask", "s2cloudless_map", "cloud_cloudshadow_mask"],
-                       default=None, help="cloud mask fed to the model (default: the one it was trained with)")
+                       default=None, help="kind of cloud mask fed to the model (default: the one it was trained with)")
     infer.add_argument("--device", default="auto", help="auto, cpu or cuda")
     infer.add_argument("--no-progress", action="store_true", help="no progress bar")
     infer.set_defaults(handler=cmd_infer)
+
+    serve = commands.add_parser(
+        "serve", help="serve a registered model over HTTP after checking its files against the registry's record")
+    _add_common(serve)
+    serve.add_argument("--model", default="models:/sscr@champion",
+                       help="registered model URI (default models:/sscr@champion)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    serve.set_defaults(handler=cmd_serve)
 
     ensemble = commands.add_parser("ensemble", help="mean and epistemic variance of several models' predictions")
     _add_common(ensemble)

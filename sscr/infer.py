@@ -1,15 +1,18 @@
-"""Scene inference (``sscr infer``): whole scenes tile by tile through rasterio windows.
+"""Scene inference (``sscr infer``): Sentinel products in, Cloud-Optimized GeoTIFFs out, tile by tile.
 
-:func:`infer_scene` runs a model on a co-registered pair of GeoTIFFs of any size (a
-whole Sentinel-2 tile is 10980 x 10980 px) with memory that does not grow with
-the scene: tiles are read through windows in rows, top to bottom and left to
-right, overlapping tiles are blended with cosine ramps, and each block of the
-output is written as soon as no later tile touches it. What stays in memory
-between tiles is one tile's accumulator, the strip of ``overlap`` columns it
-shares with the next tile of its row, and the strip of ``overlap`` rows a tile
-row shares with the next row (see :meth:`SceneTiling.buffer_shapes`). Each batch
-of tiles goes through :func:`sscr.predict.predict_tensors`; the model comes from
-:func:`sscr.serving.load_model`.
+:func:`infer_scene` runs a model on a cloudy Sentinel-2 scene of any size (a whole
+tile is 10980 x 10980 px): an L1C product (``.SAFE``, ``.zip``) or a 13-band GeoTIFF
+(:mod:`sscr.data.sentinel2`), with Sentinel-1 in any CRS, pixel size and unit
+reprojected by windows onto the S2 grid (:mod:`sscr.data.sentinel1`), and the cloud mask
+only for networks that take one (:mod:`sscr.data.scene_masks`). Memory does not grow with
+the scene: tiles are read through windows in rows, top to bottom and left to right,
+overlapping tiles are blended with cosine ramps, and each block of the output is written
+as soon as no later tile touches it. What stays in memory between tiles is one tile's
+accumulator, the strip of ``overlap`` columns it shares with the next tile of its row,
+and the strip of ``overlap`` rows a tile row shares with the next row (see
+:meth:`SceneTiling.buffer_shapes`). Outputs are staged by windows and made COGs at the
+end (:mod:`sscr.data.cog`). Each batch of tiles goes through
+:func:`sscr.predict.predict_tensors`; the model comes from :func:`sscr.serving.load_model`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import contextlib
 import itertools
 import logging
 import math
+import os
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,18 +36,23 @@ from rasterio.windows import Window
 from torch import nn
 from tqdm import tqdm
 
-from sscr.bands import S1_BANDS, S2_BANDS
+from sscr.bands import S2_BANDS
 from sscr.config import DEFAULT_MASK_KIND
-from sscr.data.io import (
-    PatchError,
-    check_s1_dtype,
-    check_s2_dtype,
-    denormalize_s2,
-    normalize_s1,
-    normalize_s2,
+from sscr.data.cog import (
+    create_staging,
+    discard_staging,
+    finish_cog,
+    mask_spec,
+    mask_to_percent,
+    output_tags,
+    prediction_spec,
+    variance_spec,
 )
-from sscr.fsutil import atomic_path
-from sscr.predict import cloud_probability, predict_tensors
+from sscr.data.io import PatchError, denormalize_s2, normalize_s1, normalize_s2
+from sscr.data.scene_masks import MaskChoice, open_mask_file, read_mask, tile_masks
+from sscr.data.sentinel1 import open_s1
+from sscr.data.sentinel2 import open_s2
+from sscr.predict import predict_tensors
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,8 @@ GDAL_CACHE_MB = 64
 BLOCK_MULTIPLE = 16
 """GeoTIFF tile sizes must be multiples of 16; the tile stride is rounded down to one (see SceneTiling)."""
 _VAR_BANDS = {"diag": len(S2_BANDS), "iso": 1}
+DEFAULT_MASK_SOURCE = "s2cloudless-10m"
+"""Where the mask of a model that takes one comes from by default: s2cloudless at 10 m, as the benchmark's masks."""
 
 
 # ---------------------------------------------------------------- tiling and blending
@@ -264,71 +276,373 @@ class SceneReport:
     pixels_per_second: float
     out_path: Path
     var_path: Path | None
+    mask_path: Path | None
     tile: int
     overlap: int
     """Effective overlap in px (the stride is rounded to a multiple of 16)."""
     batch_size: int
     """Tiles per forward pass."""
     mask_kind: str | None
+    """The cloud mask fed to the model (None: the model takes none, or ``--mask none``)."""
+    mask_source: str | None
+    """Where that mask came from: s2cloudless-10m, s2cloudless-60m or a file."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for JSON and logs."""
         data = asdict(self)
         data["size"] = list(self.size)
-        data["out_path"] = str(self.out_path)
-        data["var_path"] = str(self.var_path) if self.var_path else None
+        for key in ("out_path", "var_path", "mask_path"):
+            data[key] = str(data[key]) if data[key] is not None else None
         return data
 
 
-def _grid_fix(s2: Any) -> str:
-    left, bottom, right, top = s2.bounds
-    res_x, res_y = s2.res
-    crs = s2.crs.to_string() if s2.crs else "<S2 CRS>"
-    return (f"reproject S1 onto the S2 grid first (e.g. gdalwarp -t_srs {crs} -tr {res_x:g} {res_y:g} "
-            f"-te {left:g} {bottom:g} {right:g} {top:g} -r bilinear s1.tif s1_on_s2.tif)")
+@dataclass(frozen=True)
+class SceneInputs:
+    """Where a scene comes from and how to read it (the ``sscr infer`` input flags)."""
+
+    s2: Path
+    """L1C product (``.SAFE`` directory, its ``.zip``, ``MTD_MSIL1C.xml``) or a 13-band GeoTIFF."""
+    s1: tuple[Path, ...] = ()
+    """One 2-band file (VV, VH) or two single-band files, any CRS and pixel size; empty for optical models."""
+    s1_units: str = "db"
+    s2_resampling: str = "nearest"
+    window: tuple[int, int, int, int] | None = None
+    """(col_off, row_off, width, height) on the 10 m grid."""
+    bbox: tuple[float, float, float, float] | None = None
+    """(west, south, east, north) in ``bbox_crs``."""
+    bbox_crs: str = "EPSG:4326"
+
+    @classmethod
+    def of(cls, s2: str | Path, s1: str | Path | Sequence[str | Path] | None = None, **kwargs: Any) -> SceneInputs:
+        """Build from loose arguments: ``s1`` a path, a list of paths or None."""
+        if s1 is None:
+            paths: tuple[Path, ...] = ()
+        elif isinstance(s1, str | Path):
+            paths = (Path(s1),)
+        else:
+            paths = tuple(Path(p) for p in s1)
+        return cls(Path(s2), paths, **kwargs)
 
 
-def check_scene(s2: Any, s1: Any | None) -> None:
-    """Band counts and dtypes of S2 (13, integer DN) and S1 (2, float dB), and that S1 lies on the S2 grid.
+@dataclass(frozen=True)
+class SceneOutputs:
+    """The COGs to write: prediction, and optionally the variance and the cloud mask the model used."""
 
-    Raises PatchError naming the file.
+    out: Path
+    var: Path | None = None
+    mask: Path | None = None
+
+    def named(self) -> dict[str, Path]:
+        """``{flag: path}`` of the outputs asked for, by their ``sscr infer`` flags."""
+        pairs = (("--out", self.out), ("--var-out", self.var), ("--mask-out", self.mask))
+        return {flag: Path(path) for flag, path in pairs if path is not None}
+
+
+def infer_scene(
+    model: nn.Module,
+    s2_path: str | Path | SceneInputs,
+    s1_path: str | Path | Sequence[str | Path] | None,
+    out_path: str | Path,
+    var_path: str | Path | None = None,
+    *,
+    mask_path: str | Path | None = None,
+    tile: int = 256,
+    overlap: int = 32,
+    batch_size: int | None = None,
+    mask_kind: str | None = DEFAULT_MASK_KIND,
+    mask: str | MaskChoice = DEFAULT_MASK_SOURCE,
+    model_source: str = "",
+    model_version: str | None = None,
+    model_files: Sequence[Path] = (),
+    decoded_dir: str | Path | None = None,
+    progress: bool = True,
+) -> SceneReport:
+    """Remove clouds from a whole scene: cloudy S2 (+ S1) -> cloud-free S2 as a Cloud-Optimized GeoTIFF.
+
+    ``s2_path``: an L1C product or a 13-band GeoTIFF (:func:`sscr.data.sentinel2.open_s2`),
+    or a :class:`SceneInputs` with crops, resampling and S1 units (then ``s1_path`` is
+    ignored); ``s1_path``: VV and VH in dB, one 2-band file or two files, any CRS and pixel
+    size (:func:`sscr.data.sentinel1.open_s1` reprojects them by windows onto the S2 grid),
+    required when the model fuses SAR. Tiles of ``tile`` px overlapping by ``overlap`` px
+    (the stride is rounded down to a multiple of 16 and of the model's ``size_multiple``,
+    see :meth:`SceneTiling.plan`) are normalised as the data set is, run ``batch_size`` at
+    a time (default: 1 on CPU, where one tile at a time stays in cache and runs ~1.8x
+    faster per tile than 4, ``benchmarks/results/inference_speedup.md``; 4 on a GPU) and
+    blended with cosine ramps.
+
+    Cloud mask: only for models that take one (``model.use_mask``): ``mask_kind`` (the
+    kind the model was trained with) computed as ``mask`` says (``s2cloudless-10m``, the
+    benchmark's; ``s2cloudless-60m``; ``none``; or a mask file's path, see
+    :class:`sscr.data.scene_masks.MaskChoice`); ``mask_kind=None`` feeds no mask.
+
+    Outputs (COGs, :mod:`sscr.data.cog`): ``out_path``, 13 bands uint16 DN in the input's
+    radiometric convention (a baseline >= 04.00 product gets its offset back), 0 = no data
+    where every input band is 0; ``var_path`` (float32 variance of [0, 1] reflectance,
+    13 or 1 bands) when the model predicts one; ``mask_path`` (uint8 percent) when a mask
+    was used. Tags name the model (``model_source``, ``model_version``) and what was done
+    to the inputs. No output may be an input (``model_files`` too) or another output.
+    Each output is staged beside its target and made a COG at the end: a failure leaves
+    no partial output. Memory does not depend on the scene size beyond ``overlap`` rows of
+    the scene width (:meth:`SceneTiling.buffer_shapes`); JPEG 2000 bands are first
+    decoded once into ``decoded_dir`` (default: beside the output; removed on success).
     """
-    if s2.count != len(S2_BANDS):
-        raise PatchError(s2.name, f"S2 scene has {s2.count} bands, expected {len(S2_BANDS)} "
-                                  f"({' '.join(S2_BANDS)}, L1C DN as uint16)")
-    check_s2_dtype(s2.name, s2.dtypes[0], "S2 scene")
-    if s1 is None:
-        return
-    if s1.count != len(S1_BANDS):
-        raise PatchError(s1.name, f"S1 scene has {s1.count} bands, expected {len(S1_BANDS)} "
-                                  f"({' '.join(S1_BANDS)}, backscatter in dB)")
-    check_s1_dtype(s1.name, s1.dtypes[0], "S1 scene")
-    def crs_name(dataset: Any) -> str:
-        return dataset.crs.to_string() if dataset.crs else "no CRS"
+    inputs = s2_path if isinstance(s2_path, SceneInputs) else SceneInputs.of(s2_path, s1_path)
+    outputs = SceneOutputs(Path(out_path), Path(var_path) if var_path is not None else None,
+                           Path(mask_path) if mask_path is not None else None)
+    use_sar = bool(getattr(model, "use_sar", False))
+    choice = _mask_choice(model, mask, mask_kind)
+    _check_paths(use_sar, inputs, outputs, choice, model_files)
+    batch_size = _batch_size(model, batch_size)
+    var_bands, outputs = _variance_output(model, outputs)
+    if outputs.mask is not None and choice is None:
+        log.warning("%s is fed no cloud mask: %s is not written", type(model).__name__, outputs.mask)
+        outputs = SceneOutputs(outputs.out, outputs.var, None)
 
-    if s1.crs != s2.crs:
-        raise PatchError(s1.name, f"S1 has CRS {crs_name(s1)}, S2 {s2.name} has {crs_name(s2)}: {_grid_fix(s2)}")
-    if (s1.width, s1.height) != (s2.width, s2.height):
-        raise PatchError(s1.name, f"S1 is {s1.width} x {s1.height} px, S2 {s2.name} is {s2.width} x {s2.height} px: "
-                                  f"{_grid_fix(s2)}")
-    if not s1.transform.almost_equals(s2.transform, precision=1e-6 * max(abs(s2.transform.a), 1.0)):
-        raise PatchError(s1.name, f"S1 transform {tuple(s1.transform)[:6]} differs from S2 {s2.name} "
-                                  f"{tuple(s2.transform)[:6]} (extent {s1.bounds} vs {s2.bounds}): {_grid_fix(s2)}")
-
-
-def _create(path: Path, s2: Any, tiling: SceneTiling, band_names: list[str], dtype: str,
-            nodata: float) -> Any:
-    """Open an output GeoTIFF on the S2 grid, one block per final region (tiled, deflate, BigTIFF if needed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    block_rows, block_cols = tiling.block_shape
-    dataset = rasterio.open(
-        path, "w", driver="GTiff", width=s2.width, height=s2.height, count=len(band_names), dtype=dtype,
-        crs=s2.crs, transform=s2.transform, nodata=nodata, tiled=True, blockysize=block_rows,
-        blockxsize=block_cols, compress="deflate", predictor=3 if dtype == "float32" else 2, BIGTIFF="IF_SAFER",
+    started = time.perf_counter()
+    model.eval()
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        scene = open_s2(inputs.s2, inputs.s2_resampling, inputs.window, inputs.bbox, inputs.bbox_crs)
+        _check_outputs_against(outputs, [Path(s.path) for s in scene.sources if not s.path.startswith("/vsi")])
+        decoded = Path(decoded_dir) if decoded_dir is not None else outputs.out.with_name(
+            f".{outputs.out.name}.s2_decoded")
+        scene = scene.decoded(decoded)
+        if decoded_dir is None:
+            scene.processing.pop("s2_decoded_to", None)  # a cache removed at the end, not worth a tag
+        report = _run(model, scene, inputs if use_sar else None, outputs, choice, var_bands, tile, overlap,
+                      batch_size, output_tags(model_source or type(model).__name__, model_version), progress)
+    if decoded_dir is None and decoded.is_dir():
+        shutil.rmtree(decoded)  # a resumable cache while the run lasts; a failed run keeps it for the next
+    seconds = time.perf_counter() - started
+    width, height = report["size"]
+    return SceneReport(
+        size=(width, height), tiles=report["tiles"], tiles_skipped=report["skipped"], seconds=seconds,
+        pixels_per_second=width * height / max(seconds, 1e-9), out_path=outputs.out, var_path=outputs.var,
+        mask_path=outputs.mask, tile=tile, overlap=report["overlap"], batch_size=batch_size,
+        mask_kind=choice.kind if choice else None, mask_source=choice.source.describe() if choice else None,
     )
-    for index, name in enumerate(band_names, start=1):
-        dataset.set_band_description(index, name)
-    return dataset
+
+
+@dataclass(frozen=True)
+class _Mask:
+    """The cloud mask a run feeds the model: its kind and where it comes from."""
+
+    kind: str
+    source: MaskChoice
+
+
+def _mask_choice(model: nn.Module, mask: str | MaskChoice, mask_kind: str | None) -> _Mask | None:
+    """None for networks that take no mask (no s2cloudless is computed for them), ``--mask none`` or no kind."""
+    choice = mask if isinstance(mask, MaskChoice) else MaskChoice.parse(str(mask))
+    if not getattr(model, "use_mask", False) or mask_kind is None or choice.source == "none":
+        return None
+    return _Mask(mask_kind, choice)
+
+
+def _run(model: nn.Module, scene: Any, sar_inputs: SceneInputs | None, outputs: SceneOutputs,
+         choice: _Mask | None, var_bands: int, tile: int, overlap: int, batch_size: int,
+         tags: dict[str, str], progress: bool) -> dict[str, Any]:
+    """Open the readers and the staging files, stream the tiles, then turn the staging files into COGs."""
+    grid = scene.grid
+    tiling = SceneTiling.plan(grid.width, grid.height, tile, overlap, int(getattr(model, "size_multiple", 1)))
+    specs = {"out": prediction_spec(scene.radiometry)}
+    if outputs.var is not None:
+        specs["var"] = variance_spec(var_bands)
+    if outputs.mask is not None and choice is not None:
+        specs["mask"] = mask_spec(choice.kind)
+    paths = {"out": outputs.out, "var": outputs.var, "mask": outputs.mask}
+    with contextlib.ExitStack() as files:
+        s2 = files.enter_context(scene.open())
+        s1 = files.enter_context(open_s1(list(sar_inputs.s1), grid, sar_inputs.s1_units)) if sar_inputs else None
+        if s1 is not None:
+            _check_s1_covers(s1, scene)
+        mask_file = None
+        if choice is not None and choice.source.source == "file":
+            mask_file = files.enter_context(open_mask_file(choice.source.path, grid))
+        processing = {**s2.tags(), **(s1.processing if s1 is not None else {}),
+                      **(mask_file.processing if mask_file is not None else {}),
+                      "sscr_tiling": f"tile {tiling.x.tile} x {tiling.y.tile} px, overlap {max(tiling.x.overlap, tiling.y.overlap)} "
+                                     "px, cosine blending",
+                      "sscr_cloud_mask": f"{choice.kind} from {choice.source.describe()}" if choice else "none"}
+        staged = {}
+        try:
+            for key, spec in specs.items():
+                staged[key] = create_staging(paths[key], grid, spec, tiling.block_shape)
+            readers = _Readers(s2, s1, mask_file)
+            skipped = _stream_tiles(model, readers, tiling, staged, scene.radiometry, var_bands, batch_size,
+                                    choice, progress)
+        except BaseException:
+            for key, dataset in staged.items():
+                dataset.close()
+                discard_staging(paths[key])
+            raise
+        for dataset in staged.values():
+            dataset.close()
+    # the prediction last: a prediction that exists has its variance and mask beside it
+    for key in sorted(specs, key=lambda k: k == "out"):
+        finish_cog(paths[key], specs[key], {**tags, **processing})
+    return {"size": (grid.width, grid.height), "tiles": tiling.tiles, "skipped": skipped,
+            "overlap": max(tiling.x.overlap, tiling.y.overlap)}
+
+
+def _check_s1_covers(s1: Any, scene: Any) -> None:
+    """S1 must overlap the S2 area: a model fed only "no SAR" everywhere would silently ignore its SAR input."""
+    from rasterio.warp import transform_bounds
+
+    left, bottom, right, top = scene.grid.bounds
+    for index, source in enumerate(s1.sources):
+        grid = s1.source_grid(index)
+        west, south, east, north = transform_bounds(scene.crs, grid.crs, left, bottom, right, top, densify_pts=21)
+        s_left, s_bottom, s_right, s_top = grid.bounds
+        if east <= s_left or west >= s_right or north <= s_bottom or south >= s_top:
+            raise PatchError(source.path, f"S1 {source.name} ({grid.crs.to_string()}, bounds "
+                                          f"{tuple(round(v) for v in grid.bounds)}) does not overlap the S2 scene "
+                                          f"(bounds {tuple(round(v) for v in (west, south, east, north))} in its CRS): "
+                                          "pass S1 of the same area")
+
+
+# ---------------------------------------------------------------- paths
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    """The same file: equal resolved paths (symlinks followed), or one inode (hard links) when both exist."""
+    if first.resolve() == second.resolve():
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
+
+
+def _check_outputs_against(outputs: SceneOutputs, inputs: Sequence[Path]) -> None:
+    """No output is an input, also through a symlink or a hard link."""
+    for flag, path in outputs.named().items():
+        for source in inputs:
+            if _same_file(path, source):
+                raise ValueError(f"{flag} {path} is the input {source}: writing it would destroy the input; "
+                                 "choose another output path")
+
+
+def _check_paths(use_sar: bool, inputs: SceneInputs, outputs: SceneOutputs, choice: _Mask | None,
+                 model_files: Sequence[Path]) -> None:
+    """Inputs exist (S1 too when the model fuses SAR); outputs are files that are neither inputs nor each other."""
+    if use_sar and not inputs.s1:
+        raise ValueError("this model fuses SAR: pass S1 (--s1 FILE: VV and VH in one file, or --s1 VV.tif VH.tif)")
+    sources = [inputs.s2, *(inputs.s1 if use_sar else ())]
+    if choice is not None and choice.source.path is not None:
+        sources.append(choice.source.path)
+    for path in sources:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+    named = outputs.named()
+    for flag, path in named.items():
+        if path.is_dir():
+            raise ValueError(f"{flag} {path} is a directory: pass a file name, e.g. {path / 'clear.tif'}")
+    _check_outputs_against(outputs, [*sources, *(Path(p) for p in model_files)])
+    flags = list(named)
+    for i, first in enumerate(flags):
+        for second in flags[i + 1:]:
+            if _same_file(named[first], named[second]):
+                raise ValueError(f"{first} and {second} are the same file {named[first]}: give each output its own path")
+
+
+def _batch_size(model: nn.Module, batch_size: int | None) -> int:
+    """Tiles per forward pass: as asked, else 1 on CPU and 4 on a GPU."""
+    if batch_size is None:
+        batch_size = 1 if next(model.parameters()).device.type == "cpu" else 4
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return batch_size
+
+
+def _variance_output(model: nn.Module, outputs: SceneOutputs) -> tuple[int, SceneOutputs]:
+    """(variance bands to write, outputs): no variance when none is asked or the model predicts none."""
+    var_bands = _VAR_BANDS.get(getattr(model, "variance", None) or "", 0)
+    if outputs.var is not None and not var_bands:
+        log.warning("%s predicts no variance: %s is not written", type(model).__name__, outputs.var)
+        return 0, SceneOutputs(outputs.out, None, outputs.mask)
+    return (var_bands if outputs.var is not None else 0), outputs
+
+
+# ---------------------------------------------------------------- tiles
+
+
+@dataclass
+class _Readers:
+    """The open inputs, all on the S2 grid: S2 DN, S1 dB (or None), a mask file (or None)."""
+
+    s2: Any
+    s1: Any | None
+    mask_file: Any | None
+
+
+@dataclass
+class _TileInputs:
+    """One batch of tiles as read: DN, dB, file mask, and where each tile's logical span sits in its read window."""
+
+    tiles: list[tuple[int, int]]
+    dn: np.ndarray  # (B, 13, h, w) uint16, the training data's convention
+    db: np.ndarray | None  # (B, 2, h, w) float32, NaN where S1 has no data
+    mask: np.ndarray | None  # (B, h, w) float32 cloud probability from a mask file
+    spans: list[tuple[slice, slice]]
+
+
+def _read_tile(dataset: Any, window: Window, shape: tuple[int, int]) -> np.ndarray:
+    """Read a window; a read cut short by the scene edge is padded (reflect) to ``shape`` like the whole scene."""
+    data = dataset.read(window=window)
+    pad_h, pad_w = shape[0] - data.shape[-2], shape[1] - data.shape[-1]
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < data.shape[-2] and pad_w < data.shape[-1] else "edge"
+        data = np.pad(data, [(0, 0)] * (data.ndim - 2) + [(0, pad_h), (0, pad_w)], mode=mode)
+    return data
+
+
+def _read_batch(readers: _Readers, tiling: SceneTiling, tiles: list[tuple[int, int]]) -> _TileInputs:
+    dns, dbs, masks, spans = [], [], [], []
+    shape = (tiling.y.tile, tiling.x.tile)
+    for row, col in tiles:
+        (ry0, ry1), (rx0, rx1) = tiling.y.read_span(row), tiling.x.read_span(col)
+        window = Window(rx0, ry0, rx1 - rx0, ry1 - ry0)
+        dns.append(_read_tile(readers.s2, window, shape))
+        if readers.s1 is not None:
+            dbs.append(_read_tile(readers.s1, window, shape))
+        if readers.mask_file is not None:
+            masks.append(_read_tile(_MaskWindows(readers.mask_file), window, shape))
+        (ly0, ly1), (lx0, lx1) = tiling.y.span(row), tiling.x.span(col)
+        spans.append((slice(ly0 - ry0, ly1 - ry0), slice(lx0 - rx0, lx1 - rx0)))
+    return _TileInputs(tiles, np.stack(dns), np.stack(dbs) if dbs else None, np.stack(masks) if masks else None,
+                       spans)
+
+
+@dataclass
+class _MaskWindows:
+    """A mask file read as cloud probability, uncovered pixels cloudy (:func:`read_mask`), by window."""
+
+    reader: Any
+
+    def read(self, window: Window) -> np.ndarray:
+        return read_mask(self.reader, window)
+
+
+def _predict_batch(model: nn.Module, batch: _TileInputs, choice: _Mask | None, var_bands: int) -> np.ndarray:
+    """Normalise, mask and predict a batch of tiles -> (B, 13 + var_bands (+ 1 mask), h, w) float32."""
+    cloudy = normalize_s2(batch.dn)
+    sar = normalize_s1(batch.db) if batch.db is not None else None
+    mask = None
+    if choice is not None:
+        mask = batch.mask if batch.mask is not None else tile_masks(batch.dn, choice.kind, choice.source)
+    out = predict_tensors(
+        model, torch.from_numpy(cloudy), torch.from_numpy(sar) if sar is not None else None,
+        torch.from_numpy(mask) if mask is not None else None,
+    )
+    parts = [out["mean"]]
+    if var_bands:
+        if "var" not in out or out["var"].shape[1] != var_bands:
+            raise RuntimeError(f"{type(model).__name__} declares variance {model.variance!r} ({var_bands} bands) "
+                               f"but returned {({k: tuple(v.shape) for k, v in out.items()})}")
+        parts.append(out["var"])
+    if mask is not None:
+        parts.append(torch.from_numpy(np.asarray(mask, np.float32))[:, None])
+    return torch.cat(parts, dim=1).cpu().numpy()
 
 
 def _tile_batches(tiling: SceneTiling, batch_size: int) -> Iterator[list[tuple[int, int]]]:
@@ -342,196 +656,52 @@ def _tile_batches(tiling: SceneTiling, batch_size: int) -> Iterator[list[tuple[i
         yield batch
 
 
-def infer_scene(
-    model: nn.Module,
-    s2_path: str | Path,
-    s1_path: str | Path | None,
-    out_path: str | Path,
-    var_path: str | Path | None = None,
-    tile: int = 256,
-    overlap: int = 32,
-    batch_size: int | None = None,
-    mask_kind: str | None = DEFAULT_MASK_KIND,
-    progress: bool = True,
-) -> SceneReport:
-    """Remove clouds from a whole scene: cloudy S2 GeoTIFF (+ co-registered S1) -> cloud-free S2 GeoTIFF.
-
-    ``s2_path``: 13 bands, L1C DN (uint16); ``s1_path``: 2 bands (VV, VH) in dB on the
-    same grid (CRS, transform, size), required when the model fuses SAR. Tiles of
-    ``tile`` px overlapping by ``overlap`` px (the stride is rounded down to a multiple
-    of 16 and of the model's ``size_multiple``, see :meth:`SceneTiling.plan`) are
-    normalised as the data set is, masked with ``mask_kind`` when the model
-    uses a cloud mask (computed per tile from its DN), run ``batch_size`` at a time (default:
-    1 on CPU, where one tile at a time stays in cache and runs ~1.8x faster per tile than 4,
-    ``benchmarks/results/inference_speedup.md``; 4 on a GPU) and
-    blended with cosine ramps. Output: 13 bands uint16 DN with the S2 CRS and transform
-    (tiled, deflate; pixels where all S2 bands are 0, L1C no-data, are 0 = nodata), plus
-    ``var_path`` (float32, 13 or 1 bands, variance of [0, 1] reflectance) when the model
-    predicts a variance. Files are written under a temporary name and renamed at the
-    end: a failure leaves no partial output. Memory does not depend on the scene size
-    beyond ``overlap`` rows of the scene width (:meth:`SceneTiling.buffer_shapes`).
-    """
-    s2_path, out_path = Path(s2_path), Path(out_path)
-    s1_path = Path(s1_path) if s1_path is not None else None
-    var_path = Path(var_path) if var_path is not None else None
-    use_sar = bool(getattr(model, "use_sar", False))
-    use_mask = bool(getattr(model, "use_mask", False))
-    _check_paths(use_sar, s2_path, s1_path, out_path, var_path)
-    batch_size = _batch_size(model, batch_size)
-    var_bands, var_path = _variance_output(model, var_path)
-
-    started = time.perf_counter()
-    model.eval()
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), contextlib.ExitStack() as files:
-        s2 = files.enter_context(rasterio.open(s2_path))
-        s1 = files.enter_context(rasterio.open(s1_path)) if s1_path is not None else None
-        check_scene(s2, s1)
-        tiling = SceneTiling.plan(s2.width, s2.height, tile, overlap, int(getattr(model, "size_multiple", 1)))
-        # Closed in reverse: the GeoTIFFs first, then the variance is put in place, then the output.
-        out_tmp = files.enter_context(atomic_path(out_path))
-        var_tmp = files.enter_context(atomic_path(var_path)) if var_path is not None else None
-        out = files.enter_context(_create(out_tmp, s2, tiling, list(S2_BANDS), "uint16", 0))
-        var_out = None
-        if var_tmp is not None:
-            names = [f"{band}_var" for band in S2_BANDS] if var_bands > 1 else ["var"]
-            var_out = files.enter_context(_create(var_tmp, s2, tiling, names, "float32", float("nan")))
-        skipped = _stream_tiles(model, s2, s1 if use_sar else None, tiling, out, var_out, var_bands,
-                                batch_size, mask_kind if use_mask else None, progress)
-    seconds = time.perf_counter() - started
-    return SceneReport(
-        size=(tiling.x.size, tiling.y.size), tiles=tiling.tiles, tiles_skipped=skipped, seconds=seconds,
-        pixels_per_second=tiling.x.size * tiling.y.size / max(seconds, 1e-9), out_path=out_path,
-        var_path=var_path, tile=tile, overlap=max(tiling.x.overlap, tiling.y.overlap), batch_size=batch_size,
-        mask_kind=mask_kind if use_mask else None,
-    )
-
-
-def _check_paths(use_sar: bool, s2_path: Path, s1_path: Path | None, out_path: Path, var_path: Path | None) -> None:
-    """Inputs exist (S1 too when the model fuses SAR) and no output overwrites an input."""
-    if use_sar and s1_path is None:
-        raise ValueError("this model fuses SAR: pass the co-registered S1 GeoTIFF (2 bands VV, VH in dB)")
-    for path in (s2_path, s1_path):
-        if path is not None and not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist")
-    if out_path.resolve() in {p.resolve() for p in (s2_path, s1_path, var_path) if p is not None}:
-        raise ValueError(f"output {out_path} would overwrite an input or the variance output")
-
-
-def _batch_size(model: nn.Module, batch_size: int | None) -> int:
-    """Tiles per forward pass: as asked, else 1 on CPU and 4 on a GPU."""
-    if batch_size is None:
-        batch_size = 1 if next(model.parameters()).device.type == "cpu" else 4
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return batch_size
-
-
-def _variance_output(model: nn.Module, var_path: Path | None) -> tuple[int, Path | None]:
-    """(variance bands to write, variance path): (0, None) when none is asked or the model predicts none."""
-    var_bands = _VAR_BANDS.get(getattr(model, "variance", None) or "", 0)
-    if var_path is not None and not var_bands:
-        log.warning("%s predicts no variance: %s is not written", type(model).__name__, var_path)
-        return 0, None
-    return (var_bands, var_path) if var_path is not None else (0, None)
-
-
-@dataclass
-class _TileInputs:
-    """One batch of tiles as read: DN, dB, and where each tile's logical span sits in its read window."""
-
-    tiles: list[tuple[int, int]]
-    dn: np.ndarray  # (B, 13, h, w) uint16
-    db: np.ndarray | None  # (B, 2, h, w) float32
-    spans: list[tuple[slice, slice]]
-
-
-def _read_tile(dataset: Any, window: Window, shape: tuple[int, int]) -> np.ndarray:
-    """Read a window; a read cut short by the scene edge is padded (reflect) to ``shape`` like the whole scene."""
-    data = dataset.read(window=window)
-    pad_h, pad_w = shape[0] - data.shape[1], shape[1] - data.shape[2]
-    if pad_h or pad_w:
-        mode = "reflect" if pad_h < data.shape[1] and pad_w < data.shape[2] else "edge"
-        data = np.pad(data, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
-    return data
-
-
-def _read_batch(s2: Any, s1: Any | None, tiling: SceneTiling, tiles: list[tuple[int, int]]) -> _TileInputs:
-    dns, dbs, spans = [], [], []
-    shape = (tiling.y.tile, tiling.x.tile)
-    for row, col in tiles:
-        (ry0, ry1), (rx0, rx1) = tiling.y.read_span(row), tiling.x.read_span(col)
-        window = Window(rx0, ry0, rx1 - rx0, ry1 - ry0)
-        dns.append(_read_tile(s2, window, shape))
-        if s1 is not None:
-            dbs.append(_read_tile(s1, window, shape))
-        (ly0, ly1), (lx0, lx1) = tiling.y.span(row), tiling.x.span(col)
-        spans.append((slice(ly0 - ry0, ly1 - ry0), slice(lx0 - rx0, lx1 - rx0)))
-    return _TileInputs(tiles, np.stack(dns), np.stack(dbs) if dbs else None, spans)
-
-
-def _predict_batch(model: nn.Module, dn: np.ndarray, db: np.ndarray | None, mask_kind: str | None,
-                   var_bands: int) -> np.ndarray:
-    """Normalise, mask and predict a batch of tiles -> (B, 13 + var_bands, h, w) float32."""
-    cloudy = normalize_s2(dn)
-    sar = normalize_s1(db) if db is not None else None
-    mask = cloud_probability(cloudy, mask_kind) if mask_kind is not None else None
-    out = predict_tensors(
-        model, torch.from_numpy(cloudy), torch.from_numpy(sar) if sar is not None else None,
-        torch.from_numpy(mask) if mask is not None else None,
-    )
-    parts = [out["mean"]]
-    if var_bands:
-        if "var" not in out or out["var"].shape[1] != var_bands:
-            raise RuntimeError(f"{type(model).__name__} declares variance {model.variance!r} ({var_bands} bands) "
-                               f"but returned {({k: tuple(v.shape) for k, v in out.items()})}")
-        parts.append(out["var"])
-    return torch.cat(parts, dim=1).cpu().numpy()
-
-
-def _no_data(dn: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(h, w) True where every S2 band holds the no-data value (0 for L1C unless the file says otherwise)."""
-    nodata = 0 if nodata is None else nodata
-    return np.isnan(dn).all(axis=0) if np.isnan(nodata) else (dn == nodata).all(axis=0)
-
-
-def _stream_tiles(model: nn.Module, s2: Any, s1: Any | None, tiling: SceneTiling, out: Any, var_out: Any | None,
-                  var_bands: int, batch_size: int, mask_kind: str | None, progress: bool) -> int:
+def _stream_tiles(model: nn.Module, readers: _Readers, tiling: SceneTiling, staged: dict[str, Any],
+                  radiometry: Any, var_bands: int, batch_size: int, choice: _Mask | None, progress: bool) -> int:
     """Read, predict and blend every tile in row-major order, writing each final region as it completes.
 
-    Returns the number of tiles skipped because they hold only no-data.
+    The mask the model was fed is blended like the prediction (s2cloudless' smoothing makes
+    tile edges differ). Returns the number of tiles skipped because they hold only no-data.
     """
     bands = len(S2_BANDS)
-    blender = StreamingBlender(tiling, bands + var_bands)
+    mask_channels = 1 if choice is not None else 0
+    channels = bands + var_bands + mask_channels
+    blender = StreamingBlender(tiling, channels)
     skipped = 0
     with tqdm(total=tiling.tiles, desc="scene tiles", unit="tile", disable=not progress) as bar:
         for tiles in _tile_batches(tiling, batch_size):
-            batch = _read_batch(s2, s1, tiling, tiles)
-            blanks = [_no_data(dn, s2.nodata)[span] for dn, span in zip(batch.dn, batch.spans, strict=True)]
+            batch = _read_batch(readers, tiling, tiles)
+            blanks = [_no_data(dn)[span] for dn, span in zip(batch.dn, batch.spans, strict=True)]
             # a tile that is no-data throughout is not worth a forward pass: its pixels are written as no-data
             run = [i for i, blank in enumerate(blanks) if not blank.all()]
             skipped += len(tiles) - len(run)
             predicted = {}
             if run:
-                stacked = _predict_batch(model, batch.dn[run], batch.db[run] if batch.db is not None else None,
-                                         mask_kind, var_bands)
-                predicted = dict(zip(run, stacked, strict=True))
+                subset = _TileInputs([tiles[i] for i in run], batch.dn[run],
+                                     batch.db[run] if batch.db is not None else None,
+                                     batch.mask[run] if batch.mask is not None else None, [])
+                predicted = dict(zip(run, _predict_batch(model, subset, choice, var_bands), strict=True))
             for i, (row, col) in enumerate(tiles):
                 rows, cols = batch.spans[i]
                 if i in predicted:
                     prediction = predicted[i][:, rows, cols]
                 else:
-                    prediction = np.zeros((bands + var_bands, rows.stop - rows.start, cols.stop - cols.start),
-                                          np.float32)
+                    prediction = np.zeros((channels, rows.stop - rows.start, cols.stop - cols.start), np.float32)
                 top, left, blended = blender.add(row, col, prediction)
                 # the final region starts at the tile's logical origin, so its no-data is the tile's top-left
-                blank = blanks[i][: blended.shape[1], : blended.shape[2]]
+                valid = ~blanks[i][: blended.shape[1], : blended.shape[2]]
                 window = Window(left, top, blended.shape[2], blended.shape[1])
-                dn = denormalize_s2(blended[:bands])
-                dn[:, blank] = 0
-                out.write(dn, window=window)
-                if var_out is not None:
-                    var = np.ascontiguousarray(blended[bands:], dtype=np.float32)
-                    var[:, blank] = np.nan
-                    var_out.write(var, window=window)
+                staged["out"].write(radiometry.restore(denormalize_s2(blended[:bands]), valid), window=window)
+                if "var" in staged:
+                    var = np.ascontiguousarray(blended[bands: bands + var_bands], dtype=np.float32)
+                    var[:, ~valid] = np.nan
+                    staged["var"].write(var, window=window)
+                if "mask" in staged:
+                    staged["mask"].write(mask_to_percent(blended[-1:], valid), window=window)
                 bar.update(1)
     return skipped
+
+
+def _no_data(dn: np.ndarray) -> np.ndarray:
+    """(h, w) True where every S2 band is 0 (L1C no data; the reader writes 0 there)."""
+    return (dn == 0).all(axis=0)

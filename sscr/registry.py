@@ -20,6 +20,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from sscr import integrity
 from sscr.fsutil import write_text
 from sscr.metrics import flat_metrics
 from sscr.tracking import configure, redact, tracking_uri
@@ -133,6 +134,7 @@ def register(run_id: str, metrics: Mapping[str, float], model_name: str = "sscr"
     tags = {f"metric.{key}": f"{value:.6f}" for key, value in metrics.items() if np.isfinite(value)}
     tags["run_id"] = run_id
     version = mlflow.register_model(model_uri or f"runs:/{run_id}/model", model_name, tags=tags)
+    integrity.record(model_name, str(version.version))  # the sha256 of its files, checked before every load
     return str(version.version)
 
 

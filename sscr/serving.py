@@ -1,28 +1,154 @@
-"""The logged model: SSCR as an MLflow pyfunc, how it is logged, and how ``sscr infer`` loads a model.
+"""The logged model: SSCR as an MLflow pyfunc with a request contract, how it is logged, and how it is loaded.
 
 MLflow stores the model "from code" (:mod:`sscr.pyfunc_model` instantiates
-:class:`SSCRPyfunc`), so nothing is unpickled at load time; the weights come
-from the checkpoint artifact, loaded with ``weights_only=True``. A model for
-inference comes from a checkpoint path or from any MLflow model URI.
+:class:`SSCRPyfunc`), so nothing is unpickled at load time; the weights come from the
+checkpoint artifact, loaded with ``weights_only=True``. The logged model carries what a
+fresh environment needs: a wheel of this package (its source at log time) and
+``requirements.txt`` pinning torch and the other libraries the model imports
+(:func:`serving_requirements`). A model for inference comes from a checkpoint path or
+from an MLflow model URI; registered versions are checked against the sha256 of their
+files recorded at registration before anything of them is imported
+(:mod:`sscr.integrity`).
+
+The request contract (:meth:`SSCRPyfunc.predict`, README "Serving"): ``cloudy``
+(B, 13, H, W) and, for SAR models, ``sar`` (B, 2, H, W), numbers in [0, 1] or NaN
+(no data), at most :data:`MAX_REQUEST_PIXELS` pixels (B x H x W) per request.
+Violations are refused with HTTP 400 (413 for size) and a one-line reason, raised as
+:class:`RequestError`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, REQUEST_LIMIT_EXCEEDED
 from torch import nn
 
-from sscr import tracking
+from sscr import integrity, tracking
 from sscr.bands import S1_CHANNELS, S2_CHANNELS
-from sscr.checkpoint import build_from_checkpoint
+from sscr.checkpoint import CheckpointError, build_from_checkpoint
 from sscr.config import DEFAULT_MASK_KIND
+from sscr.fsutil import atomic_path
 from sscr.models import for_inference, select_device
 from sscr.predict import predict_arrays
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_PIXELS = 512 * 512
+"""Pixels (B x H x W) one request may hold: one 512 x 512 patch or four of 256 x 256 px. Larger areas: ``sscr infer``,
+which tiles a scene of any size with bounded memory. At this size a request takes seconds on 2 CPU cores, well under
+MLflow's 60 s request timeout (``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``)."""
+SERVING_DISTRIBUTIONS = ("torch", "mlflow", "numpy", "scipy", "pydantic", "PyYAML", "s2cloudless")
+"""The libraries the logged model's code imports (tests/test_serving.py checks this against the imports)."""
+_WHEEL_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+class RequestError(mlflow.exceptions.MlflowException):
+    """A request the served model refuses: an HTTP status (400, or 413 for size) and a one-line reason.
+
+    MLflow's scoring server answers an MlflowException raised by the model with its
+    message and status code, but first rewrites the message to
+    ``Failed to predict data '<the whole request>'``: the message here ignores that
+    rewrite, so the answer is the reason alone, never the request's data.
+    """
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        self._reason = reason
+        self.status = status
+        super().__init__(reason, error_code=REQUEST_LIMIT_EXCEEDED if status == 413 else INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:  # type: ignore[override]
+        """The one-line reason."""
+        return self._reason
+
+    @message.setter
+    def message(self, _value: str) -> None:
+        pass  # the scoring server's rewrite would echo the request's data
+
+    def get_http_status_code(self) -> int:
+        """The HTTP status of the answer (MLflow maps no error code to 413, so it is kept here)."""
+        return self.status
+
+
+def _value_range(name: str, values: np.ndarray) -> tuple[float, float] | None:
+    finite = values[np.isfinite(values)]
+    return (float(finite.min()), float(finite.max())) if finite.size else None
+
+
+def _as_array(name: str, value: Any, channels: int, what: str) -> np.ndarray:
+    """A (B, channels, H, W) float32 array from the request's ``name``, or RequestError saying why not."""
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name} must be a nested list of numbers (B, {channels}, H, W) {what}") from None
+    if array.ndim != 4 or array.shape[1] != channels:
+        raise RequestError(f"{name} has shape {tuple(array.shape)}, expected (B, {channels}, H, W) {what}")
+    if 0 in array.shape:
+        raise RequestError(f"{name} has shape {tuple(array.shape)}: it holds no pixel")
+    if np.isinf(array).any():
+        raise RequestError(f"{name} holds infinite values; use NaN for no data")
+    return array
+
+
+def check_request(model_input: Any, use_sar: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The request contract: (cloudy, sar) arrays ready for the model, or :class:`RequestError` with the reason."""
+    if not isinstance(model_input, Mapping):
+        raise RequestError('send {"inputs": {"cloudy": [...], "sar": [...]}}: named arrays, not a table or a list')
+    expected = {"cloudy", "sar"} if use_sar else {"cloudy"}
+    unknown = sorted(set(model_input) - {"cloudy", "sar"})
+    if unknown:
+        raise RequestError(f"unknown input(s) {', '.join(unknown)}; expected {' and '.join(sorted(expected))}")
+    if "cloudy" not in model_input:
+        raise RequestError(f"missing input cloudy (B, {S2_CHANNELS}, H, W), S2 L1C reflectance in [0, 1]")
+    cloudy = _as_array("cloudy", model_input["cloudy"], S2_CHANNELS, "S2 L1C reflectance in [0, 1]")
+    batch, _, height, width = cloudy.shape
+    if batch * height * width > MAX_REQUEST_PIXELS:
+        raise RequestError(
+            f"request of {batch} x {height} x {width} = {batch * height * width:,} px exceeds the limit of "
+            f"{MAX_REQUEST_PIXELS:,} px (B x H x W, e.g. one 512 x 512 patch): send smaller patches, or run "
+            "`sscr infer` on the scene (any size, tiled)", status=413)
+    span = _value_range("cloudy", cloudy)
+    if span is None:
+        raise RequestError("cloudy is NaN everywhere: there is no S2 pixel to predict from")
+    if span[0] < 0 or span[1] > 1:
+        hint = " (looks like L1C DN: divide by 10000)" if span[1] > 1 else ""
+        raise RequestError(f"cloudy values span {span[0]:.4g}..{span[1]:.4g}, expected reflectance in [0, 1]{hint}")
+    if not use_sar:
+        if "sar" in model_input:
+            log.info("this model takes no SAR: the request's sar is ignored")
+        return cloudy, None
+    if "sar" not in model_input:
+        raise RequestError(f"this model fuses SAR: missing input sar (B, {S1_CHANNELS}, H, W), S1 VV and VH "
+                           "normalised to [0, 1] as (dB + 25) / 25")
+    sar = _as_array("sar", model_input["sar"], S1_CHANNELS, "S1 VV, VH normalised to [0, 1] as (dB + 25) / 25")
+    if sar.shape[0] != batch or sar.shape[2:] != cloudy.shape[2:]:
+        raise RequestError(f"sar has shape {tuple(sar.shape)} but cloudy {tuple(cloudy.shape)}: "
+                           f"expected sar ({batch}, {S1_CHANNELS}, {height}, {width}), the same batch and pixels")
+    empty = [index for index in range(batch) if np.isnan(sar[index]).all()]
+    if empty:
+        raise RequestError(f"sar is NaN everywhere in sample(s) {', '.join(map(str, empty[:5]))}: the model would "
+                           "ignore SAR there; send S1 for the same area, or use a model without SAR")
+    span = _value_range("sar", sar)
+    if span is not None and (span[0] < 0 or span[1] > 1):
+        hint = " (looks like dB: send (dB + 25) / 25, clipped to [0, 1])" if span[0] < 0 else ""
+        raise RequestError(f"sar values span {span[0]:.4g}..{span[1]:.4g}, expected [0, 1]{hint}")
+    return cloudy, sar
+
 
 # MLflow warns at class definition that predict() has no type hints (they are left out on purpose, since
 # tensor-dict inputs have none MLflow supports) and resets the warning filters while doing so: mute display.
@@ -32,11 +158,12 @@ try:
     class SSCRPyfunc(mlflow.pyfunc.PythonModel):
         """MLflow pyfunc wrapper: cloudy S2 (+ S1) in [0, 1] -> cloud-free S2 (and variance).
 
-        Input: a dict of arrays, ``cloudy`` (B, 13, H, W) and, for SAR models,
-        ``sar`` (B, 2, H, W), both normalised as the benchmark does (S2 DN / 10000,
-        S1 dB mapped from [-25, 0] to [0, 1]). The cloud mask the model was
-        trained with is computed from ``cloudy`` with s2cloudless. Output: a dict
-        with ``mean`` (B, 13, H, W) in [0, 1] and, for probabilistic models, ``var``.
+        Input: a dict of arrays, ``cloudy`` (B, 13, H, W) and, for SAR models, ``sar``
+        (B, 2, H, W), both normalised as the benchmark does (S2 DN / 10000, S1 dB mapped
+        from [-25, 0] to [0, 1]); NaN means no data. Checked by :func:`check_request`.
+        The cloud mask the model was trained with is computed from ``cloudy`` with
+        s2cloudless, only for models that take one. Output: a dict with ``mean``
+        (B, 13, H, W) in [0, 1] and, for probabilistic models, ``var``.
         """
 
         # Untyped on purpose: MLflow turns type hints on these methods into a (here wrong) input schema.
@@ -46,9 +173,7 @@ try:
             self.mask_kind = state.get("config", {}).get("masks", {}).get("use")
 
         def predict(self, context, model_input, params=None):
-            cloudy = np.asarray(model_input["cloudy"], dtype=np.float32)
-            sar = model_input.get("sar") if hasattr(model_input, "get") else None
-            sar = np.asarray(sar, dtype=np.float32) if sar is not None else None
+            cloudy, sar = check_request(model_input, bool(self.model.use_sar))
             return predict_arrays(self.model, cloudy, sar, mask_kind=self.mask_kind)
 finally:
     warnings.showwarning = _show
@@ -61,8 +186,79 @@ def _tensor_schema(arrays: Mapping[str, np.ndarray]) -> Any:
     return Schema([TensorSpec(np.dtype(np.float32), (-1, a.shape[1], -1, -1), name) for name, a in arrays.items()])
 
 
+# ---------------------------------------------------------------- what a fresh environment needs
+
+
+def _pin(distribution: str) -> str:
+    """``name==version`` of the installed distribution; torch without its local build label (+cpu, +cu121)."""
+    version = importlib.metadata.version(distribution)
+    if distribution == "torch":
+        version = version.split("+")[0]
+    return f"{distribution}=={version}"
+
+
+def serving_requirements() -> list[str]:
+    """Pinned requirements of the logged model's code (the wheel itself is added by :func:`log_model`)."""
+    return [_pin(name) for name in SERVING_DISTRIBUTIONS]
+
+
+def _source_digest(package: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def _wheel_cache() -> Path:
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sscr" / "wheels"
+
+
+def build_wheel(out_dir: str | Path | None = None) -> Path:
+    """A wheel of this package as it is now, version ``<version>+g<source digest>``, without dependencies.
+
+    Its dependencies are the model's ``requirements.txt`` (:func:`serving_requirements`), so a
+    serving environment gets torch and what the model imports, not the training stack (DVC,
+    Prefect, Optuna). Built with pip and setuptools from a copy of the package's files, so
+    it works from a checkout and from an installed package alike; kept in ``out_dir``
+    (default: ``~/.cache/sscr/wheels``), where a wheel of the same source is reused.
+    """
+    from sscr import __version__
+
+    package = Path(__file__).resolve().parent
+    version = f"{__version__}+g{_source_digest(package)}"
+    out_dir = Path(out_dir) if out_dir is not None else _wheel_cache()
+    built = sorted(out_dir.glob(f"sscr-{version}-*.whl"))
+    if built:
+        return built[0]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sscr-wheel-") as build:
+        shutil.copytree(package, Path(build) / "src" / "sscr", ignore=_WHEEL_IGNORE)
+        (Path(build) / "src" / "pyproject.toml").write_text(
+            '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n\n'
+            f'[project]\nname = "sscr"\nversion = "{version}"\nrequires-python = ">=3.11"\ndependencies = []\n\n'
+            '[tool.setuptools.packages.find]\ninclude = ["sscr*"]\n\n'
+            '[tool.setuptools.package-data]\n"sscr" = ["splits.json"]\n'
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--quiet",
+             "-w", str(Path(build) / "dist"), str(Path(build) / "src")], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"building the sscr wheel failed: {done.stderr.strip()[-1000:]}")
+        wheel = next((Path(build) / "dist").glob("sscr-*.whl"))
+        with atomic_path(out_dir / wheel.name) as partial:  # a wheel in the cache is complete
+            shutil.copyfile(wheel, partial)
+    return out_dir / wheel.name
+
+
 def log_model(checkpoint: Path, use_sar: bool, example_size: int = 32) -> str:
-    """Log the model as an MLflow pyfunc with signature and input example; returns its model URI."""
+    """Log the model as an MLflow pyfunc (output signature, input example, wheel, pinned requirements); its URI.
+
+    The input is checked by the model itself (:func:`check_request`), not by an input
+    signature: MLflow's schema enforcement answers a wrong shape with the whole request
+    echoed back.
+    """
     from mlflow.models import ModelSignature
 
     rng = np.random.default_rng(0)
@@ -72,31 +268,65 @@ def log_model(checkpoint: Path, use_sar: bool, example_size: int = 32) -> str:
     wrapper = SSCRPyfunc()
     wrapper.load_context(type("Context", (), {"artifacts": {"checkpoint": str(checkpoint)}})())
     output = wrapper.predict(None, example)
-    signature = ModelSignature(inputs=_tensor_schema(example), outputs=_tensor_schema(output))
+    signature = ModelSignature(inputs=None, outputs=_tensor_schema(output))
+    wheel = build_wheel()
     # Models from code: the logged model is this package's source file, not a pickled object.
     info = mlflow.pyfunc.log_model(
         name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-        artifacts={"checkpoint": str(checkpoint)}, signature=signature, input_example=example,
+        artifacts={"checkpoint": str(checkpoint), "sscr_wheel": str(wheel)}, signature=signature,
+        input_example=example, pip_requirements=[*serving_requirements(), f"artifacts/{wheel.name}"],
     )
     return info.model_uri
 
 
-def load_model(source: str | Path, device: str = "auto") -> tuple[nn.Module, str | None]:
-    """A model ready for inference (eval mode, on ``device``) and the cloud-mask kind it was trained with.
+# ---------------------------------------------------------------- loading a model for `sscr infer`
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference and where it came from (for the outputs' tags)."""
+
+    model: nn.Module
+    mask_kind: str | None
+    """The cloud mask it was trained with (the checkpoint's ``masks.use``)."""
+    source: str
+    """The checkpoint path or the model URI as given."""
+    version: str | None = None
+    """Registered version (``NAME/VERSION``), run id, or the checkpoint's sha256 (first 16 hex digits)."""
+    files: list[Path] = field(default_factory=list)
+    """Local files it was read from (outputs must not overwrite them)."""
+
+
+def load_model(source: str | Path, device: str = "auto") -> LoadedModel:
+    """A model ready for inference (eval mode, on ``device``), the cloud-mask kind it was trained with, its origin.
 
     ``source`` is a checkpoint written by ``sscr train`` (``model_best.pt``) or an
     MLflow model URI (``models:/sscr@champion``, ``models:/sscr/3``,
     ``runs:/<run id>/model``) resolved against the tracking store of
     :func:`sscr.tracking.configure` (``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``).
-    The mask kind is the checkpoint's ``masks.use`` parameter.
+    A registered version is downloaded and checked against the sha256 of its files
+    recorded at registration before its stored code is imported
+    (:func:`sscr.integrity.fetch_verified`); ``runs:/`` URIs have no such record.
+    A local checkpoint touches no tracking store.
     """
     text = str(source)
     if "://" in text or text.startswith(("models:/", "runs:/")):
-        model, mask_kind = _load_mlflow_model(text)
-    else:
-        model, state = build_from_checkpoint(text)
-        mask_kind = _mask_kind_of(state)
-    return for_inference(model, select_device(device)), mask_kind
+        loaded = _load_mlflow_model(text)
+        loaded.model = for_inference(loaded.model, select_device(device))
+        return loaded
+    path = Path(text)
+    if path.is_dir():
+        hint = (f"{path} is an MLflow model directory: register it and pass models:/NAME/VERSION, or pass its "
+                f"checkpoint {path / 'artifacts' / 'model_best.pt'}") if (path / "MLmodel").is_file() else (
+            f"pass the checkpoint file inside it, e.g. {path / 'model_best.pt'}")
+        raise CheckpointError(f"--model {path} is a directory, not a checkpoint: {hint}")
+    if not path.exists():
+        raise CheckpointError(f"--model {path} does not exist: pass a checkpoint written by `sscr train` "
+                              "(results/<experiment>/model_best.pt) or a model URI such as models:/sscr@champion")
+    model, state = build_from_checkpoint(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return LoadedModel(for_inference(model, select_device(device)), _mask_kind_of(state), str(path),
+                       f"sha256:{digest}", [path])
 
 
 def _mask_kind_of(state: dict[str, Any]) -> str | None:
@@ -104,16 +334,59 @@ def _mask_kind_of(state: dict[str, Any]) -> str | None:
     return masks.get("use", DEFAULT_MASK_KIND)
 
 
-def _load_mlflow_model(uri: str) -> tuple[nn.Module, str | None]:
+def _load_mlflow_model(uri: str) -> LoadedModel:
     tracking.configure()
-    try:
-        wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-    except mlflow.exceptions.MlflowException as err:
-        raise ValueError(
-            f"cannot load MLflow model {uri!r} from tracking store {tracking.redact(tracking.tracking_uri())}: "
-            f"{str(err).splitlines()[0]}; check the name/alias/run id (`mlflow models` UI) or set "
-            "MLFLOW_TRACKING_URI to the store the model was registered in"
-        ) from None
+    where = f"tracking store {tracking.redact(tracking.tracking_uri())}"
+    with tempfile.TemporaryDirectory(prefix="sscr-model-") as directory:
+        try:
+            resolved = integrity.registered_version(uri)
+            if resolved is not None:
+                local = integrity.fetch_verified(f"models:/{resolved[0]}/{resolved[1]}", directory)
+                version = f"{resolved[0]}/{resolved[1]}"
+            else:
+                log.warning("%s is not a registered version: its files are not checked against a registry record "
+                            "(sscr.integrity); register it to have them checked", uri)
+                local, version = uri, uri.removeprefix("runs:/").split("/")[0]
+            wrapper = mlflow.pyfunc.load_model(str(local)).unwrap_python_model()
+        except mlflow.exceptions.MlflowException as err:
+            raise ValueError(
+                f"cannot load MLflow model {uri!r} from {where}: {str(err).splitlines()[0]}; check the name/alias/"
+                "run id (`mlflow models` UI) or set MLFLOW_TRACKING_URI to the store the model was registered in"
+            ) from None
     if not hasattr(wrapper, "model"):
         raise ValueError(f"MLflow model {uri!r} is not an SSCR model (logged by sscr.serving.log_model)")
-    return wrapper.model, getattr(wrapper, "mask_kind", DEFAULT_MASK_KIND)
+    return LoadedModel(wrapper.model, getattr(wrapper, "mask_kind", DEFAULT_MASK_KIND), uri, version)
+
+
+# ---------------------------------------------------------------- serving a registered version
+
+
+def serve_command(model_dir: Path, host: str, port: int, workers: int = 1) -> list[str]:
+    """The ``mlflow models serve`` command line for a verified local copy of a model."""
+    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_dir), "--env-manager", "local",
+            "--host", host, "--port", str(port), "--workers", str(workers)]
+
+
+def serve(uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1) -> int:
+    """Serve a registered version after checking its files: ``mlflow models serve`` on the checked local copy.
+
+    The version's files are downloaded and compared with the sha256 recorded at
+    registration (:func:`sscr.integrity.fetch_verified`) before MLflow imports the
+    stored ``pyfunc_model.py``; the server then loads that checked copy, not the store.
+    Returns the server's exit code.
+    """
+    tracking.configure()
+    with tempfile.TemporaryDirectory(prefix="sscr-serve-") as directory:
+        local = integrity.fetch_verified(uri, directory)
+        print(f"sscr: {uri}: every file matches the registry's sha256 record; serving {local} on "
+              f"http://{host}:{port}", file=sys.stderr, flush=True)
+        server = subprocess.Popen(serve_command(local, host, port, workers))
+        # stopping this command stops the server (then the checked copy is removed)
+        previous = signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+        try:
+            return server.wait()
+        except KeyboardInterrupt:
+            server.terminate()
+            return server.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)

@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     # foundation: the params schema and the one atomic write
     "sscr.config": 1, "sscr.fsutil": 1,
     # algorithms and services that need only the foundation
-    "sscr.clouds": 2, "sscr.plots": 2, "sscr.tracking": 2,
+    "sscr.clouds": 2, "sscr.plots": 2, "sscr.tracking": 2, "sscr.integrity": 2,
     # the data set: files, index, reader, mask files, builder
     "sscr.data": 3,
     # what a stage computes with

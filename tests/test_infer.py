@@ -127,32 +127,35 @@ def test_tiled_equals_whole_scene_inference_away_from_seams(scene, unet, tmp_pat
     assert np.isin(tiled, (0, 10000)).mean() < 0.2, "and must not be saturated"
     assert report.size == (WIDTH, HEIGHT) and report.tiles == tiling.tiles == 3 * 5
     assert report.var_path == var and report.pixels_per_second > 0
-    assert not list(tmp_path.glob(".*partial"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["clear.tif", "clear_var.tif"]  # no staging left
 
 
 def test_mask_is_computed_per_tile_from_its_dn_and_aligned(scene, tmp_path, monkeypatch):
     """sscr passes clear pixels through (mean = mask * decoded + (1 - mask) * cloudy): mask 0 -> output = input."""
     calls = []
 
-    def pixelwise_mask(cloudy: np.ndarray, kind: str | None) -> np.ndarray:
-        calls.append((kind, cloudy.shape))
-        return (cloudy[:, 1] > 0.30005).astype(np.float32)  # B2 reflectance: bright = cloud
+    def pixelwise_mask(dn: np.ndarray, kind: str, choice) -> np.ndarray:
+        calls.append((kind, choice.source, dn.shape))
+        return (dn[:, 1] > 3000.5).astype(np.float32)  # B2 reflectance: bright = cloud
 
-    monkeypatch.setattr(infer, "cloud_probability", pixelwise_mask)
+    monkeypatch.setattr(infer, "tile_masks", pixelwise_mask)
     torch.manual_seed(0)
     model = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True).eval()
-    out = tmp_path / "clear.tif"
-    report = infer_scene(model, scene["s2"], scene["s1"], out, tile=TILE, overlap=OVERLAP, batch_size=4,
-                         mask_kind="cloud_cloudshadow_mask", progress=False)
-    with rasterio.open(scene["s2"]) as src, rasterio.open(out) as dst:
+    out, mask_out = tmp_path / "clear.tif", tmp_path / "mask.tif"
+    report = infer_scene(model, scene["s2"], scene["s1"], out, mask_path=mask_out, tile=TILE, overlap=OVERLAP,
+                         batch_size=4, mask_kind="cloud_cloudshadow_mask", progress=False)
+    with rasterio.open(scene["s2"]) as src, rasterio.open(out) as dst, rasterio.open(mask_out) as mask:
         cloudy_dn, clear_dn = src.read().astype(np.int64), dst.read().astype(np.int64)
+        written_mask = mask.read(1)
+        assert mask.descriptions == ("cloud_cloudshadow_mask",) and mask.scales == (0.01,)
     cloud = cloudy_dn[1] > 3000.5
     assert 0.05 < cloud.mean() < 0.95
     assert np.abs(clear_dn - np.minimum(cloudy_dn, 10000))[:, ~cloud].max() <= 1
     assert (np.abs(clear_dn - cloudy_dn)[:, cloud] > 1).mean() > 0.5
-    assert {kind for kind, _ in calls} == {"cloud_cloudshadow_mask"}
-    assert all(shape[1:] == (13, TILE, TILE) for _, shape in calls)  # full tiles, also at the scene edges
-    assert report.mask_kind == "cloud_cloudshadow_mask"
+    assert {(kind, source) for kind, source, _ in calls} == {("cloud_cloudshadow_mask", "s2cloudless-10m")}
+    assert all(shape[1:] == (13, TILE, TILE) for _, _, shape in calls)  # full tiles, also at the scene edges
+    np.testing.assert_array_equal(written_mask, np.where(cloud, 100, 0))  # the mask fed to the model, in percent
+    assert (report.mask_kind, report.mask_source) == ("cloud_cloudshadow_mask", "s2cloudless-10m")
 
 
 def test_real_mask_and_no_data_tiles(tmp_path):
@@ -249,14 +252,13 @@ def test_stride_is_rounded_to_geotiff_blocks_and_overlap_checked():
 
 
 def _write_scene(root: Path, s2_bands: int = 13, s1_crs: str = CRS, s1_size: tuple[int, int] = (70, 50),
-                 s1_transform: Affine = TRANSFORM, s2_reflectance: bool = False,
-                 s1_dtype: str = "float32") -> tuple[Path, Path]:
+                 s1_transform: Affine = TRANSFORM, s1_bands: int = 2, s2_reflectance: bool = False) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     dn = rng.integers(1, 5000, (s2_bands, 50, 70)).astype(np.uint16)
     # s2_reflectance: the wrong convention, float32 reflectance in [0, 1]
     s2 = write_raster(root / "cloudy.tif", (dn / 10000).astype(np.float32) if s2_reflectance else dn, CRS, TRANSFORM)
     width, height = s1_size
-    s1 = write_raster(root / "sar.tif", rng.uniform(-25, 0, (2, height, width)).astype(s1_dtype), s1_crs,
+    s1 = write_raster(root / "sar.tif", rng.uniform(-25, 0, (s1_bands, height, width)).astype(np.float32), s1_crs,
                       s1_transform)
     return s2, s1
 
@@ -264,12 +266,11 @@ def _write_scene(root: Path, s2_bands: int = 13, s1_crs: str = CRS, s1_size: tup
 @pytest.mark.parametrize(
     ("kwargs", "bad", "message"),
     [
-        ({"s1_crs": "EPSG:32633"}, "sar.tif", "S1 has CRS EPSG:32633, S2 .*cloudy.tif has EPSG:32632: reproject S1"),
-        ({"s1_size": (70, 49)}, "sar.tif", "S1 is 70 x 49 px, S2 .*cloudy.tif is 70 x 50 px: reproject S1.*gdalwarp"),
-        ({"s1_transform": TRANSFORM @ Affine.translation(3, 0)}, "sar.tif", "S1 transform .* differs from S2"),
+        ({"s1_transform": TRANSFORM @ Affine.translation(500, 0)}, "sar.tif",
+         "S1 VV .* does not overlap the S2 scene .*: pass S1 of the same area"),
+        ({"s1_bands": 3}, "sar.tif", "S1 scene has 3 band\\(s\\), expected 2"),
         ({"s2_bands": 12}, "cloudy.tif", "S2 scene has 12 bands, expected 13"),
         ({"s2_reflectance": True}, "cloudy.tif", "S2 scene is float32, expected uint16 DN .* -scale 0 1 0 10000"),
-        ({"s1_dtype": "int16"}, "sar.tif", "S1 scene is int16, expected float32 backscatter in dB"),
     ],
 )
 def test_mismatched_inputs_are_refused_and_leave_nothing(tmp_path, unet, kwargs, bad, message):
@@ -278,7 +279,7 @@ def test_mismatched_inputs_are_refused_and_leave_nothing(tmp_path, unet, kwargs,
     with pytest.raises(PatchError, match=message) as caught:
         infer_scene(unet, s2, s1, out_dir / "clear.tif", var_path=out_dir / "var.tif", tile=64, overlap=16,
                     progress=False)
-    assert caught.value.path.name == bad
+    assert Path(caught.value.path).name == bad
     assert not out_dir.exists() or not any(out_dir.iterdir())
 
 
@@ -305,3 +306,218 @@ def test_sar_model_needs_s1(tmp_path, unet):
     s2, _ = _write_scene(tmp_path)
     with pytest.raises(ValueError, match="fuses SAR"):
         infer_scene(unet, s2, None, tmp_path / "clear.tif", progress=False)
+
+
+# ---------------------------------------------------------------- Sentinel inputs, COG outputs, masks when needed
+
+
+def _s1_in_zone_33_at_20m(scene: dict[str, Path], root: Path) -> tuple[Path, Path]:
+    """The scene's S1 as a user may have it (UTM 33N, 20 m, a margin around the scene), and that file warped onto
+    the S2 grid in one piece with rasterio (what a user would otherwise do with gdalwarp first)."""
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    with rasterio.open(scene["s1"]) as src:
+        db, bounds = src.read(), src.bounds
+    dst_transform, width, height = calculate_default_transform(CRS, "EPSG:32633", WIDTH, HEIGHT, *bounds,
+                                                               resolution=20)
+    dst_transform = dst_transform @ Affine.translation(-3, -3)  # a margin, so the scene lies inside the file
+    zone33 = np.full((2, height + 6, width + 6), np.nan, np.float32)
+    reproject(db, zone33, src_transform=TRANSFORM, src_crs=CRS, dst_transform=dst_transform,
+              dst_crs="EPSG:32633", resampling=Resampling.average, src_nodata=np.nan, dst_nodata=np.nan)
+    zone33 = np.where(np.isnan(zone33), -15.0, zone33).astype(np.float32)
+    s1_33 = write_raster(root / "s1_utm33_20m.tif", zone33, "EPSG:32633", dst_transform, band_names=S1_BANDS)
+    warped = np.full((2, HEIGHT, WIDTH), np.nan, np.float32)
+    reproject(zone33, warped, src_transform=dst_transform, src_crs="EPSG:32633", dst_transform=TRANSFORM,
+              dst_crs=CRS, resampling=Resampling.bilinear, src_nodata=np.nan, dst_nodata=np.nan, tolerance=0)
+    return s1_33, write_raster(root / "s1_warped.tif", warped, CRS, TRANSFORM, band_names=S1_BANDS)
+
+
+def test_s1_in_another_utm_zone_at_20m_equals_s1_warped_first(scene, unet, tmp_path):
+    """S1 in UTM 33N at 20 m gives the prediction of the same S1 warped onto the S2 grid first (GDAL's whole-image
+    bilinear warp is itself ~0.01 dB off exact bilinear; the window reads are closer), and SAR is really used."""
+    s1_33, s1_warped = _s1_in_zone_33_at_20m(scene, tmp_path)
+    with rasterio.open(s1_33) as src:
+        flat = write_raster(tmp_path / "s1_flat.tif", np.full((2, src.height, src.width), -15.0, np.float32),
+                            src.crs, src.transform)
+    outputs = {}
+    for name, s1 in (("utm33", s1_33), ("warped", s1_warped), ("flat", flat)):
+        out = tmp_path / name / "clear.tif"
+        infer_scene(unet, scene["s2"], s1, out, tile=TILE, overlap=OVERLAP, progress=False)
+        with rasterio.open(out) as dataset:
+            outputs[name] = dataset.read().astype(np.int64)
+            assert dataset.crs.to_string() == CRS and dataset.transform == TRANSFORM
+    difference = np.abs(outputs["utm33"] - outputs["warped"])
+    assert difference.max() <= 8 and difference.mean() < 0.5  # mostly 0, some 1-DN rounding flips
+    assert np.abs(outputs["utm33"] - outputs["flat"]).mean() > 20 * difference.mean()
+    with rasterio.open(tmp_path / "utm33" / "clear.tif") as dataset:
+        tags = dataset.tags()
+    assert tags["s1_source_grid"] == "EPSG:32633 at 20 x 20"
+    assert tags["s1_reprojection"].startswith("rasterio.warp.reproject, bilinear")
+
+
+def test_outputs_are_cogs_tagged_with_the_model_and_the_processing(scene, tmp_path):
+    """Prediction, variance and the mask used: valid COGs (rio-cogeo), band names, scale/offset, nodata, tags."""
+    from rio_cogeo.cogeo import cog_validate
+
+    torch.manual_seed(0)
+    model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=True, variance="diag").eval()
+    out, var, mask = tmp_path / "clear.tif", tmp_path / "var.tif", tmp_path / "mask.tif"
+    report = infer_scene(model, scene["s2"], scene["s1"], out, var_path=var, mask_path=mask, tile=TILE,
+                         overlap=OVERLAP, mask="s2cloudless-60m", model_source="models:/sscr@champion",
+                         model_version="sscr/7", progress=False)
+    expected = {out: (13, "uint16", 0, S2_BANDS[0], 1e-4), var: (13, "float32", None, "B1_var", 1.0),
+                mask: (1, "uint8", 255, "s2cloudless_map", 0.01)}
+    for path, (count, dtype, nodata, first_band, scale) in expected.items():
+        valid, errors, warnings = cog_validate(str(path), strict=True)
+        assert valid and not errors and not warnings, (path, errors, warnings)
+        with rasterio.open(path) as dataset:
+            assert (dataset.count, dataset.dtypes[0], dataset.descriptions[0]) == (count, dtype, first_band)
+            assert nodata is None and np.isnan(dataset.nodata) or dataset.nodata == nodata
+            assert dataset.scales[0] == pytest.approx(scale)
+            assert dataset.crs.to_string() == CRS and dataset.transform == TRANSFORM
+            tags = dataset.tags()
+            assert (tags["sscr_model"], tags["sscr_model_version"]) == ("models:/sscr@champion", "sscr/7")
+            assert tags["sscr_cloud_mask"] == "s2cloudless_map from s2cloudless-60m"
+            assert tags["s1_units_in"] == "db" and tags["s2_input"] == str(scene["s2"])
+    with rasterio.open(mask) as dataset:
+        percent = dataset.read(1)
+    assert percent.max() <= 100 and percent.std() > 0  # a real s2cloudless map of the synthetic clouds
+    assert (report.mask_kind, report.mask_source, report.mask_path) == ("s2cloudless_map", "s2cloudless-60m", mask)
+
+
+def test_no_mask_is_computed_for_networks_without_a_mask_input(scene, unet, tmp_path, monkeypatch):
+    def no_mask_expected(*args, **kwargs):
+        raise AssertionError("a cloud mask was computed for a network that takes none")
+
+    monkeypatch.setattr(infer, "tile_masks", no_mask_expected)
+    mask = tmp_path / "mask.tif"
+    report = infer_scene(unet, scene["s2"], scene["s1"], tmp_path / "clear.tif", mask_path=mask, tile=TILE,
+                         overlap=OVERLAP, mask="s2cloudless-10m", progress=False)
+    assert report.mask_kind is None and report.mask_path is None and not mask.exists()
+
+
+def test_a_clear_mask_file_passes_the_cloudy_input_through(scene, tmp_path):
+    """A precomputed mask on a 20 m grid saying "clear" everywhere: sscr_lite returns its input, the file is used."""
+    mask_file = write_raster(tmp_path / "clear_mask_20m.tif", np.zeros((1, 160, 220), np.float32), CRS,
+                             TRANSFORM @ Affine.scale(2))
+    torch.manual_seed(0)
+    model = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True).eval()
+    out = tmp_path / "clear.tif"
+    report = infer_scene(model, scene["s2"], scene["s1"], out, mask_path=tmp_path / "mask.tif", tile=TILE,
+                         overlap=OVERLAP, mask=str(mask_file), progress=False)
+    with rasterio.open(scene["s2"]) as src, rasterio.open(out) as dst:
+        np.testing.assert_allclose(dst.read().astype(np.int64), np.clip(src.read().astype(np.int64), 1, 10000),
+                                   atol=1)
+        assert dst.tags()["mask_input"] == str(mask_file)
+    with rasterio.open(tmp_path / "mask.tif") as dataset:
+        assert (dataset.read(1) == 0).all()
+    assert report.mask_source == f"file {mask_file}"
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("outputs", "message"),
+    [
+        (lambda s2, s1, model, root: {"var_path": s2}, r"--var-out .*cloudy.tif is the input .*cloudy.tif"),
+        (lambda s2, s1, model, root: {"mask_path": _link(root / "m.tif", s1, "symlink")}, r"--mask-out .* is the input"),
+        (lambda s2, s1, model, root: {"out_path": _link(root / "o.tif", s2, "hardlink")}, r"--out .* is the input"),
+        (lambda s2, s1, model, root: {"out_path": model}, r"--out .*model_best.pt is the input"),
+        (lambda s2, s1, model, root: {"var_path": root / "out.tif"}, "--out and --var-out are the same file"),
+        (lambda s2, s1, model, root: {"out_path": root}, r"--out .* is a directory: pass a file name"),
+    ],
+    ids=["var-out-is-s2", "mask-out-symlink-to-s1", "out-hardlink-to-s2", "out-is-the-model", "out-is-var-out",
+         "out-is-a-directory"],
+)
+def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, outputs, message):
+    torch.manual_seed(0)
+    model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=True, variance="diag").eval()
+    s2, s1 = _write_scene(tmp_path)
+    checkpoint = tmp_path / "model_best.pt"
+    checkpoint.write_bytes(b"weights")
+    before = {path: _digest(path) for path in (s2, s1, checkpoint)}
+    kwargs = {"out_path": tmp_path / "out.tif", "var_path": None, "mask_path": tmp_path / "mask.tif",
+              **outputs(s2, s1, checkpoint, tmp_path)}
+    with pytest.raises(ValueError, match=message):
+        infer_scene(model, s2, s1, kwargs.pop("out_path"), **kwargs, model_files=[checkpoint], tile=64, overlap=16,
+                    progress=False)
+    assert {path: _digest(path) for path in before} == before
+
+
+def _link(link: Path, target: Path, kind: str) -> Path:
+    import os
+
+    if kind == "symlink":
+        link.symlink_to(target)
+    else:
+        os.link(target, link)
+    return link
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_one_command_from_an_l1c_product_and_s1_to_a_cog_leaves_nothing_else(tmp_path, monkeypatch, capsys):
+    """The README's command on a zipped L1C product (baseline 05.09) and an S1 GeoTIFF in another UTM zone, from
+    an empty directory: a COG appears and nothing else (no tracking store for a local checkpoint)."""
+    from rio_cogeo.cogeo import cog_validate
+
+    from sscr.checkpoint import save_atomic
+    from sscr.cli import main
+    from sscr.data.synth_products import write_l1c_product
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    product = write_l1c_product(inputs / "product", synth_patch(PatchId("ROIs1158_spring", 1, 1), patch_size=120,
+                                                               seed=3)["s2_cloudy"], CRS, TRANSFORM, zipped=True)
+    scene = {"s1": write_raster(inputs / "s1_32.tif", synth_patch(PatchId("ROIs1158_spring", 1, 1), patch_size=120,
+                                                                  seed=3)["s1"], CRS, TRANSFORM)}
+    with rasterio.open(scene["s1"]) as src:  # the S1 file in UTM 33N at 20 m, built as in the test above
+        assert src.bounds.left == TRANSFORM.c
+    global WIDTH, HEIGHT
+    size = (WIDTH, HEIGHT)
+    WIDTH, HEIGHT = 120, 120
+    try:
+        s1, _ = _s1_in_zone_33_at_20m(scene, inputs)
+    finally:
+        WIDTH, HEIGHT = size
+    torch.manual_seed(0)
+    model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=False)
+    checkpoint = save_atomic({"model": model.state_dict(), "model_name": "unet", "model_config": dict(model.config),
+                              "config": {}}, inputs / "model_best.pt")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["infer", "--model", str(checkpoint), "--s2", str(product), "--s1", str(s1), "--out", "clear.tif",
+                 "--no-progress"]) == 0
+    assert sorted(path.name for path in work.iterdir()) == ["clear.tif"]
+    assert cog_validate("clear.tif", strict=True)[0]
+    with rasterio.open("clear.tif") as dataset:
+        assert dataset.crs.to_string() == CRS and dataset.transform == TRANSFORM and dataset.count == 13
+        assert dataset.tags()["sscr_model_version"] == f"sha256:{_digest(checkpoint)[:16]}"
+    capsys.readouterr()
+
+    # a directory passed as --model, and --out a directory: one line each, naming the path and the fix
+    assert main(["infer", "--model", str(inputs), "--s2", str(product), "--s1", str(s1), "--out", "x.tif"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error == (f"sscr: error: --model {inputs} is a directory, not a checkpoint: pass the checkpoint file "
+                     f"inside it, e.g. {inputs / 'model_best.pt'}")
+    assert main(["infer", "--model", str(checkpoint), "--s2", str(product), "--s1", str(s1), "--out", "."]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("sscr: error: --out . is a directory: pass a file name") and "\n" not in error
+    assert sorted(path.name for path in work.iterdir()) == ["clear.tif"]
+
+    # sscr ensemble in an empty directory: its two outputs and nothing else
+    shutil_copy = __import__("shutil").copy
+    shutil_copy("clear.tif", inputs / "a.tif")
+    shutil_copy("clear.tif", inputs / "b.tif")
+    ensemble_dir = tmp_path / "ensemble"
+    ensemble_dir.mkdir()
+    monkeypatch.chdir(ensemble_dir)
+    assert main(["ensemble", str(inputs / "a.tif"), str(inputs / "b.tif"), "--out-mean", "mean.tif",
+                 "--out-var", "var.tif"]) == 0
+    assert sorted(path.name for path in ensemble_dir.iterdir()) == ["mean.tif", "var.tif"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,7 +17,7 @@ import pytest
 import requests
 import torch
 
-from sscr import registry, tracking
+from sscr import integrity, registry, serving, tracking
 from sscr.checkpoint import save_atomic
 from sscr.config import run_dir
 from sscr.models import build_model
@@ -32,9 +35,9 @@ def test_served_champion_returns_cloud_free_patch(in_workspace, tmp_path):
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # `sscr serve` checks the version's files against the registry's sha256 record, then runs `mlflow models serve`
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/serve-test@champion",
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "sscr.cli", "serve", "--model", "models:/serve-test@champion", "--port", str(port)],
         cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )
@@ -74,11 +77,12 @@ def test_load_model_from_checkpoint(tmp_path):
         "model": model.state_dict(), "model_name": "unet", "model_config": dict(model.config),
         "config": {"masks": {"use": "cloud_cloudshadow_mask"}},
     }, tmp_path / "model_best.pt")
-    loaded, mask_kind = load_model(str(checkpoint), device="cpu")
-    assert mask_kind == "cloud_cloudshadow_mask"
-    assert not loaded.training and loaded.config == model.config
+    loaded = load_model(str(checkpoint), device="cpu")
+    assert loaded.mask_kind == "cloud_cloudshadow_mask" and loaded.files == [checkpoint]
+    assert loaded.version == f"sha256:{hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]}"
+    assert not loaded.model.training and loaded.model.config == model.config
     for name, tensor in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[name], tensor)
+        assert torch.equal(loaded.model.state_dict()[name], tensor)
 
 
 def test_load_model_from_mlflow_run(tmp_path, monkeypatch):
@@ -100,9 +104,237 @@ def test_load_model_from_mlflow_run(tmp_path, monkeypatch):
                                                                                     np.float32))
     with mlflow.start_run() as run:
         serving.log_model(checkpoint, use_sar=False)
-    loaded, mask_kind = load_model(f"runs:/{run.info.run_id}/model", device="cpu")
-    assert mask_kind == "s2cloudless_mask" and not loaded.training
+    loaded = load_model(f"runs:/{run.info.run_id}/model", device="cpu")
+    assert loaded.mask_kind == "s2cloudless_mask" and not loaded.model.training
+    assert loaded.version == run.info.run_id
     for name, tensor in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[name], tensor)
+        assert torch.equal(loaded.model.state_dict()[name], tensor)
     with pytest.raises(ValueError, match="cannot load MLflow model"):
         load_model("models:/no-such-model@champion")
+
+
+# ---------------------------------------------------------------- one served model, every bad request
+
+
+def _log_and_register(root: Path, name: str, use_mask: bool = False) -> tuple[str, Path]:
+    """A tiny SAR U-Net logged and registered (version 1, files recorded) in the store under ``root``."""
+    import mlflow
+
+    tracking.configure(f"sqlite:///{root / 'mlflow.db'}")
+    torch.manual_seed(0)
+    model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=use_mask)
+    checkpoint = save_atomic({"model": model.state_dict(), "model_name": "unet", "model_config": dict(model.config),
+                              "config": {"masks": {"use": "s2cloudless_map" if use_mask else None}}},
+                             root / "model_best.pt")
+    with mlflow.start_run(experiment_id=tracking.experiment_id("serving-test")) as run:
+        model_uri = serving.log_model(checkpoint, use_sar=True)
+    version = registry.register(run.info.run_id, {"PSNR": 30.0}, name, model_uri)
+    assert version == "1"
+    return tracking.tracking_uri(), checkpoint
+
+
+def _wait_until_up(server: subprocess.Popen, port: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        assert server.poll() is None, server.stdout.read()[-3000:]
+        time.sleep(1)
+    pytest.fail(f"the model server did not come up in {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A real `mlflow models serve` process serving a registered tiny SAR model: (base URL, model directory)."""
+    root = tmp_path_factory.mktemp("served")
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        uri, _ = _log_and_register(root, "contract")
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if previous is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/contract/1", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        _wait_until_up(server, port)
+        yield f"http://127.0.0.1:{port}", next(root.glob("mlartifacts/**/MLmodel")).parent
+    finally:
+        stop_group(server)
+
+
+def _patch(batch: int = 1, size: int = 32, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(0.0, 0.4, (batch, 13, size, size)).astype(np.float32),
+            rng.uniform(0.2, 0.8, (batch, 2, size, size)).astype(np.float32))
+
+
+def _post(base: str, inputs: dict) -> requests.Response:
+    body = json.dumps({"inputs": {key: np.asarray(value).tolist() for key, value in inputs.items()}})
+    return requests.post(f"{base}/invocations", data=body, headers={"Content-Type": "application/json"}, timeout=120)
+
+
+def test_served_model_answers_a_good_request_as_documented(served):
+    base, _ = served
+    cloudy, sar = _patch(batch=2, size=40)
+    sar[:, :, :10] = np.nan  # NaN SAR: no S1 there (outside its swath), as sscr infer feeds it
+    response = _post(base, {"cloudy": cloudy, "sar": sar})
+    assert response.status_code == 200, response.text[:500]
+    mean = np.asarray(response.json()["predictions"]["mean"], np.float32)
+    assert mean.shape == (2, 13, 40, 40) and np.isfinite(mean).all() and 0 <= mean.min() and mean.max() <= 1
+
+
+def _bad_requests() -> dict[str, tuple[dict, int, str]]:
+    cloudy, sar = _patch()
+    big_cloudy = np.zeros((5, 13, 240, 240), np.float32)  # 288,000 px > 262,144
+    return {
+        "S2 as DN": ({"cloudy": np.rint(cloudy * 10000), "sar": sar}, 400, "looks like L1C DN: divide by 10000"),
+        "SAR in dB": ({"cloudy": cloudy, "sar": sar * 25 - 25}, 400, "looks like dB: send (dB + 25) / 25"),
+        "all-NaN SAR": ({"cloudy": cloudy, "sar": np.full_like(sar, np.nan)}, 400, "sar is NaN everywhere"),
+        "12 bands": ({"cloudy": cloudy[:, :12], "sar": sar}, 400, "cloudy has shape (1, 12, 32, 32), expected (B, 13"),
+        "3-D S2": ({"cloudy": cloudy[0], "sar": sar}, 400, "cloudy has shape (13, 32, 32)"),
+        "S1/S2 size mismatch": ({"cloudy": cloudy, "sar": sar[:, :, :16]}, 400,
+                                "sar has shape (1, 2, 16, 32) but cloudy (1, 13, 32, 32)"),
+        "no SAR for a SAR model": ({"cloudy": cloudy}, 400, "this model fuses SAR: missing input sar"),
+        "infinite values": ({"cloudy": np.where(cloudy > 0.3, np.inf, cloudy), "sar": sar}, 400, "infinite values"),
+        "unknown input": ({"cloudy": cloudy, "sar": sar, "mask": sar[:, :1]}, 400, "unknown input(s) mask"),
+        "too large": ({"cloudy": big_cloudy, "sar": np.zeros((5, 2, 240, 240), np.float32)}, 413,
+                      "exceeds the limit of 262,144 px"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_requests()))
+def test_served_model_refuses_bad_requests_in_one_line(served, case):
+    base, _ = served
+    inputs, status, reason = _bad_requests()[case]
+    response = _post(base, inputs)
+    assert response.status_code == status, response.text[:500]
+    body = response.json()
+    message = body["message"]
+    assert reason in message
+    assert "\n" not in message and "Traceback" not in response.text and "stack_trace" not in body
+    assert len(response.content) < 500, "the answer must not echo the request's data"
+    if status == 413:
+        assert "sscr infer" in message
+
+
+def test_logged_requirements_pin_torch_and_carry_the_package_and_resolve(served, tmp_path):
+    """requirements.txt: torch pinned, the libraries the model imports, and the sscr wheel logged beside it; pip
+    resolves it: each pin and the wheel from the index and the model alone (--ignore-installed --no-deps), and all of
+    it together with their dependencies against this environment."""
+    _, model_dir = served
+    lines = (model_dir / "requirements.txt").read_text().split()
+    assert f"torch=={importlib.metadata.version('torch').split('+')[0]}" in lines
+    assert {line.split("==")[0] for line in lines if "==" in line} >= set(serving.SERVING_DISTRIBUTIONS)
+    wheel = [line for line in lines if line.endswith(".whl")]
+    assert len(wheel) == 1 and wheel[0].startswith("artifacts/sscr-") and (model_dir / wheel[0]).is_file()
+    for extra in (["--ignore-installed", "--no-deps"], []):
+        report = tmp_path / "report.json"
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report), *extra,
+             "-r", "requirements.txt"], cwd=model_dir, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        chosen = {item["metadata"]["name"].lower(): item["metadata"]["version"]
+                  for item in json.loads(report.read_text())["install"]}
+        assert chosen["sscr"].startswith("0.1.0+g")
+        if extra:
+            assert chosen["torch"].split("+")[0] == importlib.metadata.version("torch").split("+")[0]
+
+
+def test_requirements_cover_what_the_model_imports():
+    """Every third-party package that the served code imports (at load and while predicting with a mask) is a
+    listed requirement or a dependency of one."""
+    script = """
+import ast, json, sys
+import numpy as np
+import sscr.pyfunc_model
+from sscr.predict import cloud_probability
+cloudy = np.random.default_rng(0).uniform(0, 0.5, (1, 13, 32, 32)).astype(np.float32)
+for kind in ("s2cloudless_map", "cloud_cloudshadow_mask"):
+    cloud_probability(cloudy, kind)
+tops = set()
+for name, module in list(sys.modules.items()):
+    if name.split(".")[0] != "sscr" or not getattr(module, "__file__", None):
+        continue
+    for node in ast.walk(ast.parse(open(module.__file__).read())):
+        if isinstance(node, ast.Import):
+            tops |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            tops.add(node.module.split(".")[0])
+print(json.dumps(sorted(tops)))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
+    imported = json.loads(done.stdout.strip().splitlines()[-1])
+    packages = importlib.metadata.packages_distributions()
+    needed = {dist for top in imported if top != "sscr" for dist in packages.get(top, [])}
+
+    def canonical(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    allowed = {canonical(name) for name in serving.SERVING_DISTRIBUTIONS}
+    for name in serving.SERVING_DISTRIBUTIONS:
+        allowed |= {canonical(re.split(r"[ ;<>=!~\[(]", requirement)[0])
+                    for requirement in importlib.metadata.requires(name) or [] if "extra ==" not in requirement}
+    assert {"torch", "numpy", "mlflow"} <= {canonical(n) for n in needed}
+    missing = sorted(name for name in needed if canonical(name) not in allowed)
+    assert not missing, f"the served code imports {missing}, which the logged requirements do not install"
+
+
+# ---------------------------------------------------------------- trust: the registry's record of the files
+
+
+def test_tampered_model_files_are_refused_by_infer_and_serve_naming_them(tmp_path, monkeypatch, capsys):
+    """A line prepended to the stored pyfunc_model.py (it would create a marker file), then a changed checkpoint:
+    `sscr infer` and `sscr serve` refuse to load, naming the file, and the stored code never runs."""
+    from sscr.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    uri, _ = _log_and_register(tmp_path, "trusted")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    loaded = load_model("models:/trusted/1", device="cpu")
+    assert loaded.version == "trusted/1"
+
+    stored = next(tmp_path.glob("mlartifacts/**/pyfunc_model.py"))
+    marker = tmp_path / "stored-code-ran"
+    original = stored.read_text()
+    stored.write_text(f"open({str(marker)!r}, 'w').close()\n" + original)
+    with pytest.raises(integrity.IntegrityError, match=r"changed: pyfunc_model\.py\b"):
+        load_model("models:/trusted/1", device="cpu")
+    port = free_port()
+    served = subprocess.run(
+        [sys.executable, "-m", "sscr.cli", "serve", "--model", "models:/trusted/1", "--port", str(port)],
+        cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=300)
+    assert served.returncode == 1
+    last = served.stderr.strip().splitlines()[-1]
+    assert last.startswith("sscr: error: models:/trusted/1") and "changed: pyfunc_model.py" in last
+    assert "Traceback" not in served.stderr
+    assert not marker.exists(), "the tampered stored code ran"
+
+    stored.write_text(original)
+    checkpoint = next(tmp_path.glob("mlartifacts/**/artifacts/model_best.pt"))
+    checkpoint.write_bytes(checkpoint.read_bytes() + b"\0")
+    s2 = tmp_path / "s2.tif"
+    assert main(["infer", "--model", "models:/trusted/1", "--s2", str(s2), "--s1", str(s2), "--out", "x.tif"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("sscr: error: models:/trusted/1") and "changed: artifacts/model_best.pt" in error
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_a_version_without_a_record_is_refused(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri, _ = _log_and_register(tmp_path, "unrecorded")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    MlflowClient().delete_model_version_tag("unrecorded", "1", integrity.DIGEST_TAG)
+    with pytest.raises(integrity.IntegrityError, match="has no sscr.artifact_sha256 record .*sscr register"):
+        load_model("models:/unrecorded/1", device="cpu")

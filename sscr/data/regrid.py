@@ -176,8 +176,41 @@ class GridReader:
         window = window or Window(0, 0, self.width, self.height)
         single = isinstance(indexes, int)
         wanted = [indexes] if single else list(indexes or range(1, self.count + 1))
-        out = np.stack([self._read_band(self.sources[i - 1], window) for i in wanted])
+        out = np.empty((len(wanted), int(window.height), int(window.width)), np.float32)
+        by_file: dict[str, list[int]] = {}
+        for position, index in enumerate(wanted):
+            by_file.setdefault(self.sources[index - 1].path, []).append(position)
+        for positions in by_file.values():
+            sources = [self.sources[wanted[p] - 1] for p in positions]
+            if len(sources) > 1 and Grid.of(self.dataset_of(sources[0])).aligned_with(self.grid):
+                # One GDAL read for all bands of a file on the grid: a pixel-interleaved GeoTIFF holds every band
+                # in each block, and band-by-band reads would decode each block once per band (13x for S2).
+                out[positions] = self._read_aligned(sources, window)
+            else:
+                for position, source in zip(positions, sources, strict=True):
+                    out[position] = self._read_band(source, window)
         return out[0] if single else out
+
+    def _read_aligned(self, sources: Sequence[BandSource], window: Window) -> np.ndarray:
+        """Bands of one file whose grid is aligned with the target grid, in one read; NaN outside the file."""
+        dataset = self.dataset_of(sources[0])
+        src = Grid.of(dataset)
+        col0, row0 = int(window.col_off), int(window.row_off)
+        height, width = int(window.height), int(window.width)
+        out = np.full((len(sources), height, width), np.nan, np.float32)
+        dst_transform = self.grid.transform @ Affine.translation(col0, row0)
+        col, row = (round(v) for v in ~src.transform @ (dst_transform.c, dst_transform.f))
+        c0, r0 = max(col, 0), max(row, 0)
+        c1, r1 = min(col + width, src.width), min(row + height, src.height)
+        if c1 > c0 and r1 > r0:
+            data = dataset.read([s.band for s in sources], window=Window(c0, r0, c1 - c0, r1 - r0), masked=True)
+            values = data.astype(np.float32).filled(np.nan)
+            for index, source in enumerate(sources):
+                convert = source.convert or self.convert
+                if convert is not None:
+                    values[index] = convert(values[index])
+            out[:, r0 - row: r1 - row, c0 - col: c1 - col] = values
+        return out
 
     # ---------------------------------------------------------------- reading one band
 
@@ -211,7 +244,8 @@ class GridReader:
         reproject(
             values, out, src_transform=window_transform(src_window, src.transform), src_crs=src.crs,
             src_nodata=np.nan, dst_transform=dst_transform, dst_crs=self.grid.crs, dst_nodata=np.nan,
-            resampling=self.resampling,
+            resampling=self.resampling, tolerance=0,  # exact coordinates: the default approximation (0.125 px)
+            # depends on the window, so windows would disagree with the whole-grid warp at their edges
         )
         return out
 

@@ -12,6 +12,7 @@ import rasterio
 import torch
 from affine import Affine
 from rasterio.warp import transform_bounds
+from rio_cogeo.cogeo import cog_validate
 
 from sscr.bands import S1_BANDS, S2_BANDS
 from sscr.data.io import PatchError, write_raster
@@ -241,20 +242,26 @@ def test_bad_products_are_refused_naming_the_file_and_the_fix(l1c_products, tmp_
     assert read_l1c_product(l1c_products["new_zip"]).band_files["B1"].startswith("/vsizip/")
 
 
-def test_same_prediction_with_and_without_the_offset(l1c_products, tmp_path):
-    """The tiled inference on the 03.01 and the 05.09 product of one scene writes the same prediction."""
+def test_same_prediction_with_and_without_the_offset(l1c_products, l1c_grid, tmp_path):
+    """infer_scene on the 03.01 .SAFE and the 05.09 .zip of one scene: the same prediction, each written in its
+    product's convention (05.09: RADIO_ADD_OFFSET put back, DN + 1000), as valid COGs on the product's grid."""
     sar = synth_patch(PatchId("ROIs1158_spring", 7, 3), patch_size=SIZE, seed=5)["s1"]
     s1 = write_raster(tmp_path / "s1.tif", sar, CRS, TRANSFORM, band_names=S1_BANDS)
     torch.manual_seed(0)
     model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=True).eval()
-    outputs = {}
+    outputs, tags = {}, {}
     for name in ("old", "new_zip"):
-        # until infer_scene reads an S2Scene itself, the scene goes through a GeoTIFF
-        s2 = open_s2(l1c_products[name]).write_geotiff(tmp_path / f"{name}.tif")
-        out = tmp_path / f"{name}_clear.tif"
-        infer_scene(model, s2, s1, out, tile=64, overlap=16, mask_kind="cloud_cloudshadow_mask", progress=False)
+        out = tmp_path / name / "clear.tif"
+        infer_scene(model, l1c_products[name], s1, out, tile=64, overlap=16, mask_kind="cloud_cloudshadow_mask",
+                    progress=False)
+        assert cog_validate(str(out), strict=True)[0]
+        assert sorted(p.name for p in out.parent.iterdir()) == ["clear.tif"]  # the decoded bands are removed
         with rasterio.open(out) as dataset:
-            outputs[name] = dataset.read()
+            outputs[name], tags[name] = dataset.read().astype(np.int64), dataset.tags()
             assert dataset.transform == TRANSFORM and dataset.crs.to_string() == CRS
-    assert outputs["old"].std() > 0
-    np.testing.assert_array_equal(outputs["old"], outputs["new_zip"])
+    valid = outputs["old"] > 0
+    assert outputs["old"].std() > 0 and (valid == (outputs["new_zip"] > 0)).all()
+    assert (~valid[:, l1c_grid.nodata[0], l1c_grid.nodata[1]]).all()  # the no-data corner stays no data
+    np.testing.assert_array_equal(outputs["new_zip"][valid], outputs["old"][valid] + 1000)
+    assert tags["new_zip"]["s2_processing_baseline"] == "05.09" and "RADIO_ADD_OFFSET -1000" in tags["new_zip"]["units"]
+    assert tags["old"]["s2_harmonisation"] == "none needed (no offset)"
