@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sscr.fsutil import atomic_path
+from sscr.fsutil import atomic_path, why_not_a_file
 
 FORMAT = 1
 
@@ -39,8 +39,9 @@ def save_atomic(obj: dict[str, Any], path: str | Path, fault_point: str = "") ->
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict safely (``weights_only=True``), with errors that say what is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    problem = why_not_a_file(path)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} {problem}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
@@ -76,6 +77,13 @@ def build_from_checkpoint(path: str | Path, map_location: str | torch.device = "
     from sscr.models import build_model
 
     state = load_checkpoint(path, map_location)
-    model = build_model(state["model_name"], **state.get("model_config", {}))
+    try:
+        model = build_model(state["model_name"], **state.get("model_config", {}))
+    except (TypeError, ValueError) as err:
+        # An unknown model name or config key: a checkpoint of another SSCR version, or edited by hand.
+        raise CheckpointError(
+            f"{path}: cannot rebuild its model from the checkpoint's model_name {state['model_name']!r} and "
+            f"model_config ({err}); use the SSCR version that wrote it, or retrain with this one"
+        ) from None
     load_weights(model, state["model"], path)
     return model, state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -103,6 +104,7 @@ def cmd_data_download(args: argparse.Namespace, params: Params) -> None:
 
 def cmd_masks(args: argparse.Namespace, params: Params) -> None:
     from sscr.cloudmasks import precompute_masks
+    from sscr.data.index import dropped_lines
 
     masks = params.masks
     report = precompute_masks(
@@ -112,8 +114,10 @@ def cmd_masks(args: argparse.Namespace, params: Params) -> None:
     )
     print(f"cloud masks: {report.computed} computed, {report.skipped} already done, "
           f"{len(report.invalid)} invalid; coverage table {report.table}")
-    for problem in report.invalid:
-        print(f"  skipped: {problem}", file=sys.stderr)
+    for line in dropped_lines(report.dropped(), "cloud masks", report.computed + report.skipped):
+        print(line, file=sys.stderr)
+    if report.invalid:
+        print(f"  every invalid sample and why: {report.invalid_table}", file=sys.stderr)
 
 
 def cmd_train(args: argparse.Namespace, params: Params) -> None:
@@ -394,6 +398,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What to do about the file-system errors a stage can meet, by errno.
+_WRITE_ELSEWHERE = "or point the output elsewhere (--set train.res_dir=..., masks.dir, evaluate.out_dir, --out)"
+_OS_FIXES: dict[int, str] = {
+    errno.ENOSPC: f"the disk is full: free space on it, {_WRITE_ELSEWHERE}",
+    errno.EDQUOT: f"the disk quota is used up: free space, {_WRITE_ELSEWHERE}",
+    errno.EFBIG: f"the file would exceed the file-size limit (ulimit -f, or the file system's): raise it, "
+                 f"{_WRITE_ELSEWHERE}",
+    errno.EROFS: f"the file system is mounted read-only: remount it read-write, {_WRITE_ELSEWHERE}",
+    errno.EACCES: f"permission denied: give this user access (chmod/chown), {_WRITE_ELSEWHERE}",
+    errno.EPERM: f"operation not permitted: give this user access (chmod/chown), {_WRITE_ELSEWHERE}",
+    errno.ELOOP: "a symbolic link loop: point the link at a real file or directory, or remove it",
+    errno.EISDIR: "it is a directory: pass a file",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: fix the path",
+    errno.ENAMETOOLONG: "the path is too long for the file system: use a shorter one",
+    errno.EIO: "an input/output error of the disk or network file system: check it (dmesg) and retry",
+}
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for a file-system error: the path, what happened (errno name) and the fix."""
+    where = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 else "") if err.filename else ""
+    what = err.strerror or str(err)
+    code = errno.errorcode.get(err.errno or 0, "")
+    fix = _OS_FIXES.get(err.errno or 0)
+    return f"{where + ': ' if where else ''}{what}{f' ({code})' if code else ''}{'; ' + fix if fix else ''}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sscr`` console script."""
     parser = build_parser()
@@ -405,10 +436,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sscr: {err}", file=sys.stderr)
         return 2
     except Exception as err:
-        # Our own errors and bad inputs are reported in one line that names the file and the fix;
-        # anything else is a bug and keeps its traceback.
-        if isinstance(err, FileNotFoundError | ValueError) or type(err).__module__.startswith("sscr."):
+        # Our own errors, bad inputs and file-system failures are reported in one line that names the file
+        # and the fix; anything else is a bug and keeps its traceback.
+        if isinstance(err, ValueError) or type(err).__module__.startswith("sscr."):
             print(f"sscr: error: {err}", file=sys.stderr)
+            return 1
+        if isinstance(err, OSError):
+            line = str(err) if err.errno is None else os_error_line(err)  # errno None: raised with a message
+            print(f"sscr: error: {line}", file=sys.stderr)
             return 1
         raise
     return int(result or 0)

@@ -50,6 +50,8 @@ class DataConfig(_Group):
     base_url: str = OFFICIAL_BASE_URL
     patch_size: int = Field(256, ge=16)
     on_error: Literal["raise", "skip"] = "raise"
+    # exact: ROI keys as listed (leak-free); substring: the published loaders' match (6 test, 3 val ROIs in train)
+    split_match: Literal["exact", "substring"] = "exact"
     synth: SynthConfig = Field(default_factory=SynthConfig)
 
     @field_validator("seasons")
@@ -273,7 +275,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None =
     """Read ``params.yaml`` (missing file = all defaults) and apply ``key.sub=value`` overrides."""
     path = Path(path)
     raw: dict[str, Any] = {}
-    if path.exists():
+    if path.exists() or path.is_symlink():  # a link to nowhere (or a loop) is an error, not "missing"
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:

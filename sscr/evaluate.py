@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,8 @@ def evaluate(
     device = torch.device("cpu")
     model = for_inference(model, device)
     dataset = build_dataset(params, cfg.split)
+    for line in dataset.dropped_lines():
+        print(line, file=sys.stderr)
     if len(dataset) == 0:
         raise ValueError(f"no {cfg.split} samples under {params.data.root}")
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=params.train.num_workers)
@@ -118,6 +122,7 @@ def evaluate(
     metrics.update(_regions(baseline_summary["all"], "baseline"))
     metrics["gain_cloudy_PSNR"] = metrics["test_cloudy"]["PSNR"] - metrics["baseline_cloudy"]["PSNR"]
     metrics["n_images"] = run.n_images
+    metrics["n_dropped"] = sum(len(errors) for errors in dataset.dropped.values())  # listed on stderr and in MLflow
     metrics["model"] = state["model_name"]
     metrics["use_sar"] = bool(model.use_sar)
     if run.has_variance:
@@ -134,7 +139,8 @@ def evaluate(
     _write_csv(out_dir / "coverage_bins.csv", bins)
     _write_csv(out_dir / "seasons.csv", seasons)
     if log_to_mlflow:
-        _log(params, inputs.checkpoint, run_id or state.get("run_id"), metrics, out_dir, bins, run.panel_files)
+        _log(params, inputs.checkpoint, run_id or state.get("run_id"), metrics, out_dir, bins, run.panel_files,
+             dataset.dropped)
     return metrics
 
 
@@ -255,7 +261,7 @@ def export_prediction(sample: dict[str, Any], pred: torch.Tensor, var: torch.Ten
 
 
 def _log(params: Params, checkpoint: Path, run_id: str | None, metrics: dict[str, Any], out_dir: Path,
-         bins: list[dict[str, Any]], panel_files: list[Path]) -> None:
+         bins: list[dict[str, Any]], panel_files: list[Path], dropped: Mapping[str, Sequence[object]]) -> None:
     import matplotlib.pyplot as plt
     import mlflow
 
@@ -267,6 +273,7 @@ def _log(params: Params, checkpoint: Path, run_id: str | None, metrics: dict[str
     tracking.configure()
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(flat_metrics(metrics, prefix="test_"))
+        tracking.log_dropped(params.evaluate.split, dropped)
         mlflow.log_artifact(str(out_dir / "metrics.json"), "evaluation")
         mlflow.log_artifact(str(out_dir / "coverage_bins.csv"), "evaluation")
         mlflow.log_artifact(str(out_dir / "seasons.csv"), "evaluation")

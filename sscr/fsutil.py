@@ -12,6 +12,7 @@ small file): a power cut can forget a rename, which only means the work is redon
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,39 @@ def move_into_place(source: str | Path, target: str | Path) -> Path:
     return target
 
 
+def disk_full(directory: str | Path) -> bool:
+    """True when the file system holding ``directory`` has no block left for this process to write.
+
+    Root may write into the blocks ext4 reserves, so root's limit is the free blocks, others' the available ones.
+    """
+    stat = os.statvfs(directory)
+    return (stat.f_bfree if os.geteuid() == 0 else stat.f_bavail) == 0
+
+
+def why_not_a_file(path: str | Path) -> str | None:
+    """None when ``path`` is a regular file (links followed); else what it is instead, worded for an error message."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                return "is a symbolic link loop: point the link at a real file, or remove it"
+            return f"is a broken symbolic link (its target {os.readlink(path)} does not exist)"
+    if path.is_dir():
+        return "is a directory, not a file"
+    return "is not a regular file" if path.exists() else "does not exist"
+
+
+def _naming(err: OSError, path: Path, tmp: Path) -> OSError:
+    """``err`` naming ``path``: a failed write(2) names no file, and the temporary name means nothing to a user."""
+    if err.filename is not None and err.filename not in (str(tmp), os.fspath(tmp)):
+        return err
+    return type(err)(err.errno, err.strerror or os.strerror(err.errno or 0), str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, fault_point: str = "") -> Iterator[Path]:
     """Write ``path`` atomically: the block writes the yielded temporary path, which then replaces ``path``.
@@ -57,18 +91,35 @@ def atomic_path(path: str | Path, fault_point: str = "") -> Iterator[Path]:
     between the flush and the rename, where reliability tests crash the process.
     Works for any writer that takes a path (``torch.save``, ``rasterio.open``,
     ``Path.open``); nest two blocks to put two files in place together.
+
+    A full disk is an ``OSError`` (ENOSPC) naming ``path`` whatever the writer: some
+    report it as another exception (``torch.save``: RuntimeError) or not at all (GDAL
+    prints it and leaves a truncated file), so a file system left with no free block
+    after the write fails it too; any ``OSError`` names ``path``, not the temporary name.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         _fsync(tmp)
+        if disk_full(tmp.parent):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         if fault_point:
             faults.checkpoint(fault_point)  # a crash between the write and the rename
         move_into_place(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        named = _naming(err, path, tmp)
+        if named is err:
+            raise
+        raise named from None
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, Exception) and path.parent.is_dir() and disk_full(path.parent):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
         raise
 
 

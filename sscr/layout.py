@@ -124,6 +124,42 @@ def split_of(pid: PatchId) -> str | None:
     return None
 
 
+SPLIT_MATCHES: tuple[str, ...] = ("exact", "substring")
+"""How a patch is matched to the split lists (``data.split_match``): exact ROI key, or the published loaders' way."""
+
+
+def splits_of(pid: PatchId, match: str = "exact") -> frozenset[str]:
+    """The splits a patch belongs to under ``match``.
+
+    ``exact``: its ROI's own list (:func:`split_of`), at most one. ``substring``: as the
+    published SEN12MS-CR loaders decide it, every split one of whose ROI keys is a
+    substring of the patch's S1 path, so ``ROIs1158_spring_s1/s1_1`` (train) also takes
+    ``s1_106`` (test): a patch can be in two splits (:func:`leaked_rois`).
+    """
+    if match == "exact":
+        split = split_of(pid)
+        return frozenset() if split is None else frozenset({split})
+    if match != "substring":
+        raise ValueError(f"data.split_match must be one of {', '.join(SPLIT_MATCHES)}, got {match!r}")
+    # The published loaders test the key against the S1 file's path; "/s1_" occurs only in its ROI folder.
+    path = pid.relpath("s1").as_posix()
+    return frozenset(split for split, keys in official_splits().items() if any(key in path for key in keys))
+
+
+def leaked_rois(match: str = "substring") -> dict[tuple[str, str], list[str]]:
+    """ROI keys that ``match`` puts into a split besides their own: ``{(own split, other split): [keys]}``.
+
+    Empty for ``exact``. For ``substring``: 6 test and 3 val ROIs of the official lists also land in train.
+    """
+    leaks: dict[tuple[str, str], list[str]] = {}
+    for own, keys in official_splits().items():
+        for key in sorted(keys):
+            season, roi = parse_roi_key(key)
+            for other in sorted(splits_of(PatchId(season, roi, 1), match) - {own}):
+                leaks.setdefault((own, other), []).append(key)
+    return leaks
+
+
 def parse_roi_key(key: str) -> tuple[str, int]:
     """Split ``ROIs1158_spring_s1/s1_106`` into (``ROIs1158_spring``, 106)."""
     season_part, roi_part = key.split("/")

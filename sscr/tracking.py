@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.parse
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,21 @@ def log_params_flat(flat: Mapping[str, Any]) -> None:
         text = json.dumps(value) if isinstance(value, list | dict | tuple) else str(value)
         clean[key] = redact(text)[:6000]
     mlflow.log_params(clean)
+
+
+def log_dropped(split: str, dropped: Mapping[str, Sequence[object]], limit: int = 20) -> None:
+    """Record on the active run what a stage left out of ``split``, so no sample disappears without a trace.
+
+    Metrics ``data.<split>.dropped`` (total) and ``data.<split>.dropped.<reason>``; the tag
+    ``data.<split>.dropped`` lists the first ``limit`` files with their reasons ("none" when nothing was).
+    """
+    counts = {reason: len(items) for reason, items in dropped.items()}
+    mlflow.log_metrics({f"data.{split}.dropped": float(sum(counts.values())),
+                        **{f"data.{split}.dropped.{reason}": float(n) for reason, n in counts.items()}})
+    first = [str(item) for items in dropped.values() for item in items][:limit]
+    more = sum(counts.values()) - len(first)
+    mlflow.set_tag(f"data.{split}.dropped",
+                   ("\n".join(first) + (f"\n... and {more} more" if more else ""))[:5000] if first else "none")
 
 
 def dataset_digest(files: list[Path], extra: str = "") -> str:

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -193,7 +194,7 @@ def _start(params: Params, resume: bool) -> _Session:
     cfg = params.train
     rank, world = _distributed()
     seed_everything(cfg.rdm_seed)
-    device = select_device(cfg.device)
+    device = select_device(cfg.device, key="train.device")
     out_dir = run_dir(params)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = _resume_state(params, out_dir / "checkpoint_last.pt") if resume else None
@@ -221,6 +222,9 @@ def _start(params: Params, resume: bool) -> _Session:
 
     train_set = TrainingView(build_dataset(params, "train"), cfg.crop_size, cfg.rdm_seed)
     val_set = build_dataset(params, "val")
+    if rank == 0:
+        for line in train_set.dataset.dropped_lines() + val_set.dropped_lines():
+            print(line, file=sys.stderr)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"empty split under {params.data.root}: {len(train_set)} train and {len(val_set)} "
                          "val samples; check data.root, data.seasons and train.min_cov/max_cov")
@@ -427,6 +431,7 @@ def _log_run_inputs(params: Params, train_set: SEN12MSCR, val_set: SEN12MSCR, ou
         files = [t.path(m) for t in dataset.triplets for m in ("s1", "s2", "s2_cloudy")]
         tracking.log_dataset(f"sen12mscr-{params.data.source}", params.data.root, files, context=split,
                              extra=f"{split}:{params.data.source}")
+        tracking.log_dropped(split, dataset.dropped)
     size = params.data.patch_size
     try:
         cost = model_cost(model, height=size, width=size)

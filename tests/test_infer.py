@@ -252,9 +252,11 @@ def test_stride_is_rounded_to_geotiff_blocks_and_overlap_checked():
 
 
 def _write_scene(root: Path, s2_bands: int = 13, s1_crs: str = CRS, s1_size: tuple[int, int] = (70, 50),
-                 s1_transform: Affine = TRANSFORM, s1_bands: int = 2) -> tuple[Path, Path]:
+                 s1_transform: Affine = TRANSFORM, s1_bands: int = 2, s2_reflectance: bool = False) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
-    s2 = write_raster(root / "cloudy.tif", rng.integers(1, 5000, (s2_bands, 50, 70)).astype(np.uint16), CRS, TRANSFORM)
+    dn = rng.integers(1, 5000, (s2_bands, 50, 70)).astype(np.uint16)
+    # s2_reflectance: the wrong convention, float32 reflectance in [0, 1]
+    s2 = write_raster(root / "cloudy.tif", (dn / 10000).astype(np.float32) if s2_reflectance else dn, CRS, TRANSFORM)
     width, height = s1_size
     s1 = write_raster(root / "sar.tif", rng.uniform(-25, 0, (s1_bands, height, width)).astype(np.float32), s1_crs,
                       s1_transform)
@@ -268,6 +270,7 @@ def _write_scene(root: Path, s2_bands: int = 13, s1_crs: str = CRS, s1_size: tup
          "S1 VV .* does not overlap the S2 scene .*: pass S1 of the same area"),
         ({"s1_bands": 3}, "sar.tif", "S1 scene has 3 band\\(s\\), expected 2"),
         ({"s2_bands": 12}, "cloudy.tif", "S2 scene has 12 bands, expected 13"),
+        ({"s2_reflectance": True}, "cloudy.tif", "S2 scene is float32, expected uint16 DN .* -scale 0 1 0 10000"),
     ],
 )
 def test_mismatched_inputs_are_refused_and_leave_nothing(tmp_path, unet, kwargs, bad, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import json
@@ -53,6 +54,57 @@ def test_mask_stage_killed_mid_write_resumes_without_recomputing(tmp_path):
     for pid in pids:
         with rasterio.open(mask_path(params.masks.dir, pid)) as src:
             assert src.count == 3 and src.tags()["source"]
+
+
+def test_mask_workers_die_with_the_stage(tmp_path):
+    import psutil
+
+    params = parse_params(deep_update(TINY, {"data": {"root": str(tmp_path / "data")},
+                                             "masks": {"dir": str(tmp_path / "masks"), "workers": 2}}))
+    pids = write_synthetic_sample(params.data.root, params.data.synth, patch_size=params.data.patch_size,
+                                  progress=False)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    held = sorted(pids)[3]
+    fault_dir = tmp_path / "fault"
+    fault_dir.mkdir()
+    # A worker stops just before putting the masks of `held` in place; then the stage is killed.
+    env = {**ENV, "SSCR_FAULT": f"pause:raster.write:{held.name}.tif", "SSCR_FAULT_DIR": str(fault_dir)}
+    stage = subprocess.Popen([sys.executable, "-m", "sscr.cli", "masks", "--params", str(params_file)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 240
+        while not (fault_dir / "paused").exists():
+            assert stage.poll() is None and time.monotonic() < deadline, "the stage never reached the held sample"
+            time.sleep(0.1)
+        children = psutil.Process(stage.pid).children(recursive=True)
+        assert len([c for c in children if "resource_tracker" not in " ".join(c.cmdline())]) == 2
+        stage.kill()
+        stage.wait(timeout=30)
+        (fault_dir / "resume").touch()  # a worker that outlived the stage would now write the held masks
+        written = sorted(Path(params.masks.dir).rglob("*.tif"))
+
+        def alive(process: psutil.Process) -> bool:
+            try:
+                return process.status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        deadline = time.monotonic() + 15
+        while any(alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [c.pid for c in children if alive(c)], "worker processes outlived the killed stage"
+        time.sleep(1.0)
+        assert not mask_path(params.masks.dir, held).exists()
+        assert sorted(Path(params.masks.dir).rglob("*.tif")) == written
+    finally:
+        (fault_dir / "resume").touch()
+        if stage.poll() is None:
+            stage.kill()
+        for child in children:  # without the fix, the workers are orphans: end them here
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
 
 
 class _ThrottledArchive(http.server.BaseHTTPRequestHandler):

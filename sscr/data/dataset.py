@@ -14,9 +14,16 @@ from torch.utils.data import Dataset
 from sscr.bands import RGB_BANDS, S1_BANDS, S1_CHANNELS, S2_BANDS, S2_CHANNELS
 from sscr.clouds.detect import compute_masks
 from sscr.config import MASK_KINDS, Params
-from sscr.data.index import IndexReport, Triplet, check_content, index_dataset
-from sscr.data.io import normalize_s1, normalize_s2, read_raster
-from sscr.data.masks import coverage, has_coverage_table, read_coverage_table, read_mask
+from sscr.data.index import IndexReport, Triplet, check_content, dropped_lines, index_dataset
+from sscr.data.io import PatchError, normalize_s1, normalize_s2, read_raster
+from sscr.data.masks import (
+    COVERAGE_TABLE,
+    coverage,
+    has_coverage_table,
+    read_coverage_table,
+    read_invalid_table,
+    read_mask,
+)
 from sscr.layout import PATCH_SIZE
 
 
@@ -27,9 +34,10 @@ class SEN12MSCR(Dataset):
     (VV, VH) as float32 backscatter in dB (NaN possible); S2 L1C has 13 bands
     (B1 ... B12) as uint16 top-of-atmosphere reflectance x 10000. About
     122,000 triplets over four seasons (450 GiB). Normalisation is the
-    benchmark's "default": S1 NaN -> 0, clip [-25, 0] dB, map to [0, 1];
+    benchmark's "default": S1 clip [-25, 0] dB, map to [0, 1], then NaN -> 0;
     S2 clip [0, 10000] / 10000. The official ROI split is applied by exact ROI
-    key, so no val or test ROI leaks into training.
+    key, so no val or test ROI leaks into training (``split_match="substring"`` reproduces the
+    published loaders' leaky match for like-for-like comparisons).
 
     Each item is a dict: ``sar`` (2, H, W), ``cloudy`` (13, H, W), ``target``
     (13, H, W), all float32 in [0, 1]; ``mask`` (H, W) float32, 1 = cloud or
@@ -51,7 +59,11 @@ class SEN12MSCR(Dataset):
         coverage_range: keep samples whose coverage lies in [min, max].
         max_samples: keep at most this many (the first, in sorted order).
         patch_size: expected patch size (checked per file); None = any.
-        on_error: "raise" stops at the first bad file; "skip" leaves it out (``report.invalid``).
+        on_error: "raise" stops at the first bad or unpaired file; "skip" leaves it out, counted in
+            ``dropped`` (by reason: unpaired, not_a_patch_file, invalid, invalid_by_mask_stage,
+            not_in_coverage_table).
+        split_match: "exact" ROI keys (leak-free) or "substring" (the published loaders' match, which
+            puts 6 test and 3 val ROIs into train; warns naming them).
     """
 
     S1_BANDS = S1_BANDS
@@ -69,6 +81,7 @@ class SEN12MSCR(Dataset):
         max_samples: int | None = None,
         patch_size: int | None = PATCH_SIZE,
         on_error: str = "raise",
+        split_match: str = "exact",
     ) -> None:
         if cloud_mask is not None and cloud_mask not in MASK_KINDS:
             raise ValueError(f"cloud_mask must be one of {MASK_KINDS} or None, got {cloud_mask!r}")
@@ -79,23 +92,55 @@ class SEN12MSCR(Dataset):
         self.patch_size = patch_size
         self.report: IndexReport = index_dataset(
             self.root, seasons=seasons, splits=None if split is None else [split],
-            patch_size=patch_size, on_error=on_error,
+            patch_size=patch_size, on_error=on_error, split_match=split_match,
         )
         triplets = self.report.triplets
         self._coverage: dict[str, float] = {}
-        self.not_in_table = 0
+        #: Everything left out, by reason, with the file: indexing's, then the mask stage's verdicts.
+        self.dropped: dict[str, list[PatchError]] = self.report.dropped()
         if cloud_mask is not None and self.masks_dir is not None:
-            # The coverage table lists the samples the mask stage validated: others are left out and counted.
             table = read_coverage_table(self.masks_dir)
             self._coverage = {name: row[cloud_mask] for name, row in table.items() if cloud_mask in row}
-            self.not_in_table = sum(t.pid.name not in self._coverage for t in triplets)
-            triplets = [t for t in triplets if t.pid.name in self._coverage]
+            triplets = self._mask_stage_verdicts(triplets, on_error)
         lo, hi = coverage_range
         if (lo, hi) != (0.0, 1.0):
             if cloud_mask is None:
                 raise ValueError("a coverage range needs a cloud_mask kind to measure coverage with")
             triplets = [t for t in triplets if lo <= self.sample_coverage(t) <= hi]
         self.triplets: list[Triplet] = triplets[:max_samples] if max_samples else triplets
+
+    def _mask_stage_verdicts(self, triplets: list[Triplet], on_error: str) -> list[Triplet]:
+        """Keep the samples the mask stage validated (in its coverage table); record why the others are left out.
+
+        The mask stage checks every triplet's content and lists the bad ones in ``invalid.csv``, so
+        train and evaluate leave out the same samples it did. A sample in neither table appeared after
+        the stage ran. With ``on_error: raise`` either is an error naming the file.
+        """
+        assert self.masks_dir is not None
+        invalid = read_invalid_table(self.masks_dir)
+        kept, found_invalid, unknown = [], [], []
+        for triplet in triplets:
+            name = triplet.pid.name
+            if name in self._coverage:
+                kept.append(triplet)
+            elif name in invalid:
+                found_invalid.append(invalid[name])
+            else:
+                unknown.append(PatchError(
+                    triplet.path("s2_cloudy"), f"is not in {self.masks_dir / COVERAGE_TABLE}: the data changed after "
+                    "`sscr masks` (stage cloudmasks) ran; run it again",
+                ))
+        if on_error == "raise" and (found_invalid or unknown):
+            raise (found_invalid or unknown)[0]
+        if found_invalid:
+            self.dropped["invalid_by_mask_stage"] = found_invalid
+        if unknown:
+            self.dropped["not_in_coverage_table"] = unknown
+        return kept
+
+    def dropped_lines(self, limit: int = 5) -> list[str]:
+        """What this split left out, for a stage to print: a count by reason, then the first ``limit`` files."""
+        return dropped_lines(self.dropped, f"{self.split or 'all'} split", len(self.triplets), limit)
 
     def __len__(self) -> int:
         return len(self.triplets)
@@ -173,7 +218,7 @@ def build_dataset(params: Params, split: str) -> SEN12MSCR:
         params.data.root, split=split, seasons=params.data.seasons, cloud_mask=params.masks.use,
         masks_dir=masks_dir, coverage_range=(train.min_cov, train.max_cov) if split == "train" else (0.0, 1.0),
         max_samples=train.max_samples if split == "train" else None,
-        patch_size=params.data.patch_size, on_error=params.data.on_error,
+        patch_size=params.data.patch_size, on_error=params.data.on_error, split_match=params.data.split_match,
     )
 
 

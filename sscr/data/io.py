@@ -17,6 +17,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
+from rasterio.io import MemoryFile
 
 from sscr.bands import S1_BANDS, S1_CHANNELS, S1_DB_RANGE, S2_BANDS, S2_DN_MAX
 from sscr.fsutil import atomic_path
@@ -29,6 +30,41 @@ class PatchError(ValueError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+    def __reduce__(self) -> tuple[type[PatchError], tuple[Path, str]]:
+        # Rebuilt from (path, reason), not from the message: an error raised in a worker process must
+        # cross back to the parent (a ProcessPoolExecutor otherwise dies with BrokenProcessPool).
+        return type(self), (self.path, self.reason)
+
+
+def check_s2_dtype(path: str | Path, dtype: str | np.dtype, kind: str = "S2") -> None:
+    """Refuse an S2 raster that is not integer DN (SEN12MS-CR and L1C: uint16, reflectance x 10000).
+
+    A float S2 of reflectance in [0, 1] would otherwise pass every check and be read as DN 0..1,
+    a black image: every S2 reader (patches, scenes) calls this with the file's dtype.
+    """
+    dtype = np.dtype(dtype)
+    if not (np.issubdtype(dtype, np.integer) and dtype.itemsize >= 2):
+        raise PatchError(
+            path, f"{kind} is {dtype.name}, expected uint16 DN (top-of-atmosphere reflectance x 10000, as L1C and "
+            "SEN12MS-CR store it): convert it, e.g. reflectance in [0, 1] with `gdal_translate -ot UInt16 -scale "
+            "0 1 0 10000 in.tif out.tif`, DN stored as floats with `gdal_translate -ot UInt16 in.tif out.tif`",
+        )
+
+
+def check_s1_dtype(path: str | Path, dtype: str | np.dtype, kind: str = "S1") -> None:
+    """Refuse an S1 raster that is not floating-point backscatter (SEN12MS-CR: float32 dB)."""
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.floating):
+        raise PatchError(
+            path, f"{kind} is {dtype.name}, expected float32 backscatter in dB (as SEN12MS-CR stores Sentinel-1 "
+            "GRD): convert calibrated linear power with 10 * log10(power) into a float32 GeoTIFF",
+        )
+
+
+def check_dtype(path: str | Path, dtype: str | np.dtype, kind: str) -> None:
+    """:func:`check_s1_dtype` when ``kind`` starts with "S1", else :func:`check_s2_dtype`."""
+    (check_s1_dtype if kind.startswith("S1") else check_s2_dtype)(path, dtype, kind)
 
 
 @dataclass(frozen=True)
@@ -56,9 +92,10 @@ def read_raster(
     kind: str,
     size: int | None = None,
 ) -> tuple[np.ndarray, RasterInfo]:
-    """Read a whole GeoTIFF as (bands, H, W), checking band count and (optionally) size.
+    """Read a whole GeoTIFF as (bands, H, W), checking band count, dtype and (optionally) size.
 
-    ``kind`` ("S1", "S2", "S2 cloudy") only words the error messages.
+    ``kind`` ("S1", "S2", "S2 cloudy") words the error messages and picks the dtype check
+    (:func:`check_dtype`).
     """
     path = Path(path)
     try:
@@ -74,6 +111,7 @@ def read_raster(
                     f"{kind} patch is {src.width} x {src.height} px, expected {size} x {size}"
                     " (set data.patch_size if your patches are another size)",
                 )
+            check_dtype(path, src.dtypes[0], kind)
             data = src.read()
             info = RasterInfo(src.crs, src.transform, src.width, src.height)
     except PatchError:
@@ -87,16 +125,18 @@ def read_raster(
 
 
 def normalize_s1(db: np.ndarray) -> np.ndarray:
-    """S1 dB -> [0, 1]: NaN -> 0, clip to [-25, 0] dB, map linearly (benchmark "default").
+    """S1 dB -> [0, 1] as the benchmark's "default": clip to [-25, 0] dB, map linearly, then NaN -> 0.
 
-    One float32 copy, then in place (the data loader's hot path, ``benchmarks/results/data_loading.md``).
+    The order matters: NaN (no backscatter) becomes 0.0, the value of -25 dB, not 0 dB = 1.0
+    (REFERENCE.md section 1). One float32 copy, then in place (the data loader's hot path,
+    ``benchmarks/results/data_loading.md``).
     """
     lo, hi = S1_DB_RANGE
     out = db.astype(np.float32)  # always a copy: the caller's array is left alone
-    np.nan_to_num(out, copy=False, nan=0.0, posinf=hi, neginf=lo)
-    np.clip(out, lo, hi, out=out)
+    np.clip(out, lo, hi, out=out)  # +-inf clip to the range's ends; NaN stays NaN
     out -= lo
     out /= hi - lo
+    np.nan_to_num(out, copy=False, nan=0.0)
     return out
 
 
@@ -132,6 +172,8 @@ def write_raster(
     """Write (bands, H, W) as a tiled, deflate-compressed GeoTIFF atomically (temp file, rename).
 
     ``tags`` (GDAL metadata) are written with the data, so a file that exists is complete, tags included.
+    For patch-sized arrays: the file is encoded in memory first, so a failed write raises (a full disk:
+    ``OSError`` ENOSPC naming ``path``) instead of leaving a truncated file.
     """
     path = Path(path)
     count, height, width = data.shape
@@ -148,12 +190,17 @@ def write_raster(
     }
     if height % 16 == 0 and width % 16 == 0:
         profile.update(tiled=True, blockxsize=min(256, width), blockysize=min(256, height))
-    # raster.write:<name> is where reliability tests crash, between the write and the rename
-    with atomic_path(path, fault_point=f"raster.write:{path.name}") as tmp, \
-            rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(data)
-        for index, name in enumerate(band_names or [], start=1):
-            dst.set_band_description(index, name)
-        if tags:
-            dst.update_tags(**tags)
+    # Encoded in memory, then written by Python: GDAL only prints a failed write (a full disk) and leaves
+    # a truncated file, Python's write raises it (ENOSPC). Patches and masks are small.
+    with MemoryFile() as memory:
+        with memory.open(**profile) as dst:
+            dst.write(data)
+            for index, name in enumerate(band_names or [], start=1):
+                dst.set_band_description(index, name)
+            if tags:
+                dst.update_tags(**tags)
+        encoded = memory.getbuffer()
+        # raster.write:<name> is where reliability tests crash, between the write and the rename
+        with atomic_path(path, fault_point=f"raster.write:{path.name}") as tmp:
+            tmp.write_bytes(encoded)
     return path

@@ -4,8 +4,10 @@ One GeoTIFF per sample, ``<masks_dir>/<season>/masks_<roi>/<sample id>.tif``,
 holds one float32 band per mask kind (band description = kind), with the same
 CRS and transform as the patch, and as tags its coverage per kind and the
 fingerprint of the cloudy file it came from. ``coverage.csv`` beside them
-lists every sample the mask stage validated. The stage that computes them is
-:mod:`sscr.cloudmasks`; the data set reads them through this module.
+lists every sample the mask stage validated, ``invalid.csv`` every sample it
+found unusable (file and reason), so train and evaluate leave out the same
+ones and say why. The stage that computes them is :mod:`sscr.cloudmasks`; the
+data set reads them through this module.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sscr.fsutil import atomic_path
 from sscr.layout import PatchId
 
 COVERAGE_TABLE = "coverage.csv"
+INVALID_TABLE = "invalid.csv"
 
 
 def mask_path(masks_dir: str | Path, pid: PatchId) -> Path:
@@ -129,3 +132,25 @@ def read_mask(masks_dir: str | Path, pid: PatchId, kind: str) -> np.ndarray:
             return src.read(descriptions.index(kind) + 1).astype(np.float32)
     except (RasterioIOError, OSError) as err:
         raise PatchError(path, f"cannot read mask file ({err}); delete it and rerun `sscr masks`") from None
+
+
+def write_invalid_table(masks_dir: Path, invalid: Sequence[PatchError]) -> Path:
+    """Write ``invalid.csv`` atomically: one row per sample the mask stage left out (sample id, file, reason)."""
+    table = Path(masks_dir) / INVALID_TABLE
+    with atomic_path(table) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sample_id", "path", "reason"])
+        for error in sorted(invalid, key=lambda e: str(e.path)):
+            parsed = PatchId.from_filename(error.path.name)
+            writer.writerow([parsed[0].name if parsed else "", str(error.path), error.reason])
+    return table
+
+
+def read_invalid_table(masks_dir: str | Path) -> dict[str, PatchError]:
+    """The samples the mask stage found unusable, by sample id, as the errors it recorded (empty if none)."""
+    table = Path(masks_dir) / INVALID_TABLE
+    if not table.exists():
+        return {}
+    with table.open(newline="") as handle:
+        return {row["sample_id"]: PatchError(row["path"], row["reason"])
+                for row in csv.DictReader(handle) if row["sample_id"]}

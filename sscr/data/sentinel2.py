@@ -73,7 +73,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
 from sscr.bands import S2_BANDS, S2_DN_MAX
-from sscr.data.io import PatchError
+from sscr.data.io import PatchError, check_s2_dtype
 from sscr.data.regrid import BandSource, Grid, GridReader
 from sscr.fsutil import atomic_path
 
@@ -556,12 +556,15 @@ def _geotiff_scene(path: Path, window: Window | None, bbox: tuple | None, bbox_c
     try:
         with rasterio.open(path) as src:
             count, crs, transform, width, height = src.count, src.crs, src.transform, src.width, src.height
+            dtype = src.dtypes[0]
     except RasterioIOError as err:
         raise PatchError(path, f"cannot read the S2 scene ({str(err).splitlines()[0]}): pass a Sentinel-2 L1C "
                                ".SAFE directory, its .zip, or a 13-band GeoTIFF") from None
     if count != len(S2_BANDS):
         raise PatchError(path, f"S2 scene has {count} bands, expected {len(S2_BANDS)} ({' '.join(S2_BANDS)}, "
                                "L1C DN as uint16), or pass the L1C product (.SAFE or .zip) itself")
+    # A float scene of reflectance in [0, 1] would be read as DN 0..1: an all-black prediction.
+    check_s2_dtype(path, dtype, "S2 scene")
     if crs is None:
         raise PatchError(path, "S2 scene has no CRS: georeference it (e.g. gdal_translate -a_srs EPSG:326xx)")
     crop = crop_window(width, height, transform, crs, window, bbox, bbox_crs, where=str(path))

@@ -133,14 +133,19 @@ def for_inference(model: nn.Module, device: torch.device | str | None = None) ->
     return model
 
 
-def select_device(preference: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cpu``; ``cuda`` (RuntimeError when absent)."""
+def select_device(preference: str = "auto", key: str = "--device") -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cpu``; ``cuda[:N]`` (ValueError naming ``key`` when absent)."""
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if preference == "cpu":
         return torch.device("cpu")
     if preference.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {preference!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+            raise ValueError(f"{key}: {preference!r} asks for a GPU, but CUDA is not available on this machine "
+                             "(no NVIDIA driver or a CPU-only torch build); set it to auto (CUDA when present) or cpu")
+        index = torch.device(preference).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ValueError(f"{key}: {preference!r} but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             "use cuda:0 ... or auto")
         return torch.device(preference)
-    raise ValueError(f"unknown device preference {preference!r}; expected 'auto', 'cpu' or 'cuda'")
+    raise ValueError(f"{key}: unknown device {preference!r}; expected auto, cpu or cuda")

@@ -14,9 +14,9 @@ from sscr.layout import PatchId
 
 
 def test_normalisation_values():
-    db = np.array([[[np.nan, -30.0, -25.0, -12.5, 0.0, 3.0]]], np.float32)
-    # NaN -> 0 dB as in the benchmark, then clip to [-25, 0] and map to [0, 1].
-    np.testing.assert_allclose(normalize_s1(db)[0, 0], [1.0, 0.0, 0.0, 0.5, 1.0, 1.0])
+    db = np.array([[[np.nan, -30.0, -25.0, -12.5, 0.0, 3.0, -np.inf, np.inf]]], np.float32)
+    # Clip to [-25, 0] dB, map to [0, 1], and only then NaN -> 0 (= -25 dB), as the benchmark's loader does.
+    np.testing.assert_allclose(normalize_s1(db)[0, 0], [0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 0.0, 1.0])
     dn = np.array([[[0, 2500, 10000, 12000]]], np.uint16)
     np.testing.assert_allclose(normalize_s2(dn)[0, 0], [0.0, 0.25, 1.0, 1.0])
     assert normalize_s1(db).dtype == np.float32 and normalize_s2(dn).dtype == np.float32
@@ -45,7 +45,7 @@ def test_item_contents_and_meta(tmp_path, triplet_writer):
     assert batch["cloudy"].shape == (1, 13, 32, 32) and batch["meta"]["transform"].shape == (1, 6)
 
 
-def test_nan_in_s1_becomes_zero_db(tmp_path, triplet_writer):
+def test_nan_in_s1_becomes_zero_after_scaling(tmp_path, triplet_writer):
     pid = PatchId("ROIs1158_spring", 1, 1)
     paths = triplet_writer(tmp_path, pid)
     with rasterio.open(paths["s1"]) as src:
@@ -54,7 +54,7 @@ def test_nan_in_s1_becomes_zero_db(tmp_path, triplet_writer):
     write_raster(paths["s1"], data, crs, transform)
     item = SEN12MSCR(tmp_path, split="train", cloud_mask=None, patch_size=32)[0]
     assert torch.isfinite(item["sar"]).all()
-    assert torch.all(item["sar"][0, :4, :4] == 1.0)
+    assert torch.all(item["sar"][0, :4, :4] == 0.0)  # the value of -25 dB, not of 0 dB
 
 
 def test_split_season_and_max_samples(tmp_path, triplet_writer):

@@ -168,8 +168,8 @@ def test_select_device():
     with pytest.raises(ValueError, match="unknown device"):
         select_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
-            select_device("cuda")
+        with pytest.raises(ValueError, match="train.device: 'cuda' asks for a GPU, but CUDA is not available"):
+            select_device("cuda", key="train.device")
 
 
 @pytest.mark.parametrize("name", NAMES)
