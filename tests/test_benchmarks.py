@@ -49,7 +49,7 @@ def run_benchmark(name: str, out: Path, cache: Path) -> str:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert done.returncode == 0, f"benchmarks.{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert out.exists(), f"benchmarks.{name} wrote no results file"

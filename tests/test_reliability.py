@@ -195,7 +195,7 @@ def _start_mlflow_server(store: Path, port: int) -> subprocess.Popen:
         try:
             if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return server
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a server still starting may accept and not answer yet
             time.sleep(0.5)
     stop_group(server)
     pytest.fail("mlflow server did not start")

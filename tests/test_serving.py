@@ -47,7 +47,7 @@ def test_served_champion_returns_cloud_free_patch(in_workspace, tmp_path):
             try:
                 if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a server still starting may accept and not answer yet
                 pass
             assert server.poll() is None, server.stdout.read()[-3000:]
             time.sleep(1)
@@ -139,7 +139,7 @@ def _wait_until_up(server: subprocess.Popen, port: int, timeout: float = 240) ->
         try:
             if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a server still starting may accept and not answer yet
             pass
         assert server.poll() is None, server.stdout.read()[-3000:]
         time.sleep(1)
