@@ -71,8 +71,8 @@ def precompute_masks(
 ) -> MaskReport:
     """Compute the masks of every triplet under ``root`` into ``masks_dir``, plus the coverage table.
 
-    Resumable: samples whose mask file is complete and newer than their cloudy
-    patch are skipped. The table (``coverage.csv``) lists sample id, season,
+    Resumable: samples whose mask file is complete and stamped with the content hash
+    of their cloudy patch as it is now are skipped. The table (``coverage.csv``) lists sample id, season,
     ROI, patch, split and coverage per mask kind, for every indexed sample.
     """
     masks_dir = Path(masks_dir)

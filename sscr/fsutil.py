@@ -1,4 +1,4 @@
-"""Atomic file writes: the one way SSCR puts a file in place.
+"""Atomic file writes, the one way SSCR puts a file in place; and the content hash that names a file.
 
 Every output (checkpoints, GeoTIFFs, masks, tables, JSON records) is written
 under a temporary name in the same directory, flushed to disk, then renamed
@@ -12,6 +12,7 @@ small file): a power cut can forget a rename, which only means the work is redon
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,3 +79,9 @@ def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in chunks; about 1 GB/s on one core with SHA extensions)."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
