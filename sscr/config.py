@@ -26,7 +26,7 @@ OFFICIAL_BASE_URL = "https://dataserv.ub.tum.de/s/m1554803/download?path=/&files
 class _Group(BaseModel):
     """Base of every group: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SynthConfig(_Group):
