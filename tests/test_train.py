@@ -155,6 +155,31 @@ def test_non_finite_validation_stops_the_run(tmp_path, metric, value):
     _check_finite({"PSNR": math.inf, "SSIM": 1.0, "cloudy_PSNR": math.nan}, 3, tmp_path / "checkpoint_last.pt")
 
 
+def test_a_killed_run_evaluated_stays_unfinished_and_is_not_registered(tiny_params, tmp_path):
+    """Issue 13: evaluating a killed run's model_best.pt marked it FINISHED, and register paired it with another model."""
+    from sscr import registry
+    from sscr.config import record_dir
+    from sscr.evaluate import evaluate
+
+    tiny_params.train.epochs = 3
+    env = {**os.environ, "SSCR_FAULT": "train.validate:2", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
+    killed = subprocess.run([sys.executable, "-m", "sscr.cli", "train", "--params", str(_write_params(tmp_path,
+                             tiny_params))], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    metrics = evaluate(tiny_params, progress=False)  # scores epoch 1's model_best.pt
+    best = run_dir(tiny_params) / "model_best.pt"
+    assert metrics["checkpoint_sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
+    runs = mlflow.search_runs(experiment_names=["sscr"], output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "RUNNING"  # killed: not FINISHED by being evaluated
+    assert "test_PSNR" in runs[0].data.metrics  # the scores did reach the run that trained those weights
+    # The killed run wrote no run.json: nothing to register, and a stale one from elsewhere does not pair.
+    records = record_dir(tiny_params)
+    assert not (records / "run.json").exists()
+    (records / "run.json").write_text(json.dumps({"checkpoint": str(best), "checkpoint_sha256": "a" * 64}))
+    with pytest.raises(registry.LineageError, match="aaaaaaaaaaaa"):
+        registry.register_evaluated(records / "run.json", records / "metrics.json", model_name="killed")
+
+
 def test_resume_refuses_other_params(tiny_params):
     train(tiny_params, progress=False, log_model=False)
     tiny_params.train.lr = 0.5
