@@ -476,14 +476,18 @@ def _mlflow_run_file(out_dir: Path) -> Path:
 
 
 def _resume_run_id(out_dir: Path, state: dict[str, Any]) -> str | None:
-    """The MLflow run a resume continues: from ``mlflow_run.json``, else by the last checkpoint's tag."""
-    record = _mlflow_run_file(out_dir)
-    if record.exists():
-        return json.loads(record.read_text())["run_id"]
+    """The MLflow run a resume continues: the run tagged with the last checkpoint's SHA-256.
+
+    (``mlflow_run.json`` is written when a run completes, so after a kill it still names the
+    previous run; it is only the last resort.)
+    """
+    found = tracking.find_run_by_tag(LAST_CHECKPOINT_TAG, sha256_file(out_dir / "checkpoint_last.pt"))
+    if found is not None:
+        return found.info.run_id
     if state.get("run_id"):  # a checkpoint written before run ids left the checkpoints
         return str(state["run_id"])
-    found = tracking.find_run_by_tag(LAST_CHECKPOINT_TAG, sha256_file(out_dir / "checkpoint_last.pt"))
-    return found.info.run_id if found else None
+    record = _mlflow_run_file(out_dir)
+    return json.loads(record.read_text())["run_id"] if record.exists() else None
 
 
 def _train(
@@ -508,8 +512,8 @@ def _train(
         run_id = run.info.run_id if run else ""
         logger = tracking.MetricLogger(run_id, session.out_dir / "metrics_fallback.jsonl") if rank == 0 else None
         if rank == 0 and resume_id is None:
+            # mlflow_run.json is written when the run completes (_finish_run): a failed run leaves the previous one.
             _name_run(run_id, params, run_name)
-            write_text(_mlflow_run_file(session.out_dir), json.dumps({"run_id": run_id}, indent=2))
         if rank == 0 and state is None:
             _log_run_inputs(params, session.train_set.dataset, session.val_set, session.model)
         if rank == 0 and state is not None:
