@@ -12,8 +12,13 @@ Flow parameters (``model``, ``loss``, ``epochs``, ``use_sar`` and any
 key order kept), after checking them against the params schema. The finished
 run is then saved as a DVC experiment named after the flow run
 (``dvc exp save``), so ``dvc exp show`` lists it and
-``dvc exp apply <name> && dvc repro`` reproduces it from its lock. Like
-``dvc exp run``, the workspace keeps the run's params afterwards.
+``dvc exp apply <name> && dvc repro`` reproduces it from its lock.
+
+Each flow run's parameters are its own: ``params.yaml`` is put back as it was
+before the run when the run ends (however it ends), so the next run does not
+inherit them, and the run's artifact lists every parameter that differs from
+the committed ``params.yaml`` (git ``HEAD``). The training runs it starts are
+named after it in MLflow (``SSCR_FLOW_RUN``).
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from sscr.config import load_params, run_dir
+from sscr.config import flatten, load_params, record_dir, run_dir
+from sscr.train import MLFLOW_RUN_FILE
 from sscr.tune import as_override
 
 #: The decision file of the ``register`` stage (``sscr register --out`` default, as dvc.yaml runs it).
@@ -90,6 +96,50 @@ def mlflow_store(project: Path) -> Iterator[str]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@contextlib.contextmanager
+def restored(path: Path) -> Iterator[None]:
+    """Put ``path`` back byte for byte when the block ends, however it ends (a flow run's params are its own)."""
+    before = path.read_bytes()
+    try:
+        yield
+    finally:
+        if path.read_bytes() != before:
+            path.write_bytes(before)
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """``os.environ`` with ``values`` set for the block (the stages' subprocesses inherit them)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def committed_params(project: Path) -> dict[str, Any]:
+    """The flattened params of ``params.yaml`` as committed (git ``HEAD``); the file on disk outside git."""
+    from sscr.config import parse_params
+
+    shown = subprocess.run(["git", "show", "HEAD:./params.yaml"], cwd=project, capture_output=True, text=True)
+    if shown.returncode != 0:
+        return flatten(load_params(project / "params.yaml"))
+    import yaml
+
+    return flatten(parse_params(yaml.safe_load(shown.stdout) or {}))
+
+
+def differing_params(project: Path, committed: dict[str, Any]) -> dict[str, Any]:
+    """``group.key -> value`` of every parameter of the workspace's ``params.yaml`` that differs from ``committed``."""
+    current = flatten(load_params(project / "params.yaml"))
+    return {key: value for key, value in current.items() if committed.get(key, object()) != value}
 
 
 def repro(project: Path, target: str) -> bool:
@@ -172,15 +222,20 @@ def save_experiment(project: Path, name: str) -> str | None:
 
 
 @task(cache_policy=NO_CACHE)
-def publish(project: Path, stages_run: dict[str, bool], overrides: list[str], experiment: str | None) -> dict[str, Any]:
+def publish(project: Path, stages_run: dict[str, bool], overrides: list[str], experiment: str | None,
+            committed: dict[str, Any]) -> dict[str, Any]:
     """Prefect artifacts: the test-metrics table and the MLflow run and model version; returns their content."""
     from mlflow.tracking import MlflowClient
 
     from sscr import tracking
 
     params = load_params(project / "params.yaml")
-    metrics = json.loads((project / params.evaluate.out_dir / "metrics.json").read_text())
-    run = json.loads((project / run_dir(params) / "run.json").read_text())
+    differing = differing_params(project, committed)
+    records = project / record_dir(params)
+    metrics = json.loads((records / "metrics.json").read_text())
+    # run.json (tracked, reproducible) names the checkpoint; the MLflow run id is in the untracked mlflow_run.json.
+    run = {**json.loads((records / "run.json").read_text()),
+           **json.loads((project / run_dir(params) / MLFLOW_RUN_FILE).read_text())}
     decision = json.loads((project / REGISTER_JSON).read_text())
     with mlflow_store(project) as uri:
         experiment_id = MlflowClient().get_run(run["run_id"]).info.experiment_id
@@ -196,6 +251,8 @@ def publish(project: Path, stages_run: dict[str, bool], overrides: list[str], ex
         f"- @{params.registry.alias}: {'promoted' if decision['promoted'] else 'not promoted'} ({decision['reason']})",
         f"- stages: {ran}",
         f"- overrides: {', '.join(f'`{o}`' for o in overrides) or 'none'}",
+        "- parameters that differ from the committed params.yaml: "
+        + (", ".join(f"`{key}={json.dumps(value)}`" for key, value in sorted(differing.items())) or "none"),
         f"- DVC experiment: `{experiment}`" if experiment else "- DVC experiment: not saved",
     ])
     create_markdown_artifact(summary, key="sscr-mlflow-run", description="MLflow run and registry version")
@@ -204,7 +261,7 @@ def publish(project: Path, stages_run: dict[str, bool], overrides: list[str], ex
                              link_text="MLflow run", key="sscr-mlflow-link")
     return {"run_id": run["run_id"], "model_name": decision["model_name"], "version": decision["version"],
             "promoted": decision["promoted"], "test_PSNR": metrics["test"]["PSNR"], "stages_run": stages_run,
-            "experiment": experiment}
+            "experiment": experiment, "differing_params": differing}
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
@@ -248,14 +305,18 @@ def pipeline(
     """
     project = Path(project_dir).resolve()
     named = {"model.name": model, "loss.name": loss, "train.epochs": epochs, "model.use_sar": use_sar}
-    applied = set_params(project, [as_override(k, v) for k, v in named.items() if v is not None]
-                         + list(overrides or []))
-    stages_run = {
-        "download": download(project),
-        "cloudmasks": cloudmasks(project),
-        "train": train(project),
-        "evaluate": evaluate(project),
-        "register": register(project),
-    }
-    experiment = save_experiment(project, flow_run_label("pipeline")) if save_as_experiment else None
-    return publish(project, stages_run, applied, experiment)
+    committed = committed_params(project)
+    label = flow_run_label("pipeline")
+    # The run's params live in params.yaml only while it runs (DVC reads them there); then the file is put back.
+    with restored(project / "params.yaml"), environment(SSCR_FLOW_RUN=label):
+        applied = set_params(project, [as_override(k, v) for k, v in named.items() if v is not None]
+                             + list(overrides or []))
+        stages_run = {
+            "download": download(project),
+            "cloudmasks": cloudmasks(project),
+            "train": train(project),
+            "evaluate": evaluate(project),
+            "register": register(project),
+        }
+        experiment = save_experiment(project, label) if save_as_experiment else None
+        return publish(project, stages_run, applied, experiment, committed)

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.pipeline import cloudmasks, download, pipeline, repro, set_params
+from flows.pipeline import cloudmasks, download, pipeline, repro, restored, set_params
 from sscr.config import load_params
 from sscr.tune import as_override, best_overrides
 
@@ -52,15 +52,18 @@ def tune(
     retrain: bool = True,
 ) -> dict[str, Any]:
     """Run the study in ``project_dir`` (``n_trials``, ``timeout`` and ``overrides`` set ``params.yaml`` first),
-    then, with ``retrain``, train, evaluate and register its best configuration through ``pipeline``."""
+    then, with ``retrain``, train, evaluate and register its best configuration through ``pipeline``.
+
+    ``params.yaml`` is put back as it was when the flow run ends: its settings are this run's own."""
     project = Path(project_dir).resolve()
     named = {"tune.n_trials": n_trials, "tune.timeout": timeout}
-    set_params(project, [as_override(k, v) for k, v in named.items() if v is not None] + list(overrides or []))
-    download(project)
-    cloudmasks(project)
-    study(project)
-    best = best_params(project)
-    result: dict[str, Any] = {"best_overrides": best}
-    if retrain:
-        result["pipeline"] = pipeline(project_dir=str(project), overrides=best)
-    return result
+    with restored(project / "params.yaml"):
+        set_params(project, [as_override(k, v) for k, v in named.items() if v is not None] + list(overrides or []))
+        download(project)
+        cloudmasks(project)
+        study(project)
+        best = best_params(project)
+        result: dict[str, Any] = {"best_overrides": best}
+        if retrain:
+            result["pipeline"] = pipeline(project_dir=str(project), overrides=best)
+        return result

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sscr.config import ConfigError, Params, load_params, run_dir
+from sscr.config import ConfigError, Params, load_params, record_dir
 
 Handler = Callable[[argparse.Namespace, Params], int | None]
 
@@ -132,30 +132,32 @@ def cmd_train(args: argparse.Namespace, params: Params) -> None:
         return
     print(f"trained {params.model.name}: {result.epochs_done} epochs, best validation PSNR "
           f"{result.best_val_psnr:.3f} dB at epoch {result.best_epoch}; MLflow run {result.run_id}; "
-          f"checkpoint {result.best_checkpoint}")
+          f"checkpoint {result.best_checkpoint} (sha256 {result.checkpoint_sha256[:12]}); "
+          f"record {record_dir(params) / 'run.json'}")
 
 
 def cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
-    from sscr.evaluate import evaluate
+    from sscr.evaluate import evaluate, resolve_inputs
 
     if args.export_every is not None:
         params.evaluate.export_every = args.export_every
     if args.plot_every is not None:
         params.evaluate.plot_every = args.plot_every
     metrics = evaluate(params, checkpoint=args.checkpoint, load_config=args.load_config)
+    written = record_dir(resolve_inputs(params, args.checkpoint, args.load_config).params) / "metrics.json"
     print(f"{metrics['n_images']} test images: PSNR {metrics['test']['PSNR']:.2f} dB overall, "
           f"{metrics['test_cloudy']['PSNR']:.2f} dB inside clouds (cloudy input: "
           f"{metrics['baseline_cloudy']['PSNR']:.2f} dB, gain {metrics['gain_cloudy_PSNR']:+.2f} dB); "
-          f"SSIM {metrics['test']['SSIM']:.4f}, SAM {metrics['test']['SAM']:.2f} deg -> "
-          f"{params.evaluate.out_dir / 'metrics.json'}")
+          f"SSIM {metrics['test']['SSIM']:.4f}, SAM {metrics['test']['SAM']:.2f} deg -> {written}")
 
 
 def cmd_register(args: argparse.Namespace, params: Params) -> None:
     from sscr.registry import register_evaluated
 
     registry = params.registry
+    records = record_dir(params)
     decision = register_evaluated(
-        args.run_json or run_dir(params) / "run.json", args.metrics or params.evaluate.out_dir / "metrics.json",
+        args.run_json or records / "run.json", args.metrics or records / "metrics.json",
         registry.model_name, registry.alias, registry.metric, out=args.out,
     )
     print(f"registered {decision.model_name} v{decision.version}: "
@@ -313,8 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register = commands.add_parser("register", help="stage `register`: register the evaluated model, promote if better")
     _add_common(register)
-    register.add_argument("--run-json", type=Path, default=None, help="training run.json (default: the run's)")
-    register.add_argument("--metrics", type=Path, default=None, help="evaluation metrics.json")
+    register.add_argument("--run-json", type=Path, default=None,
+                          help="training run.json (default: the run's, in its record directory)")
+    register.add_argument("--metrics", type=Path, default=None,
+                          help="evaluation metrics.json (default: beside run.json)")
     register.add_argument("--out", type=Path, default=Path("results/register.json"), help="decision file")
     register.set_defaults(handler=cmd_register)
 
@@ -429,6 +433,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sscr`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if os.environ.get("DVC_STAGE") or os.environ.get("SSCR_DIE_WITH_PARENT") == "1":
+        # Started by `dvc repro` (or an orchestrator): end with it rather than go on as an orphan that a
+        # second `dvc repro` would race. A shell's `sscr train` under nohup keeps running.
+        from sscr.process import die_with_parent
+
+        die_with_parent()
     try:
         params = load(args)
         result = args.handler(args, params)

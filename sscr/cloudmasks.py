@@ -119,12 +119,12 @@ def precompute_masks(
 ) -> MaskReport:
     """Check every triplet under ``root`` and compute its masks into ``masks_dir``, plus the two tables.
 
-    Resumable: samples whose mask file is complete and current are not recomputed
-    (but still checked). ``coverage.csv`` lists sample id, season, ROI, patch,
-    split and coverage per mask kind for every usable sample; ``invalid.csv`` the
-    samples left out under ``on_error: skip`` with their file and reason. With
-    ``on_error: raise`` the first unpaired file or bad triplet stops the run,
-    named, and both tables stay as they were.
+    Resumable: samples whose mask file is complete and stamped with the content hash
+    of their cloudy patch as it is now are not recomputed (but still checked).
+    ``coverage.csv`` lists sample id, season, ROI, patch, split and coverage per mask
+    kind for every usable sample; ``invalid.csv`` the samples left out under
+    ``on_error: skip`` with their file and reason. With ``on_error: raise`` the first
+    unpaired file or bad triplet stops the run, named, and both tables stay as they were.
     """
     masks_dir = Path(masks_dir)
     masks_dir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ OFFICIAL_BASE_URL = "https://dataserv.ub.tum.de/s/m1554803/download?path=/&files
 class _Group(BaseModel):
     """Base of every group: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SynthConfig(_Group):
@@ -132,6 +132,9 @@ class TrainConfig(_Group):
     """Optimisation and bookkeeping of a training run (stage ``train``)."""
 
     experiment_name: str = "sscr"
+    metrics_dir: Path | None = None
+    """Where a run's small records go (``run.json``, ``metrics.csv``, ...), under ``<metrics_dir>/<experiment_name>/``:
+    the DVC pipeline keeps them in git (``metrics``); null = the run directory."""
     epochs: int = Field(20, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)
@@ -245,6 +248,18 @@ def run_dir(params: Params) -> Path:
     Training writes it; evaluation, registration and the Prefect flows read it.
     """
     return Path(params.train.res_dir) / params.train.experiment_name
+
+
+def record_dir(params: Params) -> Path:
+    """Where a run's small, reproducible records live (``run.json``, ``metrics.csv``, evaluation metrics).
+
+    ``<train.metrics_dir>/<train.experiment_name>`` (the DVC pipeline's ``metrics/sscr``, tracked
+    by git so that ``dvc exp show`` compares experiments), or the run directory when
+    ``train.metrics_dir`` is null. Training writes it; evaluation, registration and the flows read it.
+    """
+    if params.train.metrics_dir is None:
+        return run_dir(params)
+    return Path(params.train.metrics_dir) / params.train.experiment_name
 
 
 class ConfigError(ValueError):

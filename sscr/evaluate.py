@@ -3,8 +3,11 @@
 Reports, for the model and for the "cloudy input as prediction" baseline:
 overall, inside clouds and on clear pixels; by cloud-coverage bin and by
 season; UCE/AUCE for variance-predicting models. Writes ``metrics.json``
-(DVC metrics), CSV tables (DVC plots), PNG panels and optional GeoTIFF
-exports, and logs all of it to the training run in MLflow.
+(DVC metrics, with the SHA-256 of the checkpoint it scored) and CSV tables
+(DVC plots) into the run's record directory (:func:`sscr.config.record_dir`,
+tracked by git), PNG panels, the PSNR-by-coverage figure and optional GeoTIFF
+exports into ``evaluate.out_dir``, and logs all of it to the MLflow run that
+trained the checkpoint (found by its SHA-256), leaving that run's status as it is.
 """
 
 from __future__ import annotations
@@ -25,14 +28,16 @@ from tqdm import tqdm
 from sscr import tracking
 from sscr.bands import S2_BANDS
 from sscr.checkpoint import build_from_checkpoint, load_checkpoint
-from sscr.config import EvaluateConfig, Params, parse_params, run_dir
+from sscr.config import EvaluateConfig, Params, parse_params, record_dir, run_dir
 from sscr.data.dataset import build_dataset, model_inputs
 from sscr.data.io import denormalize_s2, write_raster
-from sscr.fsutil import atomic_path, write_text
+from sscr.fsutil import atomic_path, remove_stale_temporaries, sha256_file, write_text
 from sscr.metrics import MetricAccumulator, cloud_metrics, flat_metrics
 from sscr.models import for_inference
 
 REGIONS = ("all", "cloudy", "clear")
+#: The figure of PSNR inside clouds by coverage bin, in ``evaluate.out_dir`` (a DVC image plot).
+COVERAGE_FIGURE = "psnr_by_coverage.png"
 
 
 @dataclass
@@ -72,6 +77,11 @@ def resolve_inputs(params: Params, checkpoint: str | Path | None = None,
     return EvalInputs(checkpoint, merged)
 
 
+def bin_centres(edges: list[float]) -> dict[str, float]:
+    """Label -> centre of every coverage bin: the numeric x of the coverage plot."""
+    return {coverage_bin((lo + hi) / 2, edges): (lo + hi) / 2 for lo, hi in zip(edges[:-1], edges[1:], strict=True)}
+
+
 def coverage_bin(coverage: float, edges: list[float]) -> str:
     """Label ``"lo-hi"`` of the coverage bin holding ``coverage`` (bins [lo, hi), the last one closed)."""
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
@@ -99,12 +109,20 @@ def evaluate(
     log_to_mlflow: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on ``evaluate.split``; returns the metrics written to ``metrics.json``."""
+    """Evaluate a checkpoint on ``evaluate.split``; returns the metrics written to ``metrics.json``.
+
+    ``metrics.json`` and the tables go to the record directory of the params the
+    checkpoint was trained with; ``run_id`` names the MLflow run to log to (default:
+    the run tagged with the checkpoint's SHA-256, if any).
+    """
     inputs = resolve_inputs(params, checkpoint, load_config)
     params = inputs.params
     cfg = params.evaluate
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, records = Path(cfg.out_dir), record_dir(params)
+    for folder in (out_dir, records):
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder, recursive=folder == out_dir)  # left by a killed evaluation
+    checkpoint_sha256 = sha256_file(inputs.checkpoint)
     model, state = build_from_checkpoint(inputs.checkpoint)
     device = torch.device("cpu")
     model = for_inference(model, device)
@@ -125,22 +143,26 @@ def evaluate(
     metrics["n_dropped"] = sum(len(errors) for errors in dataset.dropped.values())  # listed on stderr and in MLflow
     metrics["model"] = state["model_name"]
     metrics["use_sar"] = bool(model.use_sar)
+    metrics["checkpoint"] = str(inputs.checkpoint)
+    metrics["checkpoint_sha256"] = checkpoint_sha256
     if run.has_variance:
         metrics["uncertainty"] = {k: v for k, v in model_summary["all"].items() if "UCE" in k}
-    bins = _group_rows(model_summary, baseline_summary, "coverage",
-                       [coverage_bin((lo + hi) / 2, cfg.coverage_bins)
-                        for lo, hi in zip(cfg.coverage_bins[:-1], cfg.coverage_bins[1:], strict=True)])
+    centres = bin_centres(cfg.coverage_bins)
+    # The bin centre is the plot's x: a label like "0.0-0.1" is no number to a chart.
+    bins = [{"bin": row["bin"], "coverage": centres[row["bin"]], **row}
+            for row in _group_rows(model_summary, baseline_summary, "coverage", list(centres))]
     seasons = _group_rows(model_summary, baseline_summary, "season", ["spring", "summer", "fall", "winter"])
     metrics["by_coverage"] = {row["bin"]: {"n": row["n"], "PSNR": row["model_PSNR"],
                                            "baseline_PSNR": row["baseline_PSNR"]} for row in bins}
     metrics["by_season"] = {row["season"]: {"n": row["n"], "PSNR": row["model_PSNR"],
                                             "baseline_PSNR": row["baseline_PSNR"]} for row in seasons}
-    _write_json(out_dir / "metrics.json", metrics)
-    _write_csv(out_dir / "coverage_bins.csv", bins)
-    _write_csv(out_dir / "seasons.csv", seasons)
+    _write_json(records / "metrics.json", metrics)
+    _write_csv(records / "coverage_bins.csv", bins)
+    _write_csv(records / "seasons.csv", seasons)
+    figure = _write_coverage_figure(bins, out_dir / COVERAGE_FIGURE)
     if log_to_mlflow:
-        _log(params, inputs.checkpoint, run_id or state.get("run_id"), metrics, out_dir, bins, run.panel_files,
-             dataset.dropped)
+        _log(checkpoint_sha256, run_id, metrics, records, figure, run.panel_files,
+             params.evaluate.split, dataset.dropped)
     return metrics
 
 
@@ -260,26 +282,49 @@ def export_prediction(sample: dict[str, Any], pred: torch.Tensor, var: torch.Ten
                         band_names=names)
 
 
-def _log(params: Params, checkpoint: Path, run_id: str | None, metrics: dict[str, Any], out_dir: Path,
-         bins: list[dict[str, Any]], panel_files: list[Path], dropped: Mapping[str, Sequence[object]]) -> None:
+def _write_coverage_figure(bins: list[dict[str, Any]], path: Path) -> Path | None:
+    """PSNR inside clouds by coverage bin, model vs cloudy input, as a PNG (None when there are no bins)."""
+    if not bins:
+        path.unlink(missing_ok=True)
+        return None
     import matplotlib.pyplot as plt
-    import mlflow
 
     from sscr.plots import metric_by_bin_figure
 
-    if not run_id:
-        print("sscr: no MLflow run id in the checkpoint; evaluation results are only on disk")
-        return
+    figure = metric_by_bin_figure(bins)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=90)
+    plt.close(figure)
+    return path
+
+
+def _log(checkpoint_sha256: str, run_id: str | None, metrics: dict[str, Any], records: Path,
+         figure: Path | None, panel_files: list[Path], split: str, dropped: Mapping[str, Sequence[object]]) -> None:
+    """Log the results to the run that trained the checkpoint, through the client: its status stays as it is.
+
+    (A run killed or failed after writing this checkpoint is not marked FINISHED by being evaluated.)
+    """
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
     tracking.configure()
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics(flat_metrics(metrics, prefix="test_"))
-        tracking.log_dropped(params.evaluate.split, dropped)
-        mlflow.log_artifact(str(out_dir / "metrics.json"), "evaluation")
-        mlflow.log_artifact(str(out_dir / "coverage_bins.csv"), "evaluation")
-        mlflow.log_artifact(str(out_dir / "seasons.csv"), "evaluation")
-        for path in panel_files:
-            mlflow.log_artifact(str(path), "evaluation/panels")
-        if bins:
-            figure = metric_by_bin_figure(bins)
-            mlflow.log_figure(figure, "evaluation/psnr_by_coverage.png")
-            plt.close(figure)
+    if not run_id:
+        found = tracking.find_run_by_tag(tracking.CHECKPOINT_TAG, checkpoint_sha256)
+        if found is None:
+            print(f"sscr: no MLflow run trained this checkpoint (sha256 {checkpoint_sha256[:12]}...); "
+                  "the evaluation results are only on disk")
+            return
+        run_id = found.info.run_id
+    client = MlflowClient()
+    stamp = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, value, stamp, 0)
+                                      for key, value in flat_metrics(metrics, prefix="test_").items()])
+    for name in ("metrics.json", "coverage_bins.csv", "seasons.csv"):
+        client.log_artifact(run_id, str(records / name), "evaluation")
+    for path in panel_files:
+        client.log_artifact(run_id, str(path), "evaluation/panels")
+    if figure is not None:
+        client.log_artifact(run_id, str(figure), "evaluation")
+    tracking.log_dropped(split, dropped, run_id=run_id)

@@ -3,6 +3,12 @@
 Versions are never deleted or overwritten; every promotion decision, both
 scores and the previous champion are tags on the candidate version, and
 promotions are serialised so that two at once leave the better champion.
+
+A version is registered only when its three sources agree on one checkpoint
+(its SHA-256): the training record (``run.json``), the evaluation
+(``metrics.json``) and the checkpoint file itself. The model comes from the
+MLflow run tagged with that SHA-256, and the version carries it as a tag, so
+registering the same checkpoint again finds its version instead of adding one.
 """
 
 from __future__ import annotations
@@ -21,9 +27,16 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from sscr import integrity
-from sscr.fsutil import write_text
+from sscr.fsutil import check_writable, sha256_file, write_text
 from sscr.metrics import flat_metrics
-from sscr.tracking import configure, redact, tracking_uri
+from sscr.tracking import CHECKPOINT_TAG, MODEL_URI_TAG, configure, find_run_by_tag, redact, tracking_uri
+
+#: Tag of a registered version: the SHA-256 of the checkpoint its model was logged from.
+VERSION_CHECKPOINT_TAG = "checkpoint_sha256"
+
+
+class LineageError(ValueError):
+    """The training record, the metrics and the checkpoint do not name the same weights; nothing is registered."""
 
 
 @dataclass
@@ -118,6 +131,8 @@ def promote(model_name: str, version: str, alias: str = "champion", metric: str 
             model_name, str(version), promoted, metric, score,
             str(champion.version) if champion else None, champion_score, reason,
         )
+        if champion is not None and champion.version == candidate.version:
+            return decision  # asked again (a repeated `register`): its recorded decision stays as it was
         for key, value in {
             "promotion.decision": "promoted" if promoted else "kept",
             "promotion.reason": reason,
@@ -129,13 +144,46 @@ def promote(model_name: str, version: str, alias: str = "champion", metric: str 
     return decision
 
 
-def register(run_id: str, metrics: Mapping[str, float], model_name: str = "sscr", model_uri: str | None = None) -> str:
-    """Register the run's logged model as a new version of ``model_name`` with metrics as tags."""
+def register(run_id: str, metrics: Mapping[str, float], model_name: str = "sscr", model_uri: str | None = None,
+             checkpoint_sha256: str = "") -> str:
+    """Register the run's logged model as a new version of ``model_name`` with metrics (and checkpoint) as tags."""
     tags = {f"metric.{key}": f"{value:.6f}" for key, value in metrics.items() if np.isfinite(value)}
     tags["run_id"] = run_id
+    if checkpoint_sha256:
+        tags[VERSION_CHECKPOINT_TAG] = checkpoint_sha256
     version = mlflow.register_model(model_uri or f"runs:/{run_id}/model", model_name, tags=tags)
     integrity.record(model_name, str(version.version))  # the sha256 of its files, checked before every load
     return str(version.version)
+
+
+def version_of_checkpoint(model_name: str, checkpoint_sha256: str) -> str | None:
+    """The version of ``model_name`` registered from the checkpoint with this SHA-256, if there is one."""
+    versions = MlflowClient().search_model_versions(
+        f"name='{model_name}' and tags.{VERSION_CHECKPOINT_TAG} = '{checkpoint_sha256}'")
+    return str(min(int(v.version) for v in versions)) if versions else None
+
+
+def _short(sha: str | None) -> str:
+    return f"{sha[:12]}..." if sha else "none"
+
+
+def check_lineage(run_json: Path, metrics_json: Path, checkpoint: Path) -> str:
+    """The checkpoint's SHA-256, when the run record, the metrics and the checkpoint file all name it.
+
+    Otherwise :class:`LineageError`, naming the three files and what each holds: a
+    better score must never promote other weights than the ones it measured.
+    """
+    recorded = json.loads(run_json.read_text()).get("checkpoint_sha256")
+    scored = json.loads(metrics_json.read_text()).get("checkpoint_sha256")
+    actual = sha256_file(checkpoint) if checkpoint.is_file() else None
+    if recorded and recorded == scored == actual:
+        return recorded
+    raise LineageError(
+        f"the run record, the metrics and the checkpoint do not belong together: {run_json} records checkpoint "
+        f"{_short(recorded)}, {metrics_json} scored {_short(scored)}, {checkpoint} is "
+        f"{_short(actual) if actual else 'missing'}; evaluate the run's checkpoint (`dvc repro evaluate`) or "
+        "retrain (`dvc repro train`), then register"
+    )
 
 
 def newest_version(model_name: str) -> str:
@@ -149,19 +197,39 @@ def newest_version(model_name: str) -> str:
 def register_evaluated(run_json: str | Path, metrics_json: str | Path, model_name: str = "sscr",
                        alias: str = "champion", metric: str = "PSNR",
                        out: str | Path | None = None) -> PromotionDecision:
-    """Stage ``register``: register the evaluated run's model with its test metrics, then promote.
+    """Stage ``register``: register the evaluated checkpoint's model with its test metrics, then promote.
 
-    Reads the run id from the training ``run.json`` and the metrics from the
-    evaluation ``metrics.json``; writes the decision to ``out`` (JSON).
+    The training record ``run.json``, the evaluation ``metrics.json`` and the
+    checkpoint ``run.json`` names must agree on its SHA-256 (:func:`check_lineage`);
+    the model is the one logged by the MLflow run tagged with it. The same
+    checkpoint registered again reuses its version (idempotent). ``out`` (the
+    decision, JSON) is checked writable before the registry is touched, so a
+    failure leaves the registry as it was.
     """
     configure()
-    run = json.loads(Path(run_json).read_text())
-    if not run.get("model_uri"):
-        raise ValueError(f"{run_json} records no logged model; train with model logging on")
-    metrics = flat_metrics(json.loads(Path(metrics_json).read_text()))
+    run_json, metrics_json = Path(run_json), Path(metrics_json)
+    run = json.loads(run_json.read_text())
+    checkpoint = Path(run.get("checkpoint") or run_json.parent / "model_best.pt")
+    sha = check_lineage(run_json, metrics_json, checkpoint)
+    metrics = flat_metrics(json.loads(metrics_json.read_text()))
     if metric not in metrics:
         raise ValueError(f"{metrics_json} has no {metric!r}; metrics are {sorted(metrics)}")
-    version = register(run["run_id"], metrics, model_name, run["model_uri"])
+    if out is not None:
+        try:
+            check_writable(out)
+        except OSError as err:
+            raise ValueError(f"cannot write the register record {out} ({err.strerror or err}); nothing was "
+                             "registered: make its directory writable or pass another --out") from None
+    trained = find_run_by_tag(CHECKPOINT_TAG, sha, [run["experiment"]] if run.get("experiment") else None)
+    if trained is None:
+        raise LineageError(f"no MLflow run at {redact(tracking_uri())} trained {checkpoint} (sha256 {_short(sha)}); "
+                           "train it with this tracking store (MLFLOW_TRACKING_URI), then register")
+    model_uri = trained.data.tags.get(MODEL_URI_TAG)
+    if not model_uri:
+        raise LineageError(f"the MLflow run {trained.info.run_id} that trained {checkpoint} logged no model (status "
+                           f"{trained.info.status}: killed or failed before its end); train to the end, then register")
+    version = version_of_checkpoint(model_name, sha) or register(trained.info.run_id, metrics, model_name, model_uri,
+                                                                 checkpoint_sha256=sha)
     decision = promote(model_name, version, alias=alias, metric=metric)
     if out is not None:
         write_text(out, json.dumps(decision.as_dict(), indent=2))

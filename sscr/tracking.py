@@ -30,6 +30,14 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: Tag of a training run: the SHA-256 of its best checkpoint (updated whenever it improves). A checkpoint
+#: carries no run id (it would make every retrain a different file), so this tag is how evaluation and
+#: registration find the run that trained a checkpoint.
+CHECKPOINT_TAG = "sscr.checkpoint_sha256"
+#: Tag of a training run: the SHA-256 of its last checkpoint (finds the run to resume).
+LAST_CHECKPOINT_TAG = "sscr.last_checkpoint_sha256"
+#: Tag of a training run: the URI of the model it logged.
+MODEL_URI_TAG = "sscr.model_uri"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
 
@@ -126,6 +134,7 @@ def run_tags(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         "git.dirty": str(dirty).lower(),
         "dvc.stage": os.environ.get("DVC_STAGE", ""),
         "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "prefect.flow_run": os.environ.get("SSCR_FLOW_RUN", ""),
         "command": redact(" ".join(sys.argv))[:500],
     }
     tags.update(extra or {})
@@ -141,19 +150,28 @@ def log_params_flat(flat: Mapping[str, Any]) -> None:
     mlflow.log_params(clean)
 
 
-def log_dropped(split: str, dropped: Mapping[str, Sequence[object]], limit: int = 20) -> None:
-    """Record on the active run what a stage left out of ``split``, so no sample disappears without a trace.
+def log_dropped(split: str, dropped: Mapping[str, Sequence[object]], limit: int = 20, run_id: str | None = None) -> None:
+    """Record on the active run (or on ``run_id``) what a stage left out of ``split``, so no sample disappears
+    without a trace.
 
     Metrics ``data.<split>.dropped`` (total) and ``data.<split>.dropped.<reason>``; the tag
     ``data.<split>.dropped`` lists the first ``limit`` files with their reasons ("none" when nothing was).
+    Given ``run_id``, it logs through the client, so the run's status is left as it is.
     """
     counts = {reason: len(items) for reason, items in dropped.items()}
-    mlflow.log_metrics({f"data.{split}.dropped": float(sum(counts.values())),
-                        **{f"data.{split}.dropped.{reason}": float(n) for reason, n in counts.items()}})
+    metrics = {f"data.{split}.dropped": float(sum(counts.values())),
+               **{f"data.{split}.dropped.{reason}": float(n) for reason, n in counts.items()}}
     first = [str(item) for items in dropped.values() for item in items][:limit]
     more = sum(counts.values()) - len(first)
-    mlflow.set_tag(f"data.{split}.dropped",
-                   ("\n".join(first) + (f"\n... and {more} more" if more else ""))[:5000] if first else "none")
+    tag = ("\n".join(first) + (f"\n... and {more} more" if more else ""))[:5000] if first else "none"
+    if run_id is None:
+        mlflow.log_metrics(metrics)
+        mlflow.set_tag(f"data.{split}.dropped", tag)
+        return
+    client = mlflow.tracking.MlflowClient()
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    client.set_tag(run_id, f"data.{split}.dropped", tag)
 
 
 def dataset_digest(files: list[Path], extra: str = "") -> str:
@@ -176,12 +194,34 @@ def log_dataset(name: str, root: Path, files: list[Path], context: str, extra: s
     mlflow.log_input(dataset, context=context)
 
 
-class MetricLogger:
-    """Logs metrics to one run; if the tracking server is unreachable, buffers and retries.
+def find_run_by_tag(key: str, value: str, experiment_names: list[str] | None = None) -> Any | None:
+    """The most recent run (any status) whose tag ``key`` is ``value``, in the named experiments (default: all).
 
-    Nothing is lost silently: failed batches are appended to a JSONL fallback
+    How a checkpoint finds the run that trained it (its SHA-256 is a tag of that run); a
+    deterministic retrain gives the same checkpoint, and then the latest such run is it.
+    """
+    if not value:
+        return None
+    client = MlflowClient()
+    if experiment_names:
+        found = [client.get_experiment_by_name(name) for name in experiment_names]
+        ids = [experiment.experiment_id for experiment in found if experiment is not None]
+    else:
+        ids = [experiment.experiment_id for experiment in client.search_experiments()]
+    if not ids:
+        return None
+    runs = client.search_runs(ids, filter_string=f"tags.`{key}` = '{value}'", max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+class MetricLogger:
+    """Logs metrics and tags to one run; if the tracking server is unreachable, buffers and retries.
+
+    Nothing is lost silently: failed metric batches are appended to a JSONL fallback
     file (reported once on stderr), retried at every later call and at
-    :meth:`close`; :func:`replay_fallback` uploads what is left later.
+    :meth:`close`; :func:`replay_fallback` uploads what is left later. Tags are
+    kept in memory and retried the same way.
     """
 
     def __init__(self, run_id: str, fallback: Path) -> None:
@@ -189,7 +229,13 @@ class MetricLogger:
         self.fallback = Path(fallback)
         self.client = MlflowClient()
         self._pending: list[dict[str, Any]] = []
+        self._tags: dict[str, str] = {}
         self._warned = False
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set tags on the run (empty values skipped), sent now or with the next successful flush."""
+        self._tags.update({key: str(value) for key, value in tags.items() if value})
+        self.flush()
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Log ``metrics`` at ``step`` (non-finite values are skipped: MLflow rejects them on some stores)."""
@@ -201,13 +247,16 @@ class MetricLogger:
         self.flush()
 
     def flush(self) -> bool:
-        """Send pending metrics; True when nothing is left pending."""
-        if not self._pending:
+        """Send pending metrics and tags; True when nothing is left pending."""
+        if not self._pending and not self._tags:
             return True
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         batch = self._pending
         try:
+            if self._tags:
+                self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self._tags.items()])
+                self._tags = {}
             for start in range(0, len(batch), 500):
                 self.client.log_batch(self.run_id, metrics=[Metric(**m) for m in batch[start:start + 500]])
         except Exception as err:  # noqa: BLE001 - any transport error must not stop training
@@ -219,10 +268,11 @@ class MetricLogger:
         return True
 
     def _spill(self, batch: list[dict[str, Any]], err: Exception) -> None:
-        self.fallback.parent.mkdir(parents=True, exist_ok=True)
-        with self.fallback.open("w") as handle:  # rewrite: the file always mirrors what is pending
-            for metric in batch:
-                handle.write(json.dumps({"run_id": self.run_id, **metric}) + "\n")
+        if batch:
+            self.fallback.parent.mkdir(parents=True, exist_ok=True)
+            with self.fallback.open("w") as handle:  # rewrite: the file always mirrors what is pending
+                for metric in batch:
+                    handle.write(json.dumps({"run_id": self.run_id, **metric}) + "\n")
         if not self._warned:
             print(f"sscr: MLflow tracking at {redact(tracking_uri())} is unreachable ({type(err).__name__}); "
                   f"training goes on, metrics are kept in {self.fallback} and retried", file=sys.stderr)
@@ -231,9 +281,12 @@ class MetricLogger:
     def close(self) -> bool:
         """Final flush; reports the fallback file if the server is still unreachable."""
         done = self.flush()
-        if not done:
+        if not done and self._pending:
             print(f"sscr: {len(self._pending)} metric values could not reach MLflow; they are in "
                   f"{self.fallback}; upload them later with `sscr sync-metrics {self.fallback}`", file=sys.stderr)
+        if not done and self._tags:
+            print(f"sscr: the run's tags could not reach MLflow: {', '.join(f'{k}={v}' for k, v in self._tags.items())}",
+                  file=sys.stderr)
         return done
 
 

@@ -2,15 +2,30 @@
 
 One run directory per experiment, ``<train.res_dir>/<train.experiment_name>/``:
 
-- ``conf.json``: the params the run was trained with (``sscr evaluate --load_config``);
-- ``checkpoint_last.pt``: everything needed to resume, written atomically every epoch;
 - ``model_best.pt``: the weights with the best validation PSNR;
-- ``metrics.csv``: per-epoch train loss and validation metrics (DVC plots);
-- ``run.json``: the MLflow run id and logged model URI (read by evaluate and register).
+- ``conf.json``: the params ``model_best.pt`` was trained with (``sscr evaluate --load_config``),
+  written with it, never before;
+- ``checkpoint_last.pt``: everything needed to resume, written atomically every epoch;
+- ``mlflow_run.json``: the MLflow run id and logged model URI (not a DVC output: ids are not reproducible);
+- ``.lock``: held while a trainer works here (a second one refuses).
 
-:func:`train` reads top to bottom: :func:`_start` sets the run up (or restores
-it), :func:`_train_epoch` runs one epoch's batches, :func:`_end_epoch`
-validates and writes the checkpoints, :func:`_finish_run` logs the results.
+The run's small records, tracked by git through DVC, go to its record directory
+(:func:`sscr.config.record_dir`: ``<train.metrics_dir>/<train.experiment_name>/``, or the
+run directory when ``train.metrics_dir`` is null):
+
+- ``run.json``: the best checkpoint's SHA-256, epoch and validation PSNR (read by evaluate and register);
+- ``metrics.csv``: per-epoch train loss and learning rate, validation metrics where validated;
+- ``validation.csv``: one row per validated epoch (the DVC plot of validation PSNR).
+
+None of them holds a run id or a time: the same data, code and params write the
+same bytes, so ``dvc.lock`` reproduces. The MLflow run carries the checkpoint's
+SHA-256 as the tag ``sscr.checkpoint_sha256``; that is how evaluate and register
+find the run that trained a checkpoint.
+
+:func:`train` locks the run directory and calls :func:`_train`, which reads top to
+bottom: :func:`_start` sets the run up (or restores it), :func:`_train_epoch` runs
+one epoch's batches, :func:`_end_epoch` validates and writes the checkpoints,
+:func:`_finish_run` logs the results.
 """
 
 from __future__ import annotations
@@ -35,18 +50,25 @@ from tqdm import tqdm
 
 from sscr import faults, losses, serving, tracking
 from sscr.checkpoint import FORMAT, build_from_checkpoint, load_checkpoint, load_weights, save_atomic
-from sscr.config import Params, flatten, run_dir
+from sscr.config import Params, flatten, record_dir, run_dir
 from sscr.data.augment import TrainingView
 from sscr.data.dataset import SEN12MSCR, build_dataset, model_inputs
-from sscr.fsutil import atomic_path, write_text
+from sscr.fsutil import atomic_path, remove_stale_temporaries, sha256_file, write_text
 from sscr.metrics import MetricAccumulator, cloud_metrics
 from sscr.models import BackboneConfig, build_model, model_cost, select_device
+from sscr.process import exclusive_directory
 
 EpochCallback = Callable[[int, dict[str, float]], bool | None]
 
 
+#: The untracked file in the run directory that names the run's MLflow run and logged model.
+MLFLOW_RUN_FILE = "mlflow_run.json"
+CHECKPOINT_TAG, LAST_CHECKPOINT_TAG, MODEL_URI_TAG = (
+    tracking.CHECKPOINT_TAG, tracking.LAST_CHECKPOINT_TAG, tracking.MODEL_URI_TAG)
+
+
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or a validation metric became NaN or infinite; the last good checkpoint is kept."""
 
 
 class ResumeError(RuntimeError):
@@ -66,6 +88,7 @@ class TrainResult:
     stopped_early: bool = False
     model_uri: str = ""
     history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint_sha256: str = ""
 
 
 def seed_everything(seed: int) -> None:
@@ -116,6 +139,8 @@ class _Session:
     start_epoch: int = 0
     best: dict[str, float] = field(default_factory=lambda: {"psnr": -math.inf, "epoch": 0})
     history: list[dict[str, float]] = field(default_factory=list)
+    best_sha256: str = ""
+    """SHA-256 of ``model_best.pt`` as this run last wrote it."""
 
     @property
     def last_path(self) -> Path:
@@ -314,7 +339,9 @@ def _broadcast_flag(flag: bool) -> bool:
 # ---------------------------------------------------------------- validation and checkpoints
 
 
-def _checkpoint(model: nn.Module, params: Params, epoch: int, run_id: str, extra: dict[str, Any]) -> dict[str, Any]:
+def _checkpoint(model: nn.Module, params: Params, epoch: int, extra: dict[str, Any]) -> dict[str, Any]:
+    # No run id and no time: the same training writes the same bytes (dvc.lock reproduces); the MLflow run
+    # is found from the checkpoint's SHA-256 instead (CHECKPOINT_TAG).
     return {
         "format": FORMAT,
         "model": model.state_dict(),
@@ -322,7 +349,6 @@ def _checkpoint(model: nn.Module, params: Params, epoch: int, run_id: str, extra
         "model_config": dict(model.config),
         "config": params.model_dump(mode="json"),
         "epoch": epoch,
-        "run_id": run_id,
         **extra,
     }
 
@@ -335,9 +361,33 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
         writer.writerows(history)
 
 
-def _end_epoch(session: _Session, epoch: int, row: dict[str, float], run_id: str,
+def _write_records(folder: Path, history: list[dict[str, float]]) -> None:
+    """``metrics.csv`` (every epoch) and ``validation.csv`` (validated epochs only: a plot has no holes)."""
+    _write_history(folder / "metrics.csv", history)
+    validated = [{k: v for k, v in row.items() if k == "epoch" or k.startswith("val_")}
+                 for row in history if any(k.startswith("val_") for k in row)]
+    _write_history(folder / "validation.csv", validated)
+
+
+def _check_finite(val: dict[str, float], epoch: int, last_path: Path) -> None:
+    """Stop the run like a NaN loss when a validation metric over all pixels is NaN or infinite.
+
+    (+inf PSNR is a perfect prediction, not a failure; region metrics, ``cloudy_*``, may be
+    undefined when the split has no cloudy pixel.)
+    """
+    bad = {key: value for key, value in val.items()
+           if "_" not in key and not math.isfinite(value) and not (key == "PSNR" and value == math.inf)}
+    if bad:
+        found = ", ".join(f"{key} {value}" for key, value in sorted(bad.items()))
+        raise TrainingDiverged(
+            f"validation gave {found} at epoch {epoch}; the last good checkpoint {last_path} is kept. "
+            "Try a lower train.lr or another loss."
+        )
+
+
+def _end_epoch(session: _Session, epoch: int, row: dict[str, float],
                logger: tracking.MetricLogger) -> dict[str, float] | None:
-    """Rank 0's end of an epoch: validate when due, then the checkpoints, ``metrics.csv`` and MLflow.
+    """Rank 0's end of an epoch: validate when due, then the checkpoints, the records and MLflow.
 
     Returns the validation metrics, or None in an epoch without validation.
     """
@@ -346,16 +396,22 @@ def _end_epoch(session: _Session, epoch: int, row: dict[str, float], run_id: str
     if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
         faults.checkpoint(f"train.validate:{epoch}")
         val = validate(model, session.val_loader, session.device, desc=f"validate {epoch}")
+        _check_finite(val, epoch, session.last_path)
         row.update({f"val_{key}": value for key, value in val.items()})
         if val["PSNR"] > session.best["psnr"]:
             session.best = {"psnr": float(val["PSNR"]), "epoch": epoch}
-            save_atomic(_checkpoint(model, params, epoch, run_id, extra={"val": val}), session.best_path)
+            save_atomic(_checkpoint(model, params, epoch, extra={"val": val}), session.best_path)
+            # conf.json describes model_best.pt: written after it, never before (a failed run leaves both old).
+            write_text(session.out_dir / "conf.json", json.dumps(params.model_dump(mode="json"), indent=2))
+            session.best_sha256 = sha256_file(session.best_path)
+            logger.set_tags({CHECKPOINT_TAG: session.best_sha256})
     session.history.append(row)
-    save_atomic(_checkpoint(model, params, epoch, run_id, extra={
+    save_atomic(_checkpoint(model, params, epoch, extra={
         "optimizer": session.optimizer.state_dict(), "scheduler": session.scheduler.state_dict(),
         "scaler": session.scaler.state_dict(), "best": session.best, "history": session.history,
     }), session.last_path, fault_point=f"checkpoint.write:{epoch}")
-    _write_history(session.out_dir / "metrics.csv", session.history)
+    logger.set_tags({LAST_CHECKPOINT_TAG: sha256_file(session.last_path)})
+    _write_records(record_dir(params), session.history)
     logger.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
     return val
 
@@ -378,28 +434,99 @@ def train(
     ``resume=True`` continues the unfinished run in ``run_dir(params)`` (same
     MLflow run) up to ``train.epochs``. ``on_epoch_end(epoch, val_metrics)``
     may return True to stop early (used by Optuna pruning); the run then ends
-    normally with ``stopped_early``. A NaN or infinite loss raises
-    :class:`TrainingDiverged`, marks the MLflow run FAILED and leaves the
-    previous checkpoints untouched.
+    normally with ``stopped_early``. A NaN or infinite loss or validation metric
+    raises :class:`TrainingDiverged`, marks the MLflow run FAILED and leaves the
+    previous checkpoints untouched. The MLflow run is named for what runs
+    (:func:`run_label`, ``run_name`` first when given).
+
+    The run directory is locked for the run (a second trainer into it gets
+    :class:`sscr.process.DirectoryBusy`), and temporary files a killed run left
+    there are removed first.
     """
+    rank, _ = _distributed()
+    if rank != 0:  # rank 0 owns the directory; the other ranks only compute
+        return _train(params, resume, run_name, nested, tags, on_epoch_end, log_model, progress)
+    out_dir = run_dir(params)
+    with exclusive_directory(out_dir):
+        remove_stale_temporaries(out_dir)
+        remove_stale_temporaries(record_dir(params))
+        return _train(params, resume, run_name, nested, tags, on_epoch_end, log_model, progress)
+
+
+def run_label(params: Params, prefix: str | None = None) -> str:
+    """What a training run is, as its MLflow run name starts: ``[prefix-]model-loss-sar|nosar[-experiment]``.
+
+    The experiment is the DVC experiment (``DVC_EXP_NAME``, set by ``dvc exp run``) and the
+    Prefect flow run (``SSCR_FLOW_RUN``, set by the ``pipeline`` flow) when there is one.
+    """
+    parts = [prefix] if prefix else []
+    parts += [params.model.name, params.loss.name, "sar" if params.model.use_sar else "nosar"]
+    parts += [os.environ[key] for key in ("DVC_EXP_NAME", "SSCR_FLOW_RUN") if os.environ.get(key)]
+    return "-".join(parts)
+
+
+def _name_run(run_id: str, params: Params, prefix: str | None) -> None:
+    """Name a new run ``<run_label>-<first 8 hex of its id>``: what ran, and never twice the same name.
+
+    (MLflow's own names are drawn with ``random``, which training has just seeded: every run got the same.)
+    """
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().update_run(run_id, name=f"{run_label(params, prefix)}-{run_id[:8]}")
+
+
+def _mlflow_run_file(out_dir: Path) -> Path:
+    return out_dir / MLFLOW_RUN_FILE
+
+
+def _resume_run_id(out_dir: Path, state: dict[str, Any]) -> str | None:
+    """The MLflow run a resume continues: the run tagged with the last checkpoint's SHA-256.
+
+    (``mlflow_run.json`` is written when a run completes, so after a kill it still names the
+    previous run; it is only the last resort.)
+    """
+    found = tracking.find_run_by_tag(LAST_CHECKPOINT_TAG, sha256_file(out_dir / "checkpoint_last.pt"))
+    if found is not None:
+        return found.info.run_id
+    if state.get("run_id"):  # a checkpoint written before run ids left the checkpoints
+        return str(state["run_id"])
+    record = _mlflow_run_file(out_dir)
+    return json.loads(record.read_text())["run_id"] if record.exists() else None
+
+
+def _train(
+    params: Params,
+    resume: bool,
+    run_name: str | None,
+    nested: bool,
+    tags: dict[str, str] | None,
+    on_epoch_end: EpochCallback | None,
+    log_model: bool,
+    progress: bool,
+) -> TrainResult:
+    """:func:`train`, once the run directory is this process's."""
     session = _start(params, resume)
     rank, state = session.rank, session.resumed
+    resume_id = _resume_run_id(session.out_dir, state) if state and rank == 0 else None
     run_context = tracking.training_run(
-        params.train.experiment_name, run_id=state["run_id"] if state else None, run_name=run_name,
-        nested=nested, tags=tags,
+        params.train.experiment_name, run_id=resume_id, run_name=run_name, nested=nested,
+        tags=tags,
     ) if rank == 0 else contextlib.nullcontext()
     with run_context as run:
         run_id = run.info.run_id if run else ""
         logger = tracking.MetricLogger(run_id, session.out_dir / "metrics_fallback.jsonl") if rank == 0 else None
+        if rank == 0 and resume_id is None:
+            # mlflow_run.json is written when the run completes (_finish_run): a failed run leaves the previous one.
+            _name_run(run_id, params, run_name)
         if rank == 0 and state is None:
-            _log_run_inputs(params, session.train_set.dataset, session.val_set, session.out_dir, session.model)
+            _log_run_inputs(params, session.train_set.dataset, session.val_set, session.model)
         if rank == 0 and state is not None:
             _relog_missing(run_id, session.history)
         stopped = False
         for epoch in range(session.start_epoch + 1, params.train.epochs + 1):
             row = _train_epoch(session, epoch, progress)
             if rank == 0:
-                val = _end_epoch(session, epoch, row, run_id, logger)
+                val = _end_epoch(session, epoch, row, logger)
                 if on_epoch_end is not None and val is not None:
                     stopped = bool(on_epoch_end(epoch, val))
             if session.world > 1:
@@ -411,8 +538,8 @@ def train(
                              float(session.best["psnr"]),
                              int(history[-1]["epoch"]) if history else session.start_epoch, stopped, history=history)
         if rank == 0:
-            result.model_uri = _finish_run(params, session.best_path, session.val_set, session.out_dir, result,
-                                           log_model)
+            result.checkpoint_sha256 = sha256_file(session.best_path) if session.best_path.exists() else ""
+            result.model_uri = _finish_run(params, session.best_path, session.val_set, result, log_model, logger)
             logger.close()
     if session.world > 1:
         import torch.distributed as dist
@@ -421,11 +548,10 @@ def train(
     return result
 
 
-def _log_run_inputs(params: Params, train_set: SEN12MSCR, val_set: SEN12MSCR, out_dir: Path, model: nn.Module) -> None:
+def _log_run_inputs(params: Params, train_set: SEN12MSCR, val_set: SEN12MSCR, model: nn.Module) -> None:
     import mlflow
 
     tracking.log_params_flat(flatten(params))
-    write_text(out_dir / "conf.json", json.dumps(params.model_dump(mode="json"), indent=2))
     mlflow.log_dict(params.model_dump(mode="json"), "config/params.json")
     for split, dataset in (("train", train_set), ("val", val_set)):
         files = [t.path(m) for t in dataset.triplets for m in ("s1", "s2", "s2_cloudy")]
@@ -451,28 +577,43 @@ def _relog_missing(run_id: str, history: list[dict[str, float]]) -> None:
             logger.log({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
 
-def _finish_run(params: Params, best_path: Path, val_set: SEN12MSCR, out_dir: Path, result: TrainResult,
-                log_model: bool) -> str:
+def _finish_run(params: Params, best_path: Path, val_set: SEN12MSCR, result: TrainResult, log_model: bool,
+                logger: tracking.MetricLogger) -> str:
     """Log the best checkpoint, figures and the MLflow model; write ``run.json``. Returns the model URI.
 
-    If the tracking server is unreachable by now, the run's results stay on disk
-    (checkpoint, metrics.csv, metrics fallback) and this says so instead of failing.
+    ``run.json`` (a DVC output) holds only what the same training reproduces: the best
+    checkpoint's SHA-256, its epoch and score. The run id and model URI go to the
+    untracked ``mlflow_run.json`` and, as tags, to the MLflow run. If the tracking
+    server is unreachable by now, the run's results stay on disk (checkpoint,
+    records, metrics fallback) and this says so instead of failing.
     """
     model_uri = ""
     try:
-        model_uri = _log_results(params, best_path, val_set, out_dir, result, log_model)
+        model_uri = _log_results(params, best_path, val_set, result, log_model)
     except Exception as err:  # noqa: BLE001 - any transport error: training itself has succeeded
         print(f"sscr: could not log the model and artifacts to MLflow at {tracking.redact(tracking.tracking_uri())} "
               f"({type(err).__name__}: {tracking.redact(str(err))[:200]}); the best checkpoint is {best_path}")
-    info = {"run_id": result.run_id, "model_uri": model_uri, "experiment": params.train.experiment_name,
-            "best_epoch": result.best_epoch, "best_val_psnr": result.best_val_psnr,
-            "epochs_done": result.epochs_done, "stopped_early": result.stopped_early}
-    write_text(out_dir / "run.json", json.dumps(info, indent=2))
+    logger.set_tags({CHECKPOINT_TAG: result.checkpoint_sha256, **({MODEL_URI_TAG: model_uri} if model_uri else {})})
+    write_text(_mlflow_run_file(result.run_dir), json.dumps(
+        {"run_id": result.run_id, "model_uri": model_uri, "checkpoint_sha256": result.checkpoint_sha256}, indent=2))
+    write_text(record_dir(params) / "run.json", json.dumps(run_record(params, result), indent=2, allow_nan=False))
     return model_uri
 
 
-def _log_results(params: Params, best_path: Path, val_set: SEN12MSCR, out_dir: Path, result: TrainResult,
-                 log_model: bool) -> str:
+def run_record(params: Params, result: TrainResult) -> dict[str, Any]:
+    """The content of ``run.json``: which checkpoint the run produced (path and SHA-256), its epoch and scores.
+
+    Deterministic (no run id, no time); a score that is not finite is written as null, never as
+    ``-Infinity`` (not JSON).
+    """
+    psnr = result.best_val_psnr
+    return {"experiment": params.train.experiment_name, "checkpoint": str(result.best_checkpoint),
+            "checkpoint_sha256": result.checkpoint_sha256, "best_epoch": result.best_epoch,
+            "best_val_psnr": psnr if math.isfinite(psnr) else None, "epochs_done": result.epochs_done,
+            "stopped_early": result.stopped_early}
+
+
+def _log_results(params: Params, best_path: Path, val_set: SEN12MSCR, result: TrainResult, log_model: bool) -> str:
     import matplotlib.pyplot as plt
     import mlflow
 
@@ -480,7 +621,7 @@ def _log_results(params: Params, best_path: Path, val_set: SEN12MSCR, out_dir: P
 
     mlflow.log_metrics({"best_val_PSNR": result.best_val_psnr, "best_epoch": result.best_epoch})
     mlflow.log_artifact(str(best_path), "checkpoints")
-    mlflow.log_artifact(str(out_dir / "metrics.csv"), "training")
+    mlflow.log_artifact(str(record_dir(params) / "metrics.csv"), "training")
     best_model, _ = build_from_checkpoint(best_path)
     best_model.eval()
     for index in range(min(2, len(val_set))):

@@ -214,7 +214,7 @@ def trial_params(base: Params, overrides: Mapping[str, Any], number: int) -> Par
     """``base`` with a trial's overrides, ``tune.epochs`` epochs, validation every epoch, its own run directory.
 
     Every trial logs to the MLflow experiment named after the study and trains
-    in ``<tune.trials_dir>/<study>/trial-<number>/``.
+    in ``<tune.trials_dir>/<study>/trial-<number>/``, which also holds its records.
     """
     cfg = base.tune
     raw = base.model_dump(mode="json")
@@ -223,6 +223,7 @@ def trial_params(base: Params, overrides: Mapping[str, Any], number: int) -> Par
         "train.val_every": 1,
         "train.experiment_name": cfg.study_name,
         "train.res_dir": str(Path(cfg.trials_dir) / cfg.study_name / f"trial-{number}"),
+        "train.metrics_dir": None,  # a trial's records stay in its run directory, out of git
     }
     for key, value in {**overrides, **fixed}.items():
         apply_override(raw, f"{key}={json.dumps(value)}")

@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     # facts: no project imports
     "sscr": 0, "sscr.bands": 0, "sscr.layout": 0, "sscr.faults": 0,
     # foundation: the params schema and the one atomic write
-    "sscr.config": 1, "sscr.fsutil": 1,
+    "sscr.config": 1, "sscr.fsutil": 1, "sscr.process": 1,
     # algorithms and services that need only the foundation
     "sscr.clouds": 2, "sscr.plots": 2, "sscr.tracking": 2, "sscr.integrity": 2,
     # the data set: files, index, reader, mask files, builder

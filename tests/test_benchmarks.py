@@ -25,6 +25,7 @@ BENCHMARKS = [
     "physical_bounds",
     "inference_speedup",
     "mask_resolution",
+    "mask_stamp",
 ]
 NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+( ?(s|ms|MiB|MB/s|GB/s|GFLOP/s|%))?$")
 
@@ -208,6 +209,17 @@ def test_mask_resolution_smoke(tmp_path, cache):
         assert all(0.0 <= float(row[key]) <= 1.0 for key in ("IoU at 10 m", "IoU at 60 m")), row
     for row in timing:
         assert is_number(row["10 m"]) and is_number(row["60 m"]) and float(row["speed-up"][:-1]) > 0, row
+
+
+def test_mask_stamp_smoke(tmp_path, cache):
+    text = run_benchmark("mask_stamp", tmp_path / "mask_stamp.md", cache)
+    (rows,) = tables(text)
+    assert [row["stamp or work"] for row in rows] == [
+        "size + mtime (the old stamp)", "SHA-256 of the file's bytes (the stamp)", "MD5 of the file's bytes (DVC's hash)",
+        "SHA-256 of the decoded pixels", "recompute the masks"]
+    assert all(is_number(row["ms / file"]) and is_number(row["/ recompute"]) for row in rows), rows
+    assert rows[-1]["/ recompute"] == "1.00000"
+    assert rows[1]["SEN12MS-CR, 1 core"].endswith(" min")
 
 
 def test_every_benchmark_script_has_a_smoke_test():

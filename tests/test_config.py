@@ -50,3 +50,26 @@ def test_flatten_gives_dotted_keys():
     assert flat["train.lr"] == Params().train.lr
     assert flat["data.synth.seed"] == 0
     assert all(not isinstance(value, dict) for value in flat.values())
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("train.lr=.inf", "train.lr"), ("train.lr=.nan", "train.lr"), ("loss.w_ssim=-.inf", "loss.w_ssim"),
+    ("model.scale_by=.nan", "model.scale_by"), ("evaluate.coverage_bins=[0.0, .inf]", "evaluate.coverage_bins.1"),
+    ("tune.lr_range=[0.001, .inf]", "tune.lr_range.1"), ("tune.timeout=.inf", "tune.timeout"),
+])
+def test_non_finite_settings_are_refused_with_their_key(tmp_path, override, key):
+    """`lr: .inf` trained, exited 0 and wrote -Infinity into run.json (issue 13): refused at config time now."""
+    with pytest.raises(ConfigError) as err:
+        load_params(tmp_path / "missing.yaml", [override])
+    assert f"{key}: Input should be a finite number" in str(err.value)
+
+
+def test_the_cli_refuses_a_non_finite_learning_rate_in_one_line(tmp_path, capsys, monkeypatch):
+    from sscr import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("train:\n  lr: .inf\n")
+    assert cli.main(["train"]) == 2
+    message = capsys.readouterr().err.strip().splitlines()
+    assert message[-1].strip() == "train.lr: Input should be a finite number (got inf)"
+    assert not (tmp_path / "results").exists()

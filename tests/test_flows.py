@@ -120,7 +120,7 @@ def test_served_pipeline_deployment_runs_through_the_api(prefect_api, tiny_clone
     assert f"/pipeline-{flow_run.name}" in experiments
 
     # Its MLflow run and registry version.
-    run = json.loads((tiny_clone / "results/sscr/run.json").read_text())
+    run = json.loads((tiny_clone / "results/sscr/mlflow_run.json").read_text())  # run ids stay out of run.json
     decision = json.loads((tiny_clone / "results/register.json").read_text())
     monkeypatch.chdir(tiny_clone)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -253,3 +253,39 @@ def test_deployment_in_a_work_pool_is_run_by_a_process_worker(prefect_api, tiny_
     newest = max(MlflowClient().search_model_versions("name='sscr'"), key=lambda v: int(v.version))
     (artifact,) = read_artifacts(flow_run.id)
     assert artifact.data.startswith(f"### sscr v{newest.version} ")
+
+
+def test_two_pipeline_runs_in_a_row_each_train_with_their_own_params(prefect_api, tiny_clone, monkeypatch):
+    """Issue 12: a run with use_sar=false left params.yaml so, and the next run silently trained without SAR."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.pipeline import pipeline
+    from sscr import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    params_file = tiny_clone / "params.yaml"
+    before = params_file.read_bytes()
+
+    first = pipeline(project_dir=str(tiny_clone), use_sar=False, epochs=1, save_as_experiment=False, return_state=True)
+    assert first.is_completed(), first
+    assert params_file.read_bytes() == before  # the workspace is as it was
+    second = pipeline(project_dir=str(tiny_clone), epochs=1, save_as_experiment=False, return_state=True)
+    assert second.is_completed(), second
+    assert params_file.read_bytes() == before
+
+    one, two = first.result(), second.result()
+    assert one["differing_params"]["model.use_sar"] is False and one["differing_params"]["train.epochs"] == 1
+    assert "model.use_sar" not in two["differing_params"] and two["differing_params"]["train.epochs"] == 1
+    monkeypatch.chdir(tiny_clone)
+    tracking.configure()
+    runs = [MlflowClient().get_run(result["run_id"]) for result in (one, two)]
+    assert [run.data.params["model.use_sar"] for run in runs] == ["False", "True"]
+    names = [run.info.run_name for run in runs]
+    assert "-nosar-" in names[0] and "-sar-" in names[1] and names[0] != names[1]
+    for state, run in zip((first, second), runs, strict=True):
+        assert run.data.tags["prefect.flow_run"].startswith("pipeline-")
+        artifacts = {a.key: a for a in read_artifacts(state.state_details.flow_run_id)}
+        assert "differ from the committed params.yaml" in artifacts["sscr-mlflow-run"].data
+    assert "`model.use_sar=false`" in {a.key: a for a in read_artifacts(first.state_details.flow_run_id)}[
+        "sscr-mlflow-run"].data

@@ -49,15 +49,17 @@ def dvc(clone: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProc
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a repro and two experiments: three trainings
 def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
-    clone = make_clone(tmp_path / "clone", TINY)
+    # Validation every 2nd epoch (and the last): the validation curve must have points at 2 and 3 only.
+    clone = make_clone(tmp_path / "clone", deep_update(TINY, {"train": {"epochs": 3, "val_every": 2}}))
     first = dvc(clone, "repro")
     for stage in ("download", "cloudmasks", "train", "evaluate", "register"):
         assert f"Running stage '{stage}'" in first.stdout
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"download", "cloudmasks", "train", "evaluate", "register"}
-    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["epochs"] == 2
-    metrics = json.loads((clone / "results/eval/metrics.json").read_text())
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["epochs"] == 3
+    metrics = json.loads((clone / "metrics/sscr/metrics.json").read_text())
     for key in ("test", "test_cloudy", "test_clear", "baseline", "baseline_cloudy", "gain_cloudy_PSNR",
                 "by_coverage", "by_season"):
         assert key in metrics
@@ -85,13 +87,69 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
 
     shown = json.loads(dvc(clone, "metrics", "show", "--json").stdout)
     assert shown  # DVC reads the declared metrics file
-    plots = json.loads(dvc(clone, "plots", "show", "--json").stdout)
-    assert any("metrics.csv" in name for name in plots["data"])
-    assert any("coverage_bins.csv" in name for name in plots["data"])
+    plots = json.loads(dvc(clone, "plots", "show", "--json").stdout)["data"]
+    validation = plots["metrics/sscr/validation.csv"][0]["content"]["data"]["values"]
+    assert [int(point["epoch"]) for point in validation] == [2, 3]  # no 0 dB points where nothing was validated
+    assert all(float(point["val_PSNR"]) > 5 for point in validation)
+    coverage = plots["metrics/sscr/coverage_bins.csv"][0]["content"]
+    assert coverage["encoding"]["x"]["type"] == "quantitative"
+    points = coverage["data"]["values"]
+    assert points and all(0 < float(point["coverage"]) < 1 for point in points)  # numbers: the chart renders
+    images = [name for name, entries in plots.items() if entries[0]["type"] == "image"]
+    assert "results/eval/psnr_by_coverage.png" in images and any("panels" in name for name in images)
 
-    # An experiment with one parameter changed runs the affected stages and registers version 2.
-    dvc(clone, "exp", "run", "-S", "train.epochs=3")
-    experiments = dvc(clone, "exp", "show", "--json").stdout
-    assert '"epochs": 3' in experiments.replace("'", '"') or "train.epochs" in experiments
+    # The records are small files in git, as DVC's metrics convention wants: commit them, then two experiments.
+    git(clone, "add", "-A")
+    git(clone, "commit", "-qm", "first run")
+    dvc(clone, "exp", "run", "-n", "one", "-S", "train.epochs=1")
+    dvc(clone, "exp", "run", "-n", "two", "-S", "train.epochs=2")
+    table = json.loads(dvc(clone, "exp", "show", "--json").stdout)
+    scores = experiment_scores(table)
+    assert {"one", "two"} <= set(scores), scores
+    for name in ("one", "two"):
+        inside, outside = scores[name]
+        assert 5 < inside < 80 and 5 < outside < 80  # test PSNR inside and outside clouds, numbers
+    assert scores["one"] != scores["two"]
     versions = MlflowClient().search_model_versions("name='sscr'")
-    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3]
+    names = [run.info.run_name for run in mlflow.search_runs(experiment_names=["sscr"], output_format="list")]
+    assert len(set(names)) == len(names) == 3
+    assert any(name.startswith("sscr_lite-") and "-sar-one-" in name for name in names), names
+
+
+def git(clone: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=clone, check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+def experiment_scores(node, name: str | None = None, found: dict | None = None) -> dict[str, tuple[float, float]]:
+    """Experiment name -> (test PSNR inside clouds, outside clouds), read from ``dvc exp show --json``."""
+    found = {} if found is None else found
+    if isinstance(node, dict):
+        name = node.get("name") or name
+        file = node.get("metrics", {}).get("metrics/sscr/metrics.json") if isinstance(node.get("metrics"), dict) else None
+        if isinstance(file, dict) and "data" in file and name:
+            data = file["data"]
+            found[name] = (data["test_cloudy"]["PSNR"], data["test_clear"]["PSNR"])
+        for value in node.values():
+            experiment_scores(value, name, found)
+    elif isinstance(node, list):
+        for value in node:
+            experiment_scores(value, name, found)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # two full repros
+def test_dvc_lock_reproduces_in_two_fresh_clones(tmp_path):
+    """Issue 12: the same code, params and data give the same dvc.lock on two clones (no mtimes, run ids, times)."""
+    locks = []
+    for name in ("first", "second"):
+        clone = make_clone(tmp_path / name, TINY)
+        dvc(clone, "repro")
+        locks.append(yaml.safe_load((clone / "dvc.lock").read_text())["stages"])
+    assert set(locks[0]) == {"download", "cloudmasks", "train", "evaluate", "register"}
+    for stage in locks[0]:
+        first, second = (lock[stage] for lock in locks)
+        assert first == second, f"stage {stage!r} differs:\n{yaml.safe_dump(first)}\n---\n{yaml.safe_dump(second)}"

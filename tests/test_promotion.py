@@ -11,26 +11,58 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sscr import registry
-from sscr.config import run_dir
+from sscr.config import record_dir, run_dir
+from sscr.train import MLFLOW_RUN_FILE
 
 
 def _run(params) -> dict:
-    return json.loads((run_dir(params) / "run.json").read_text())
+    """The training record with its MLflow run id and model URI (kept apart: ids are not reproducible)."""
+    return {**json.loads((record_dir(params) / "run.json").read_text()),
+            **json.loads((run_dir(params) / MLFLOW_RUN_FILE).read_text())}
 
 
 def test_register_stage_creates_version_one_as_champion(in_workspace):
     workspace, params = in_workspace
-    decision = registry.register_evaluated(run_dir(params) / "run.json", params.evaluate.out_dir / "metrics.json",
+    records = record_dir(params)
+    decision = registry.register_evaluated(records / "run.json", records / "metrics.json",
                                            model_name="stage-test", out=workspace / "register.json")
     assert decision.version == "1" and decision.promoted
     client = MlflowClient()
     version = client.get_model_version_by_alias("stage-test", "champion")
     assert str(version.version) == "1"
-    metrics = json.loads((params.evaluate.out_dir / "metrics.json").read_text())
+    metrics = json.loads((records / "metrics.json").read_text())
+    assert version.tags["checkpoint_sha256"] == metrics["checkpoint_sha256"] == _run(params)["checkpoint_sha256"]
     assert float(version.tags["metric.PSNR"]) == pytest.approx(metrics["test"]["PSNR"], abs=1e-5)
     assert "metric.cloudy_PSNR" in version.tags
     assert version.tags["promotion.decision"] == "promoted"
     assert json.loads((workspace / "register.json").read_text())["promoted"] is True
+    # The same checkpoint registered again is the same version, not a duplicate.
+    again = registry.register_evaluated(records / "run.json", records / "metrics.json", model_name="stage-test")
+    assert again.version == "1"
+    assert len(MlflowClient().search_model_versions("name='stage-test'")) == 1
+
+
+def test_register_refuses_metrics_of_other_weights(in_workspace, tmp_path):
+    """Issue 13: metrics of another checkpoint (a killed retrain, `evaluate --checkpoint other.pt`) never register."""
+    _, params = in_workspace
+    records = record_dir(params)
+    metrics = json.loads((records / "metrics.json").read_text())
+    other = tmp_path / "metrics.json"
+    other.write_text(json.dumps({**metrics, "checkpoint_sha256": "0" * 64}))
+    with pytest.raises(registry.LineageError) as refused:
+        registry.register_evaluated(records / "run.json", other, model_name="lineage-test")
+    message = str(refused.value)
+    assert str(records / "run.json") in message and str(other) in message and "model_best.pt" in message
+    assert "000000000000" in message
+    assert MlflowClient().search_model_versions("name='lineage-test'") == []
+
+    # A run record naming other weights than the checkpoint file holds is refused the same way.
+    run = json.loads((records / "run.json").read_text())
+    tampered = tmp_path / "run.json"
+    tampered.write_text(json.dumps({**run, "checkpoint_sha256": "f" * 64}))
+    with pytest.raises(registry.LineageError, match="ffffffffffff"):
+        registry.register_evaluated(tampered, records / "metrics.json", model_name="lineage-test")
+    assert MlflowClient().search_model_versions("name='lineage-test'") == []
 
 
 def test_promotion_only_when_better(in_workspace):

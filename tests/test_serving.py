@@ -22,6 +22,7 @@ from sscr.checkpoint import save_atomic
 from sscr.config import run_dir
 from sscr.models import build_model
 from sscr.serving import load_model
+from sscr.train import MLFLOW_RUN_FILE
 
 from servers import free_port, stop_group
 
@@ -29,7 +30,7 @@ from servers import free_port, stop_group
 @pytest.mark.slow
 def test_served_champion_returns_cloud_free_patch(in_workspace, tmp_path):
     workspace, params = in_workspace
-    run = json.loads((run_dir(params) / "run.json").read_text())
+    run = json.loads((run_dir(params) / MLFLOW_RUN_FILE).read_text())
     version = registry.register(run["run_id"], {"PSNR": 30.0}, "serve-test", run["model_uri"])
     assert registry.promote("serve-test", version).promoted
     port = free_port()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -25,7 +26,8 @@ def test_training_run_is_fully_tracked(tiny_params):
     result = train(tiny_params, progress=False)
     assert result.epochs_done == 2 and len(result.history) == 2
     folder = run_dir(tiny_params)
-    for name in ("conf.json", "checkpoint_last.pt", "model_best.pt", "metrics.csv", "run.json"):
+    for name in ("conf.json", "checkpoint_last.pt", "model_best.pt", "metrics.csv", "validation.csv", "run.json",
+                 "mlflow_run.json"):
         assert (folder / name).exists(), name
     run = MlflowClient().get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -40,8 +42,13 @@ def test_training_run_is_fully_tracked(tiny_params):
     assert all(len(inp.dataset.digest) == 16 for inp in run.inputs.dataset_inputs)
     artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id)}
     assert {"checkpoints", "config", "figures", "training"} <= artifacts
-    info = json.loads((folder / "run.json").read_text())
+    record = json.loads((folder / "run.json").read_text())  # the DVC-tracked record: no run id, the checkpoint's hash
+    assert record["checkpoint_sha256"] == hashlib.sha256((folder / "model_best.pt").read_bytes()).hexdigest()
+    assert "run_id" not in record and "model_uri" not in record
+    info = json.loads((folder / "mlflow_run.json").read_text())  # untracked: the MLflow run and its model
     assert info["run_id"] == result.run_id and info["model_uri"]
+    assert run.data.tags["sscr.checkpoint_sha256"] == record["checkpoint_sha256"]
+    assert MlflowClient().get_run(result.run_id).data.tags["sscr.model_uri"] == info["model_uri"]
     # The logged model answers with cloud-free imagery from cloudy S2 + S1.
     model = mlflow.pyfunc.load_model(info["model_uri"])
     rng = np.random.default_rng(0)
@@ -116,8 +123,61 @@ def test_sigkill_then_resume_finishes_in_the_same_run(tiny_params, tmp_path, mom
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [m.step for m in MlflowClient().get_metric_history(runs[0].info.run_id, "train_loss")]
     assert sorted(set(steps)) == [1, 2, 3]
-    assert state["run_id"] == runs[0].info.run_id
-    assert not list(run_dir(tiny_params).glob(".*.partial")) or moment == "checkpoint.write:2"
+    assert json.loads((run_dir(tiny_params) / "mlflow_run.json").read_text())["run_id"] == runs[0].info.run_id
+    assert "run_id" not in state  # checkpoints hold no run id: the same training writes the same bytes
+    assert not list(run_dir(tiny_params).glob(".*.partial"))  # the killed run's temporary file is gone too
+
+
+def test_a_run_killed_before_its_first_checkpoint_leaves_the_previous_conf_and_weights(tiny_params, tmp_path):
+    """Issue 13: conf.json was written before training, so a failed run left it describing other weights."""
+    tiny_params.train.epochs = 1
+    train(tiny_params, progress=False, log_model=False)
+    folder = run_dir(tiny_params)
+    conf, best = (folder / "conf.json").read_bytes(), (folder / "model_best.pt").read_bytes()
+    tiny_params.train.lr = 0.5  # another configuration, killed before it validates anything
+    env = {**os.environ, "SSCR_FAULT": "train.validate:1", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
+    killed = subprocess.run([sys.executable, "-m", "sscr.cli", "train", "--params", str(_write_params(tmp_path,
+                             tiny_params))], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (folder / "conf.json").read_bytes() == conf  # still the params model_best.pt was trained with
+    assert (folder / "model_best.pt").read_bytes() == best
+    assert json.loads(conf)["train"]["lr"] != 0.5
+
+
+@pytest.mark.parametrize(("metric", "value"), [("SSIM", math.nan), ("MAE", math.inf), ("PSNR", -math.inf)])
+def test_non_finite_validation_stops_the_run(tmp_path, metric, value):
+    from sscr.train import TrainingDiverged, _check_finite
+
+    val = {"PSNR": 20.0, "SSIM": 0.5, "MAE": 0.1, "cloudy_PSNR": math.nan, metric: value}
+    with pytest.raises(TrainingDiverged, match=f"{metric} {value}.*epoch 3.*last good checkpoint"):
+        _check_finite(val, 3, tmp_path / "checkpoint_last.pt")
+    # A perfect prediction (+inf PSNR) and an undefined region metric are not failures.
+    _check_finite({"PSNR": math.inf, "SSIM": 1.0, "cloudy_PSNR": math.nan}, 3, tmp_path / "checkpoint_last.pt")
+
+
+def test_a_killed_run_evaluated_stays_unfinished_and_is_not_registered(tiny_params, tmp_path):
+    """Issue 13: evaluating a killed run's model_best.pt marked it FINISHED, and register paired it with another model."""
+    from sscr import registry
+    from sscr.config import record_dir
+    from sscr.evaluate import evaluate
+
+    tiny_params.train.epochs = 3
+    env = {**os.environ, "SSCR_FAULT": "train.validate:2", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
+    killed = subprocess.run([sys.executable, "-m", "sscr.cli", "train", "--params", str(_write_params(tmp_path,
+                             tiny_params))], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    metrics = evaluate(tiny_params, progress=False)  # scores epoch 1's model_best.pt
+    best = run_dir(tiny_params) / "model_best.pt"
+    assert metrics["checkpoint_sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
+    runs = mlflow.search_runs(experiment_names=["sscr"], output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "RUNNING"  # killed: not FINISHED by being evaluated
+    assert "test_PSNR" in runs[0].data.metrics  # the scores did reach the run that trained those weights
+    # The killed run wrote no run.json: nothing to register, and a stale one from elsewhere does not pair.
+    records = record_dir(tiny_params)
+    assert not (records / "run.json").exists()
+    (records / "run.json").write_text(json.dumps({"checkpoint": str(best), "checkpoint_sha256": "a" * 64}))
+    with pytest.raises(registry.LineageError, match="aaaaaaaaaaaa"):
+        registry.register_evaluated(records / "run.json", records / "metrics.json", model_name="killed")
 
 
 def test_resume_refuses_other_params(tiny_params):

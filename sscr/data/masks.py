@@ -3,7 +3,7 @@
 One GeoTIFF per sample, ``<masks_dir>/<season>/masks_<roi>/<sample id>.tif``,
 holds one float32 band per mask kind (band description = kind), with the same
 CRS and transform as the patch, and as tags its coverage per kind and the
-fingerprint of the cloudy file it came from. ``coverage.csv`` beside them
+content hash of the cloudy file it came from. ``coverage.csv`` beside them
 lists every sample the mask stage validated, ``invalid.csv`` every sample it
 found unusable (file and reason), so train and evaluate leave out the same
 ones and say why. The stage that computes them is :mod:`sscr.cloudmasks`; the
@@ -24,7 +24,7 @@ from rasterio.errors import RasterioIOError
 
 from sscr.data.index import Triplet
 from sscr.data.io import PatchError, write_raster
-from sscr.fsutil import atomic_path
+from sscr.fsutil import atomic_path, sha256_file
 from sscr.layout import PatchId
 
 COVERAGE_TABLE = "coverage.csv"
@@ -42,9 +42,14 @@ def coverage(mask: np.ndarray) -> float:
 
 
 def source_fingerprint(path: Path) -> str:
-    """Size and modification time of a source file: changes when the file is rewritten."""
-    stat = path.stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    """``sha256:<hex>`` of a source file's bytes: changes exactly when its content changes.
+
+    Content, not size and mtime: a fresh clone, a copy or a re-download of the same file keeps its masks,
+    and the mask file (which carries this stamp as a tag) is the same bytes on every machine, so DVC's
+    lock reproduces. Checking it costs one read of the file, about 1/1000 of recomputing its masks
+    (``benchmarks/results/mask_stamp.md``).
+    """
+    return f"sha256:{sha256_file(path)}"
 
 
 def stored_coverage(path: Path, kinds: Sequence[str], fingerprint: str) -> dict[str, float] | None:

@@ -105,6 +105,11 @@ _VV_DB = np.array([-22.0, -7.5, -12.0, -13.0, -13.0, -5.0, -14.0], np.float32)
 _VH_DB = np.array([-29.0, -13.5, -19.5, -21.0, -21.0, -12.0, -22.0], np.float32)
 _S1_LOOKS = 4.4  # equivalent number of looks of Sentinel-1 IW GRD
 _S1_NOISE_FLOOR_DB = -26.0
+#: S1 is written on a grid of 1/1024 dB, far finer than speckle (dB) or the sensor's calibration (0.1 dB).
+#: NumPy runs log10, power and arctan with the SIMD code the CPU offers (AVX-512, AVX2, SSE), whose results
+#: differ in the last bits: computed in float64 and rounded to this grid, the written values are the same on
+#: every x86-64 machine (a last-bit difference changes a value only within 1e-13 dB of a rounding boundary).
+S1_DB_STEP = 1.0 / 1024.0
 
 _BIOMES = ("agricultural", "forest", "urban", "arid", "mixed", "coastal")
 _BIOME_WEIGHTS = (0.32, 0.2, 0.1, 0.1, 0.18, 0.1)
@@ -240,7 +245,7 @@ def _top(field: np.ndarray, fraction: float) -> np.ndarray:
 
 def _rotated(n: int, angle: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates rotated by ``angle`` and shifted randomly: (along, across)."""
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float64)
     along = xx * math.cos(angle) + yy * math.sin(angle) + rng.uniform(0, 100)
     across = -xx * math.sin(angle) + yy * math.cos(angle)
     return along, across
@@ -447,18 +452,20 @@ def _sar(scene: _Scene, roi: _Roi, rng: np.random.Generator) -> np.ndarray:
     """Sentinel-1 VV/VH in dB: class cross-section, local-incidence term, resolution blur, speckle."""
     n = scene.land_cover.shape[0]
     incidence = math.radians(rng.uniform(32.0, 44.0))
+    # Everything in float64, rounded to S1_DB_STEP at the end: the file is the same whatever SIMD the CPU has.
+    elevation = scene.elevation.astype(np.float64)
     # Slope rising away from the sensor faces it (the radar looks east or west, across the track).
-    facing = np.gradient(scene.elevation, PIXEL_SIZE_M, axis=1) * (1.0 if roi.looks_east else -1.0)
+    facing = np.gradient(elevation, PIXEL_SIZE_M, axis=1) * (1.0 if roi.looks_east else -1.0)
     local = np.clip(incidence - np.arctan(facing), math.radians(10), math.radians(80))
     # Slopes facing the radar are brighter (more area per pixel, lower local incidence).
     terrain = 10.0 * np.log10(math.sin(incidence) / np.sin(local)) - 0.12 * np.degrees(local - incidence)
     floor = 10.0 ** (_S1_NOISE_FLOOR_DB / 10.0)
     bands = []
     for sigma_db in (scene.vv_db, scene.vh_db):
-        power = ndimage.gaussian_filter(10.0 ** ((sigma_db + terrain) / 10.0), 0.7) + floor
+        power = ndimage.gaussian_filter(10.0 ** ((sigma_db.astype(np.float64) + terrain) / 10.0), 0.7) + floor
         power = power * rng.gamma(_S1_LOOKS, 1.0 / _S1_LOOKS, (n, n))
         bands.append(10.0 * np.log10(power))
-    s1 = np.stack(bands).astype(np.float32)
+    s1 = (np.round(np.stack(bands) / S1_DB_STEP) * S1_DB_STEP).astype(np.float32)
     # Real patches sometimes hold NaN: a swath edge or a few bad pixels.
     draw = rng.random()
     if draw < 0.05:
@@ -486,7 +493,9 @@ def _clouds(rng: np.random.Generator, n: int, zenith: float, azimuth: float) -> 
     coverage = 1.0 if regime < 0.24 else float(rng.uniform(0.03, 0.97))
     thin = rng.random() < 0.3  # a thin, semi-transparent cloud deck instead of opaque clouds
     max_opacity = rng.uniform(0.5, 0.8) if thin else 1.0
+    # float64 from here: exp and tanh then agree to the last bits on every CPU (see S1_DB_STEP).
     density = _fractal_noise(rng, size, 1, beta=rng.uniform(2.6, 3.4), scale=rng.uniform(60, 250))[0]
+    density = density.astype(np.float64)
     inner = density[crop]
     threshold = float(np.quantile(inner, 1.0 - coverage)) if coverage < 1.0 else float(inner.min()) - 0.5
     softness = rng.uniform(0.15, 0.6)  # width of the cloud edge, in std of the density field
@@ -497,7 +506,7 @@ def _clouds(rng: np.random.Generator, n: int, zenith: float, azimuth: float) -> 
     opacity = max_opacity * (1.0 - np.exp(-steepness * thickness))
 
     # Cloud-top brightness: brighter where thicker, textured, lit on the sunward flanks.
-    texture = _fractal_noise(rng, size, 1, beta=2.2, scale=24.0)[0]
+    texture = _fractal_noise(rng, size, 1, beta=2.2, scale=24.0)[0].astype(np.float64)
     gy, gx = np.gradient(density)
     a = math.radians(azimuth)
     lit = np.tanh(4.0 * (gx * math.sin(a) - gy * math.cos(a)))

@@ -311,3 +311,41 @@ def test_s2cloudless_finds_the_synthetic_clouds(sample):
         union += int(np.sum(detected | cloud))
     iou = intersection / union
     assert iou >= 0.5, f"s2cloudless vs true clouds (opacity >= {CLOUD_TRUTH_OPACITY}): IoU {iou:.3f}"
+
+
+def _simd_levels_to_disable() -> str:
+    """The SIMD dispatch targets NumPy would use on this CPU, as NPY_DISABLE_CPU_FEATURES takes them."""
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    return " ".join(name for name in __cpu_dispatch__ if __cpu_features__.get(name))
+
+
+def _sample_digests(root: Path, env: dict[str, str]) -> dict[str, str]:
+    import hashlib
+    import subprocess
+    import sys
+
+    script = ("import sys; from sscr.config import SynthConfig; from sscr.data.synth import write_synthetic_sample;"
+              "write_synthetic_sample(sys.argv[1], SynthConfig(rois={'train': 3, 'val': 1, 'test': 1}, "
+              "patches_per_roi=2), patch_size=64, progress=False)")
+    done = subprocess.run([sys.executable, "-c", script, str(root)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_sample_bytes_do_not_depend_on_the_cpus_simd(tmp_path):
+    """NumPy picks AVX-512, AVX2 or SSE code for exp, log10, arctan at run time; the files must not notice.
+
+    DVC records the sample's hash in dvc.lock, so a machine with other SIMD must write the same bytes
+    (issue 12: the lock was 44 bytes off on another machine).
+    """
+    disable = _simd_levels_to_disable()
+    if not disable:
+        pytest.skip("this CPU offers NumPy no SIMD beyond its baseline")
+    native = _sample_digests(tmp_path / "native", dict(os.environ))
+    baseline = _sample_digests(tmp_path / "baseline", {**os.environ, "NPY_DISABLE_CPU_FEATURES": disable})
+    assert len(native) == 40  # 10 triplets of 3 files and their truth masks
+    differing = sorted(name for name in native if native[name] != baseline.get(name))
+    assert not differing, f"{len(differing)} files differ with SIMD ({disable}) off: {differing[:5]}"
