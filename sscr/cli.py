@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sscr.config import ConfigError, Params, load_params, run_dir
+from sscr.config import PUBLISHED_PROTOCOL, ConfigError, Params, load_params, run_dir
 
 Handler = Callable[[argparse.Namespace, Params], int | None]
 
@@ -54,6 +54,8 @@ SEED_FLAGS: dict[str, tuple[str, Any]] = {
     "res_dir": ("train.res_dir", str),
     "rdm_seed": ("train.rdm_seed", int),
     "num_workers": ("train.num_workers", int),
+    "val_every": ("train.val_every", int),
+    "val_after": ("train.val_after", int),
 }
 
 
@@ -68,9 +70,16 @@ def _seed_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def _protocol_overrides(args: argparse.Namespace) -> list[str]:
+    """``--pretrain``: the published training protocol (:data:`sscr.config.PUBLISHED_PROTOCOL`)."""
+    if not getattr(args, "pretrain", False):
+        return []
+    return [f"{key}={json.dumps(value)}" for key, value in PUBLISHED_PROTOCOL.items()]
+
+
 def load(args: argparse.Namespace) -> Params:
-    """Params from ``--params`` with ``--set`` and seed-flag overrides applied."""
-    overrides = list(args.overrides) + _seed_overrides(args)
+    """Params from ``--params``, then ``--pretrain``'s protocol, ``--set`` and the seed's flags, in that order."""
+    overrides = _protocol_overrides(args) + list(args.overrides) + _seed_overrides(args)
     if getattr(args, "root", None) is not None:
         overrides.append(f"data.root={args.root}")
     return load_params(args.params, overrides)
@@ -126,8 +135,9 @@ def cmd_train(args: argparse.Namespace, params: Params) -> None:
     result = train(params, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
-    print(f"trained {params.model.name}: {result.epochs_done} epochs, best validation PSNR "
-          f"{result.best_val_psnr:.3f} dB at epoch {result.best_epoch}; MLflow run {result.run_id}; "
+    print(f"trained {params.model.name}: {result.epochs_done} epochs, best by "
+          f"{params.train.select_best.replace('_', ' ')} at epoch {result.best_epoch} (validation loss "
+          f"{result.best_val_loss:.5g}, PSNR {result.best_val_psnr:.3f} dB); MLflow run {result.run_id}; "
           f"checkpoint {result.best_checkpoint}")
 
 
@@ -259,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--use_sar", action=argparse.BooleanOptionalAction, default=None,
                        help="fuse S1 SAR (model.use_sar); --no-use_sar for the optical-only ablation")
     train.add_argument("--pretrain", action="store_true",
-                       help="the seed's switch for mono-temporal SEN12MS-CR training; always the case here")
+                       help="the seed's switch for single-date SEN12MS-CR training (always single-date here): "
+                            "trains with the published protocol (whole patches, no augmentation, validation "
+                            "every epoch, best checkpoint by validation loss, float32); see README")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run of this experiment")
     train.add_argument("--pretrained", type=Path, default=None, help="checkpoint to start from (train.pretrained)")
     train.add_argument("--freeze", nargs="+", default=None, metavar="PREFIX",

@@ -4,7 +4,7 @@ One run directory per experiment, ``<train.res_dir>/<train.experiment_name>/``:
 
 - ``conf.json``: the params the run was trained with (``sscr evaluate --load_config``);
 - ``checkpoint_last.pt``: everything needed to resume, written atomically every epoch;
-- ``model_best.pt``: the weights with the best validation PSNR;
+- ``model_best.pt``: the best weights by ``train.select_best`` (validation loss, as published, or PSNR);
 - ``metrics.csv``: per-epoch train loss and validation metrics (DVC plots);
 - ``run.json``: the MLflow run id and logged model URI (read by evaluate and register).
 
@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from sscr import faults, losses, serving, tracking
 from sscr.checkpoint import FORMAT, build_from_checkpoint, load_checkpoint, load_weights, save_atomic
-from sscr.config import Params, flatten, run_dir
+from sscr.config import Params, TrainConfig, flatten, run_dir
 from sscr.data.augment import TrainingView
 from sscr.data.dataset import SEN12MSCR, build_dataset, model_inputs
 from sscr.fsutil import atomic_path, write_text
@@ -61,10 +61,13 @@ class TrainResult:
     best_checkpoint: Path
     best_epoch: int
     best_val_psnr: float
+    """Validation PSNR of the best checkpoint (the one ``train.select_best`` kept)."""
     epochs_done: int
     stopped_early: bool = False
     model_uri: str = ""
     history: list[dict[str, float]] = field(default_factory=list)
+    best_val_loss: float = math.nan
+    """Validation loss of the best checkpoint."""
 
 
 def seed_everything(seed: int) -> None:
@@ -76,15 +79,28 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "validate") -> dict[str, float]:
-    """Benchmark metrics over a loader, overall and inside clouds (``cloudy_`` prefix)."""
+def validate(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "validate",
+             loss_fn: nn.Module | None = None) -> dict[str, float]:
+    """Benchmark metrics over a loader, overall and inside clouds (``cloudy_`` prefix), in eval mode.
+
+    With ``loss_fn`` (the training loss) also ``loss``: its mean over the batches, as the
+    published script's validation loss is (``AverageValueMeter`` of the batch losses).
+    """
     model.eval()
     accumulator = MetricAccumulator()
+    loss_sum, batches = 0.0, 0
     for batch in tqdm(loader, desc=desc, leave=False, unit="batch"):
         out = model(**model_inputs(batch, device))
-        accumulator.add_batch(cloud_metrics(batch["target"].to(device), out["mean"].float(), batch["mask"]))
-    return {key.replace("/", "_"): value for key, value in accumulator.mean().items()
-            if "/" not in key or key.startswith("cloudy/")}
+        target = batch["target"].to(device)
+        accumulator.add_batch(cloud_metrics(target, out["mean"].float(), batch["mask"]))
+        if loss_fn is not None:
+            loss_sum += float(loss_fn(out, target)[0])
+            batches += 1
+    metrics = {key.replace("/", "_"): value for key, value in accumulator.mean().items()
+               if "/" not in key or key.startswith("cloudy/")}
+    if loss_fn is not None:
+        metrics["loss"] = loss_sum / max(batches, 1)
+    return metrics
 
 
 # ---------------------------------------------------------------- set-up
@@ -113,7 +129,7 @@ class _Session:
     resumed: dict[str, Any] | None
     """The checkpoint this run resumes from, if any."""
     start_epoch: int = 0
-    best: dict[str, float] = field(default_factory=lambda: {"psnr": -math.inf, "epoch": 0})
+    best: dict[str, float] = field(default_factory=lambda: {"psnr": -math.inf, "loss": math.inf, "epoch": 0})
     history: list[dict[str, float]] = field(default_factory=list)
 
     @property
@@ -123,7 +139,7 @@ class _Session:
 
     @property
     def best_path(self) -> Path:
-        """``model_best.pt``: the weights with the best validation PSNR."""
+        """``model_best.pt``: the best weights by ``train.select_best``."""
         return self.out_dir / "model_best.pt"
 
     @property
@@ -219,7 +235,7 @@ def _start(params: Params, resume: bool) -> _Session:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                   find_unused_parameters=True)
 
-    train_set = TrainingView(build_dataset(params, "train"), cfg.crop_size, cfg.rdm_seed)
+    train_set = TrainingView(build_dataset(params, "train"), cfg.crop_size, cfg.rdm_seed, flip=cfg.augment)
     val_set = build_dataset(params, "val")
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"empty split under {params.data.root}: {len(train_set)} train and {len(val_set)} "
@@ -331,6 +347,22 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
         writer.writerows(history)
 
 
+def validation_due(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether epoch ``epoch`` ends with validation: after ``val_after``, every ``val_every``, and the last."""
+    return (epoch > cfg.val_after and epoch % cfg.val_every == 0) or epoch == cfg.epochs
+
+
+def is_better(val: dict[str, float], best: dict[str, float], select_best: str) -> bool:
+    """Whether validation metrics ``val`` beat the best so far by ``train.select_best``.
+
+    ``val_loss``: a loss <= the best (the published rule: a tie goes to the later epoch);
+    ``PSNR``: a strictly higher PSNR. A NaN never wins.
+    """
+    if select_best == "val_loss":
+        return val["loss"] <= best.get("loss", math.inf)
+    return val["PSNR"] > best.get("psnr", -math.inf)
+
+
 def _end_epoch(session: _Session, epoch: int, row: dict[str, float], run_id: str,
                logger: tracking.MetricLogger) -> dict[str, float] | None:
     """Rank 0's end of an epoch: validate when due, then the checkpoints, ``metrics.csv`` and MLflow.
@@ -339,12 +371,12 @@ def _end_epoch(session: _Session, epoch: int, row: dict[str, float], run_id: str
     """
     cfg, model, params = session.params.train, session.model, session.params
     val: dict[str, float] | None = None
-    if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+    if validation_due(cfg, epoch):
         faults.checkpoint(f"train.validate:{epoch}")
-        val = validate(model, session.val_loader, session.device, desc=f"validate {epoch}")
+        val = validate(model, session.val_loader, session.device, desc=f"validate {epoch}", loss_fn=session.loss_fn)
         row.update({f"val_{key}": value for key, value in val.items()})
-        if val["PSNR"] > session.best["psnr"]:
-            session.best = {"psnr": float(val["PSNR"]), "epoch": epoch}
+        if is_better(val, session.best, cfg.select_best):
+            session.best = {"psnr": float(val["PSNR"]), "loss": float(val["loss"]), "epoch": epoch}
             save_atomic(_checkpoint(model, params, epoch, run_id, extra={"val": val}), session.best_path)
     session.history.append(row)
     save_atomic(_checkpoint(model, params, epoch, run_id, extra={
@@ -405,7 +437,8 @@ def train(
         history = session.history
         result = TrainResult(run_id, session.out_dir, session.best_path, int(session.best["epoch"]),
                              float(session.best["psnr"]),
-                             int(history[-1]["epoch"]) if history else session.start_epoch, stopped, history=history)
+                             int(history[-1]["epoch"]) if history else session.start_epoch, stopped, history=history,
+                             best_val_loss=float(session.best.get("loss", math.nan)))
         if rank == 0:
             result.model_uri = _finish_run(params, session.best_path, session.val_set, session.out_dir, result,
                                            log_model)
@@ -460,7 +493,8 @@ def _finish_run(params: Params, best_path: Path, val_set: SEN12MSCR, out_dir: Pa
         print(f"sscr: could not log the model and artifacts to MLflow at {tracking.redact(tracking.tracking_uri())} "
               f"({type(err).__name__}: {tracking.redact(str(err))[:200]}); the best checkpoint is {best_path}")
     info = {"run_id": result.run_id, "model_uri": model_uri, "experiment": params.train.experiment_name,
-            "best_epoch": result.best_epoch, "best_val_psnr": result.best_val_psnr,
+            "best_epoch": result.best_epoch, "select_best": params.train.select_best,
+            "best_val_psnr": result.best_val_psnr, "best_val_loss": result.best_val_loss,
             "epochs_done": result.epochs_done, "stopped_early": result.stopped_early}
     write_text(out_dir / "run.json", json.dumps(info, indent=2))
     return model_uri
@@ -473,7 +507,8 @@ def _log_results(params: Params, best_path: Path, val_set: SEN12MSCR, out_dir: P
 
     from sscr.plots import prediction_panel
 
-    mlflow.log_metrics({"best_val_PSNR": result.best_val_psnr, "best_epoch": result.best_epoch})
+    mlflow.log_metrics({"best_val_PSNR": result.best_val_psnr, "best_val_loss": result.best_val_loss,
+                        "best_epoch": result.best_epoch})
     mlflow.log_artifact(str(best_path), "checkpoints")
     mlflow.log_artifact(str(out_dir / "metrics.csv"), "training")
     best_model, _ = build_from_checkpoint(best_path)
