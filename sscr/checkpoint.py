@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sscr.config import Params
 from sscr.fsutil import atomic_path
 
 FORMAT = 1
@@ -24,6 +25,24 @@ FORMAT = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what was expected."""
+
+
+def checkpoint_record(model: nn.Module, params: Params, epoch: int, run_id: str, **extra: Any) -> dict[str, Any]:
+    """The checkpoint dict of ``model``: weights, model name and build config, the full params, epoch, MLflow run.
+
+    ``extra`` adds keys (optimiser state, validation metrics, provenance). What
+    :func:`load_checkpoint` and :func:`build_from_checkpoint` read back.
+    """
+    return {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "model_name": params.model.name,
+        "model_config": dict(model.config),
+        "config": params.model_dump(mode="json"),
+        "epoch": epoch,
+        "run_id": run_id,
+        **extra,
+    }
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path, fault_point: str = "") -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
 import os
 import random
@@ -32,12 +31,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from sscr import faults, losses, serving, tracking
-from sscr.checkpoint import FORMAT, build_from_checkpoint, load_checkpoint, load_weights, save_atomic
+from sscr import faults, losses, rundir, tracking
+from sscr.checkpoint import (
+    build_from_checkpoint,
+    checkpoint_record,
+    load_checkpoint,
+    load_weights,
+    save_atomic,
+)
 from sscr.config import Params, TrainConfig, flatten, run_dir
 from sscr.data.augment import TrainingView
 from sscr.data.dataset import SEN12MSCR, build_dataset, model_inputs
-from sscr.fsutil import atomic_path, write_text
+from sscr.fsutil import atomic_path
 from sscr.metrics import MetricAccumulator, cloud_metrics
 from sscr.models import BackboneConfig, build_model, model_cost, select_device
 
@@ -135,12 +140,12 @@ class _Session:
     @property
     def last_path(self) -> Path:
         """``checkpoint_last.pt``: what a resume starts from."""
-        return self.out_dir / "checkpoint_last.pt"
+        return self.out_dir / rundir.LAST_CHECKPOINT
 
     @property
     def best_path(self) -> Path:
         """``model_best.pt``: the best weights by ``train.select_best``."""
-        return self.out_dir / "model_best.pt"
+        return self.out_dir / rundir.BEST_CHECKPOINT
 
     @property
     def per_rank_batch(self) -> int:
@@ -212,7 +217,7 @@ def _start(params: Params, resume: bool) -> _Session:
     device = select_device(cfg.device)
     out_dir = run_dir(params)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = _resume_state(params, out_dir / "checkpoint_last.pt") if resume else None
+    state = _resume_state(params, out_dir / rundir.LAST_CHECKPOINT) if resume else None
 
     model = _build_model(params, device, pretrained=state is None)
     # Through the module, so that a fault-injection test can swap the loss for one that turns NaN.
@@ -224,7 +229,7 @@ def _start(params: Params, resume: bool) -> _Session:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     restored: dict[str, Any] = {}
     if state is not None:
-        load_weights(model, state["model"], out_dir / "checkpoint_last.pt")
+        load_weights(model, state["model"], out_dir / rundir.LAST_CHECKPOINT)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -326,19 +331,6 @@ def _broadcast_flag(flag: bool) -> bool:
 # ---------------------------------------------------------------- validation and checkpoints
 
 
-def _checkpoint(model: nn.Module, params: Params, epoch: int, run_id: str, extra: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "format": FORMAT,
-        "model": model.state_dict(),
-        "model_name": params.model.name,
-        "model_config": dict(model.config),
-        "config": params.model_dump(mode="json"),
-        "epoch": epoch,
-        "run_id": run_id,
-        **extra,
-    }
-
-
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     keys = sorted({key for row in history for key in row}, key=lambda k: (k != "epoch", k))
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
@@ -377,12 +369,13 @@ def _end_epoch(session: _Session, epoch: int, row: dict[str, float], run_id: str
         row.update({f"val_{key}": value for key, value in val.items()})
         if is_better(val, session.best, cfg.select_best):
             session.best = {"psnr": float(val["PSNR"]), "loss": float(val["loss"]), "epoch": epoch}
-            save_atomic(_checkpoint(model, params, epoch, run_id, extra={"val": val}), session.best_path)
+            save_atomic(checkpoint_record(model, params, epoch, run_id, val=val), session.best_path)
     session.history.append(row)
-    save_atomic(_checkpoint(model, params, epoch, run_id, extra={
-        "optimizer": session.optimizer.state_dict(), "scheduler": session.scheduler.state_dict(),
-        "scaler": session.scaler.state_dict(), "best": session.best, "history": session.history,
-    }), session.last_path, fault_point=f"checkpoint.write:{epoch}")
+    save_atomic(checkpoint_record(
+        model, params, epoch, run_id, optimizer=session.optimizer.state_dict(),
+        scheduler=session.scheduler.state_dict(), scaler=session.scaler.state_dict(), best=session.best,
+        history=session.history,
+    ), session.last_path, fault_point=f"checkpoint.write:{epoch}")
     _write_history(session.out_dir / "metrics.csv", session.history)
     logger.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
     return val
@@ -453,9 +446,7 @@ def train(
 def _log_run_inputs(params: Params, train_set: SEN12MSCR, val_set: SEN12MSCR, out_dir: Path, model: nn.Module) -> None:
     import mlflow
 
-    tracking.log_params_flat(flatten(params))
-    write_text(out_dir / "conf.json", json.dumps(params.model_dump(mode="json"), indent=2))
-    mlflow.log_dict(params.model_dump(mode="json"), "config/params.json")
+    rundir.log_config(params, out_dir)
     for split, dataset in (("train", train_set), ("val", val_set)):
         files = [t.path(m) for t in dataset.triplets for m in ("s1", "s2", "s2_cloudy")]
         tracking.log_dataset(f"sen12mscr-{params.data.source}", params.data.root, files, context=split,
@@ -492,11 +483,10 @@ def _finish_run(params: Params, best_path: Path, val_set: SEN12MSCR, out_dir: Pa
     except Exception as err:  # noqa: BLE001 - any transport error: training itself has succeeded
         print(f"sscr: could not log the model and artifacts to MLflow at {tracking.redact(tracking.tracking_uri())} "
               f"({type(err).__name__}: {tracking.redact(str(err))[:200]}); the best checkpoint is {best_path}")
-    info = {"run_id": result.run_id, "model_uri": model_uri, "experiment": params.train.experiment_name,
-            "best_epoch": result.best_epoch, "select_best": params.train.select_best,
-            "best_val_psnr": result.best_val_psnr, "best_val_loss": result.best_val_loss,
-            "epochs_done": result.epochs_done, "stopped_early": result.stopped_early}
-    write_text(out_dir / "run.json", json.dumps(info, indent=2))
+    rundir.write_run_json(out_dir, result.run_id, model_uri, params, best_epoch=result.best_epoch,
+                          select_best=params.train.select_best, best_val_psnr=result.best_val_psnr,
+                          best_val_loss=result.best_val_loss, epochs_done=result.epochs_done,
+                          stopped_early=result.stopped_early)
     return model_uri
 
 
@@ -509,7 +499,6 @@ def _log_results(params: Params, best_path: Path, val_set: SEN12MSCR, out_dir: P
 
     mlflow.log_metrics({"best_val_PSNR": result.best_val_psnr, "best_val_loss": result.best_val_loss,
                         "best_epoch": result.best_epoch})
-    mlflow.log_artifact(str(best_path), "checkpoints")
     mlflow.log_artifact(str(out_dir / "metrics.csv"), "training")
     best_model, _ = build_from_checkpoint(best_path)
     best_model.eval()
@@ -521,7 +510,7 @@ def _log_results(params: Params, best_path: Path, val_set: SEN12MSCR, out_dir: P
         figure = prediction_panel(sample, out["mean"][0], out["var"][0] if "var" in out else None)
         mlflow.log_figure(figure, f"figures/val_{sample['meta']['sample_id']}.png")
         plt.close(figure)
-    return serving.log_model(best_path, params.model.use_sar) if log_model else ""
+    return rundir.log_best(best_path, params, log_model)
 
 
 def result_dict(result: TrainResult) -> dict[str, Any]:
