@@ -21,6 +21,8 @@ from sscr.config import Params
 from sscr.fsutil import atomic_path
 
 FORMAT = 1
+BEST_CHECKPOINT = "model_best.pt"
+"""A run directory's best weights; a directory given where a checkpoint is expected means this file in it."""
 
 
 class CheckpointError(ValueError):
@@ -55,9 +57,18 @@ def save_atomic(obj: dict[str, Any], path: str | Path, fault_point: str = "") ->
     return Path(path)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict safely (``weights_only=True``), with errors that say what is wrong."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``path`` itself, or for a run directory its ``model_best.pt``."""
     path = Path(path)
+    return path / BEST_CHECKPOINT if path.is_dir() else path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict safely (``weights_only=True``), with errors that say what is wrong.
+
+    ``path`` may be a run directory (its ``model_best.pt`` is read).
+    """
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -67,6 +78,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path} is not a readable SSCR checkpoint (a PyTorch tensor file saved by `sscr train`): "
             f"{str(err).splitlines()[0]}"
         ) from None
+    if isinstance(state, dict) and "state_dict_G" in state and "model" not in state:
+        raise CheckpointError(
+            f"{path} is a checkpoint of the published code (its save_model format); bring it in with "
+            f"`sscr import-published {path} --out RUN_DIR` and use RUN_DIR"
+        )
     if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
         raise CheckpointError(
             f"{path} is a tensor file but not an SSCR checkpoint (expected keys 'model', 'model_name', "
@@ -94,6 +110,7 @@ def build_from_checkpoint(path: str | Path, map_location: str | torch.device = "
     """Rebuild the model a checkpoint was trained with and load its weights; returns (model, checkpoint)."""
     from sscr.models import build_model
 
+    path = resolve_checkpoint(path)
     state = load_checkpoint(path, map_location)
     model = build_model(state["model_name"], **state.get("model_config", {}))
     load_weights(model, state["model"], path)

@@ -216,6 +216,24 @@ def cmd_infer(args: argparse.Namespace, params: Params) -> None:
     print(json.dumps(report.as_dict(), default=str))
 
 
+def cmd_import_published(args: argparse.Namespace, params: Params) -> None:
+    from sscr.published import import_published
+
+    result = import_published(args.checkpoint, args.out, params, config=args.config)
+    print(f"imported {result.model_name} (epoch {result.epoch}) from {args.checkpoint} into {result.run_dir}: "
+          f"MLflow run {result.run_id}, model {result.model_uri or '(not logged)'}")
+    if result.ignored or result.unknown:
+        print(f"conf.json keys without effect here, ignored: {', '.join(result.ignored + result.unknown)}")
+
+
+def cmd_export_published(args: argparse.Namespace, params: Params) -> None:
+    from sscr.published import export_published
+
+    target = export_published(args.run, args.out)
+    print(f"published format: {target} and {target.with_name('conf.json')} (published test script: "
+          f"--weight_folder {target.parent.parent} --experiment_name {target.parent.name})")
+
+
 def cmd_ensemble(args: argparse.Namespace, params: Params) -> None:
     from sscr.ensemble import ensemble, ensemble_dirs
 
@@ -332,6 +350,23 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--device", default="auto", help="auto, cpu or cuda")
     infer.add_argument("--no-progress", action="store_true", help="no progress bar")
     infer.set_defaults(handler=cmd_infer)
+
+    importer = commands.add_parser(
+        "import-published", help="a checkpoint of the published code (+ conf.json) -> a run directory")
+    _add_common(importer)
+    importer.add_argument("checkpoint", type=Path, help="the published model.pth.tar")
+    importer.add_argument("--config", type=Path, default=None,
+                          help="the run's conf.json (default: the one beside the checkpoint)")
+    importer.add_argument("--out", type=Path, required=True,
+                          help="run directory to write (sets train.res_dir and train.experiment_name)")
+    importer.set_defaults(handler=cmd_import_published)
+
+    exporter = commands.add_parser(
+        "export-published", help="a run of uncrtaints or multisarv2 -> model.pth.tar + conf.json, published format")
+    _add_common(exporter)
+    exporter.add_argument("run", type=Path, help="run directory (its model_best.pt) or checkpoint")
+    exporter.add_argument("--out", type=Path, required=True, help="output directory")
+    exporter.set_defaults(handler=cmd_export_published)
 
     ensemble = commands.add_parser("ensemble", help="mean and epistemic variance of several models' predictions")
     _add_common(ensemble)

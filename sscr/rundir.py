@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from sscr import serving, tracking
+from sscr.checkpoint import BEST_CHECKPOINT
 from sscr.config import Params, flatten
 from sscr.fsutil import write_text
 
+__all__ = ["BEST_CHECKPOINT", "CONF_JSON", "LAST_CHECKPOINT", "RUN_JSON", "log_best", "log_config", "write_conf",
+           "write_run_json"]
+
 CONF_JSON = "conf.json"
-BEST_CHECKPOINT = "model_best.pt"
 LAST_CHECKPOINT = "checkpoint_last.pt"
 RUN_JSON = "run.json"
 

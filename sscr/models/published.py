@@ -93,7 +93,7 @@ class PublishedSettings:
 
     model_name: str
     overrides: dict[str, Any]
-    """Dotted ``params.yaml`` keys and their values (model, loss, optimiser)."""
+    """Dotted ``params.yaml`` keys and their values: the whole ``model`` group, the loss, the optimiser."""
     backbone: BackboneConfig
     ignored: list[str] = field(default_factory=list)
     """Keys of :data:`IGNORED` present in the ``conf.json``."""
@@ -159,6 +159,8 @@ def published_settings(conf: Mapping[str, Any], source: str = "conf.json") -> Pu
         backbone = model_class(model.name).resolve(BackboneConfig.from_model_config(model, variance))
     except ValueError as err:
         raise PublishedFormatError(f"{source}: {err}") from None
+    # the whole model group, resolved (a key absent from conf.json takes the published default)
+    overrides.update({f"model.{key}": value for key, value in backbone.as_dict().items() if key != "variance"})
     known = set(MAPPED) | set(REQUIRED) | set(IGNORED)
     return PublishedSettings(
         model_name=resolve_name(model.name), overrides=overrides, backbone=backbone,
