@@ -138,13 +138,18 @@ def for_inference(model: nn.Module, device: torch.device | str | None = None) ->
 
 
 def select_device(preference: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cpu``; ``cuda`` (RuntimeError when absent)."""
+    """``auto``: CUDA when available, else CPU; ``cpu``; ``cuda`` (ValueError when absent).
+
+    A ValueError, so that the CLI reports e.g. the seed's ``--device cuda`` on a machine
+    without a GPU in one line instead of a traceback.
+    """
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if preference == "cpu":
         return torch.device("cpu")
     if preference.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {preference!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+            raise ValueError(f"device {preference!r} requested (--device, train.device) but CUDA is not available "
+                             "here; use --device cpu or auto")
         return torch.device(preference)
     raise ValueError(f"unknown device preference {preference!r}; expected 'auto', 'cpu' or 'cuda'")

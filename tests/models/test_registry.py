@@ -168,7 +168,7 @@ def test_select_device():
     with pytest.raises(ValueError, match="unknown device"):
         select_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
             select_device("cuda")
 
 
