@@ -17,13 +17,36 @@ from typing import Any
 import torch
 from torch import nn
 
+from sscr.config import Params
 from sscr.fsutil import atomic_path, why_not_a_file
 
 FORMAT = 1
+BEST_CHECKPOINT = "model_best.pt"
+"""A run directory's best weights; a directory given where a checkpoint is expected means this file in it."""
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what was expected."""
+
+
+def checkpoint_record(model: nn.Module, params: Params, epoch: int, **extra: Any) -> dict[str, Any]:
+    """The checkpoint dict of ``model``: weights, model name and build config, the full params, epoch.
+
+    No run id and no time: the same training writes the same bytes (``dvc.lock`` reproduces); the
+    MLflow run is found from the checkpoint's SHA-256 (``sscr.tracking.CHECKPOINT_TAG``).
+
+    ``extra`` adds keys (optimiser state, validation metrics, provenance). What
+    :func:`load_checkpoint` and :func:`build_from_checkpoint` read back.
+    """
+    return {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "model_name": params.model.name,
+        "model_config": dict(model.config),
+        "config": params.model_dump(mode="json"),
+        "epoch": epoch,
+        **extra,
+    }
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path, fault_point: str = "") -> Path:
@@ -36,9 +59,18 @@ def save_atomic(obj: dict[str, Any], path: str | Path, fault_point: str = "") ->
     return Path(path)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict safely (``weights_only=True``), with errors that say what is wrong."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``path`` itself, or for a run directory its ``model_best.pt``."""
     path = Path(path)
+    return path / BEST_CHECKPOINT if path.is_dir() else path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict safely (``weights_only=True``), with errors that say what is wrong.
+
+    ``path`` may be a run directory (its ``model_best.pt`` is read).
+    """
+    path = resolve_checkpoint(path)
     problem = why_not_a_file(path)
     if problem:
         raise CheckpointError(f"checkpoint {path} {problem}")
@@ -49,6 +81,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path} is not a readable SSCR checkpoint (a PyTorch tensor file saved by `sscr train`): "
             f"{str(err).splitlines()[0]}"
         ) from None
+    if isinstance(state, dict) and "state_dict_G" in state and "model" not in state:
+        raise CheckpointError(
+            f"{path} is a checkpoint of the published code (its save_model format); bring it in with "
+            f"`sscr import-published {path} --out RUN_DIR` and use RUN_DIR"
+        )
     if not isinstance(state, dict) or "model" not in state or "model_name" not in state:
         raise CheckpointError(
             f"{path} is a tensor file but not an SSCR checkpoint (expected keys 'model', 'model_name', "
@@ -76,6 +113,7 @@ def build_from_checkpoint(path: str | Path, map_location: str | torch.device = "
     """Rebuild the model a checkpoint was trained with and load its weights; returns (model, checkpoint)."""
     from sscr.models import build_model
 
+    path = resolve_checkpoint(path)
     state = load_checkpoint(path, map_location)
     try:
         model = build_model(state["model_name"], **state.get("model_config", {}))

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sscr.config import ConfigError, Params, load_params, record_dir
+from sscr.config import PUBLISHED_PROTOCOL, ConfigError, Params, load_params, record_dir
 
 Handler = Callable[[argparse.Namespace, Params], int | None]
 
@@ -55,6 +55,8 @@ SEED_FLAGS: dict[str, tuple[str, Any]] = {
     "res_dir": ("train.res_dir", str),
     "rdm_seed": ("train.rdm_seed", int),
     "num_workers": ("train.num_workers", int),
+    "val_every": ("train.val_every", int),
+    "val_after": ("train.val_after", int),
 }
 
 
@@ -69,9 +71,16 @@ def _seed_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def _protocol_overrides(args: argparse.Namespace) -> list[str]:
+    """``--pretrain``: the published training protocol (:data:`sscr.config.PUBLISHED_PROTOCOL`)."""
+    if not getattr(args, "pretrain", False):
+        return []
+    return [f"{key}={json.dumps(value)}" for key, value in PUBLISHED_PROTOCOL.items()]
+
+
 def load(args: argparse.Namespace) -> Params:
-    """Params from ``--params`` with ``--set`` and seed-flag overrides applied."""
-    overrides = list(args.overrides) + _seed_overrides(args)
+    """Params from ``--params``, then ``--pretrain``'s protocol, ``--set`` and the seed's flags, in that order."""
+    overrides = _protocol_overrides(args) + list(args.overrides) + _seed_overrides(args)
     if getattr(args, "root", None) is not None:
         overrides.append(f"data.root={args.root}")
     return load_params(args.params, overrides)
@@ -130,8 +139,9 @@ def cmd_train(args: argparse.Namespace, params: Params) -> None:
     result = train(params, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
-    print(f"trained {params.model.name}: {result.epochs_done} epochs, best validation PSNR "
-          f"{result.best_val_psnr:.3f} dB at epoch {result.best_epoch}; MLflow run {result.run_id}; "
+    print(f"trained {params.model.name}: {result.epochs_done} epochs, best by "
+          f"{params.train.select_best.replace('_', ' ')} at epoch {result.best_epoch} (validation loss "
+          f"{result.best_val_loss:.5g}, PSNR {result.best_val_psnr:.3f} dB); MLflow run {result.run_id}; "
           f"checkpoint {result.best_checkpoint} (sha256 {result.checkpoint_sha256[:12]}); "
           f"record {record_dir(params) / 'run.json'}")
 
@@ -243,6 +253,24 @@ def cmd_serve(args: argparse.Namespace, params: Params) -> int:
     return serve(args.model, host=args.host, port=args.port, workers=args.workers)
 
 
+def cmd_import_published(args: argparse.Namespace, params: Params) -> None:
+    from sscr.published import import_published
+
+    result = import_published(args.checkpoint, args.out, params, config=args.config)
+    print(f"imported {result.model_name} (epoch {result.epoch}) from {args.checkpoint} into {result.run_dir}: "
+          f"MLflow run {result.run_id}, model {result.model_uri or '(not logged)'}")
+    if result.ignored or result.unknown:
+        print(f"conf.json keys without effect here, ignored: {', '.join(result.ignored + result.unknown)}")
+
+
+def cmd_export_published(args: argparse.Namespace, params: Params) -> None:
+    from sscr.published import export_published
+
+    target = export_published(args.run, args.out)
+    print(f"published format: {target} and {target.with_name('conf.json')} (published test script: "
+          f"--weight_folder {target.parent.parent} --experiment_name {target.parent.name})")
+
+
 def cmd_ensemble(args: argparse.Namespace, params: Params) -> None:
     from sscr.ensemble import ensemble, ensemble_dirs
 
@@ -296,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--use_sar", action=argparse.BooleanOptionalAction, default=None,
                        help="fuse S1 SAR (model.use_sar); --no-use_sar for the optical-only ablation")
     train.add_argument("--pretrain", action="store_true",
-                       help="the seed's switch for mono-temporal SEN12MS-CR training; always the case here")
+                       help="the seed's switch for single-date SEN12MS-CR training (always single-date here): "
+                            "trains with the published protocol (whole patches, no augmentation, validation "
+                            "every epoch, best checkpoint by validation loss, float32); see README")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run of this experiment")
     train.add_argument("--pretrained", type=Path, default=None, help="checkpoint to start from (train.pretrained)")
     train.add_argument("--freeze", nargs="+", default=None, metavar="PREFIX",
@@ -388,6 +418,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=5001, help="port (default 5001)")
     serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     serve.set_defaults(handler=cmd_serve)
+
+    importer = commands.add_parser(
+        "import-published", help="a checkpoint of the published code (+ conf.json) -> a run directory")
+    _add_common(importer)
+    importer.add_argument("checkpoint", type=Path, help="the published model.pth.tar")
+    importer.add_argument("--config", type=Path, default=None,
+                          help="the run's conf.json (default: the one beside the checkpoint)")
+    importer.add_argument("--out", type=Path, required=True,
+                          help="run directory to write (sets train.res_dir and train.experiment_name)")
+    importer.set_defaults(handler=cmd_import_published)
+
+    exporter = commands.add_parser(
+        "export-published", help="a run of uncrtaints or multisarv2 -> model.pth.tar + conf.json, published format")
+    _add_common(exporter)
+    exporter.add_argument("run", type=Path, help="run directory (its model_best.pt) or checkpoint")
+    exporter.add_argument("--out", type=Path, required=True, help="output directory")
+    exporter.set_defaults(handler=cmd_export_published)
 
     ensemble = commands.add_parser("ensemble", help="mean and epistemic variance of several models' predictions")
     _add_common(ensemble)

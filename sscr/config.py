@@ -128,8 +128,21 @@ class LossConfig(_Group):
     w_ssim: float = Field(0.2, ge=0)
 
 
+SelectBest = Literal["val_loss", "PSNR"]
+
+
 class TrainConfig(_Group):
-    """Optimisation and bookkeeping of a training run (stage ``train``)."""
+    """Optimisation and bookkeeping of a training run (stage ``train``).
+
+    The defaults are the published protocol (:data:`PUBLISHED_PROTOCOL`); ``params.yaml``
+    holds this project's CPU-sized choices. ``crop_size``: random crops of that size
+    (None = whole patches); ``augment``: random horizontal and vertical flips.
+    Validation runs after epoch ``e`` when ``e > val_after`` and ``e % val_every == 0``,
+    and always after the last epoch (so a run always has a best checkpoint).
+    ``select_best``: ``val_loss`` keeps the weights whose validation loss (the training
+    loss on the val split) is lowest, a tie going to the later epoch, as published;
+    ``PSNR`` those with the highest validation PSNR.
+    """
 
     experiment_name: str = "sscr"
     metrics_dir: Path | None = None
@@ -140,17 +153,32 @@ class TrainConfig(_Group):
     batch_size: int = Field(8, ge=1)
     gamma: float = Field(1.0, gt=0)
     val_every: int = Field(1, ge=1)
+    val_after: int = Field(0, ge=0)
+    select_best: SelectBest = "val_loss"
     rdm_seed: int = 1
     num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     res_dir: Path = Path("results")
     crop_size: int | None = Field(None, ge=16)
+    augment: bool = False
     max_samples: int | None = Field(None, ge=1)
     min_cov: float = Field(0.0, ge=0, le=1)
     max_cov: float = Field(1.0, ge=0, le=1)
     pretrained: Path | None = None
     freeze: list[str] = Field(default_factory=list)
     amp: bool = True
+
+
+PUBLISHED_PROTOCOL: dict[str, Any] = {
+    "train.crop_size": None, "train.augment": False, "train.val_every": 1, "train.val_after": 0,
+    "train.select_best": "val_loss", "train.min_cov": 0.0, "train.max_cov": 1.0, "train.max_samples": None,
+    "train.amp": False,
+}
+"""How the seed's script trains with ``--pretrain`` (github.com/RSIR25/sscr ``train_reconstruct.py``),
+beyond the flags its command line spells out: whole 256 px patches, no augmentation, validation
+after every epoch, the checkpoint kept when the validation loss is <= the best so far, every
+sample of the split, float32. ``sscr train --pretrain`` applies these before ``--set`` and the
+other flags (which can still change any of them)."""
 
 
 class EvaluateConfig(_Group):

@@ -40,7 +40,7 @@ from torch import nn
 
 from sscr import integrity, tracking
 from sscr.bands import S1_CHANNELS, S2_CHANNELS
-from sscr.checkpoint import CheckpointError, build_from_checkpoint
+from sscr.checkpoint import BEST_CHECKPOINT, CheckpointError, build_from_checkpoint
 from sscr.config import DEFAULT_MASK_KIND
 from sscr.fsutil import atomic_path
 from sscr.models import for_inference, select_device
@@ -300,7 +300,8 @@ class LoadedModel:
 def load_model(source: str | Path, device: str = "auto") -> LoadedModel:
     """A model ready for inference (eval mode, on ``device``), the cloud-mask kind it was trained with, its origin.
 
-    ``source`` is a checkpoint written by ``sscr train`` (``model_best.pt``) or an
+    ``source`` is a checkpoint written by ``sscr train`` (``model_best.pt``), a run directory
+    (its ``model_best.pt``: ``sscr train`` and ``sscr import-published`` write them) or an
     MLflow model URI (``models:/sscr@champion``, ``models:/sscr/3``,
     ``runs:/<run id>/model``) resolved against the tracking store of
     :func:`sscr.tracking.configure` (``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``).
@@ -315,6 +316,8 @@ def load_model(source: str | Path, device: str = "auto") -> LoadedModel:
         loaded.model = for_inference(loaded.model, select_device(device))
         return loaded
     path = Path(text)
+    if path.is_dir() and (path / BEST_CHECKPOINT).is_file():  # a run directory stands for its best weights
+        path = path / BEST_CHECKPOINT
     if path.is_dir():
         hint = (f"{path} is an MLflow model directory: register it and pass models:/NAME/VERSION, or pass its "
                 f"checkpoint {path / 'artifacts' / 'model_best.pt'}") if (path / "MLmodel").is_file() else (

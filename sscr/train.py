@@ -2,7 +2,7 @@
 
 One run directory per experiment, ``<train.res_dir>/<train.experiment_name>/``:
 
-- ``model_best.pt``: the weights with the best validation PSNR;
+- ``model_best.pt``: the best weights by ``train.select_best`` (validation loss, as published, or PSNR);
 - ``conf.json``: the params ``model_best.pt`` was trained with (``sscr evaluate --load_config``),
   written with it, never before;
 - ``checkpoint_last.pt``: everything needed to resume, written atomically every epoch;
@@ -48,12 +48,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from sscr import faults, losses, serving, tracking
-from sscr.checkpoint import FORMAT, build_from_checkpoint, load_checkpoint, load_weights, save_atomic
-from sscr.config import Params, flatten, record_dir, run_dir
+from sscr import faults, losses, rundir, tracking
+from sscr.checkpoint import (
+    build_from_checkpoint,
+    checkpoint_record,
+    load_checkpoint,
+    load_weights,
+    save_atomic,
+)
+from sscr.config import Params, TrainConfig, flatten, record_dir, run_dir
 from sscr.data.augment import TrainingView
 from sscr.data.dataset import SEN12MSCR, build_dataset, model_inputs
-from sscr.fsutil import atomic_path, remove_stale_temporaries, sha256_file, write_text
+from sscr.fsutil import atomic_path, remove_stale_temporaries, sha256_file
 from sscr.metrics import MetricAccumulator, cloud_metrics
 from sscr.models import BackboneConfig, build_model, model_cost, select_device
 from sscr.process import exclusive_directory
@@ -62,7 +68,7 @@ EpochCallback = Callable[[int, dict[str, float]], bool | None]
 
 
 #: The untracked file in the run directory that names the run's MLflow run and logged model.
-MLFLOW_RUN_FILE = "mlflow_run.json"
+MLFLOW_RUN_FILE = rundir.MLFLOW_RUN_JSON
 CHECKPOINT_TAG, LAST_CHECKPOINT_TAG, MODEL_URI_TAG = (
     tracking.CHECKPOINT_TAG, tracking.LAST_CHECKPOINT_TAG, tracking.MODEL_URI_TAG)
 
@@ -84,11 +90,14 @@ class TrainResult:
     best_checkpoint: Path
     best_epoch: int
     best_val_psnr: float
+    """Validation PSNR of the best checkpoint (the one ``train.select_best`` kept)."""
     epochs_done: int
     stopped_early: bool = False
     model_uri: str = ""
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint_sha256: str = ""
+    best_val_loss: float = math.nan
+    """Validation loss of the best checkpoint."""
 
 
 def seed_everything(seed: int) -> None:
@@ -97,18 +106,34 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # Deterministic mode also fills every new uninitialised tensor with NaN, a debugging aid that took
+    # ~20% of a CPU training step (aten::fill_, benchmarks/published_parity.py); results do not depend on it.
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "validate") -> dict[str, float]:
-    """Benchmark metrics over a loader, overall and inside clouds (``cloudy_`` prefix)."""
+def validate(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "validate",
+             loss_fn: nn.Module | None = None) -> dict[str, float]:
+    """Benchmark metrics over a loader, overall and inside clouds (``cloudy_`` prefix), in eval mode.
+
+    With ``loss_fn`` (the training loss) also ``loss``: its mean over the batches, as the
+    published script's validation loss is (``AverageValueMeter`` of the batch losses).
+    """
     model.eval()
     accumulator = MetricAccumulator()
+    loss_sum, batches = 0.0, 0
     for batch in tqdm(loader, desc=desc, leave=False, unit="batch"):
         out = model(**model_inputs(batch, device))
-        accumulator.add_batch(cloud_metrics(batch["target"].to(device), out["mean"].float(), batch["mask"]))
-    return {key.replace("/", "_"): value for key, value in accumulator.mean().items()
-            if "/" not in key or key.startswith("cloudy/")}
+        target = batch["target"].to(device)
+        accumulator.add_batch(cloud_metrics(target, out["mean"].float(), batch["mask"]))
+        if loss_fn is not None:
+            loss_sum += float(loss_fn(out, target)[0])
+            batches += 1
+    metrics = {key.replace("/", "_"): value for key, value in accumulator.mean().items()
+               if "/" not in key or key.startswith("cloudy/")}
+    if loss_fn is not None:
+        metrics["loss"] = loss_sum / max(batches, 1)
+    return metrics
 
 
 # ---------------------------------------------------------------- set-up
@@ -137,7 +162,7 @@ class _Session:
     resumed: dict[str, Any] | None
     """The checkpoint this run resumes from, if any."""
     start_epoch: int = 0
-    best: dict[str, float] = field(default_factory=lambda: {"psnr": -math.inf, "epoch": 0})
+    best: dict[str, float] = field(default_factory=lambda: {"psnr": -math.inf, "loss": math.inf, "epoch": 0})
     history: list[dict[str, float]] = field(default_factory=list)
     best_sha256: str = ""
     """SHA-256 of ``model_best.pt`` as this run last wrote it."""
@@ -145,12 +170,12 @@ class _Session:
     @property
     def last_path(self) -> Path:
         """``checkpoint_last.pt``: what a resume starts from."""
-        return self.out_dir / "checkpoint_last.pt"
+        return self.out_dir / rundir.LAST_CHECKPOINT
 
     @property
     def best_path(self) -> Path:
-        """``model_best.pt``: the weights with the best validation PSNR."""
-        return self.out_dir / "model_best.pt"
+        """``model_best.pt``: the best weights by ``train.select_best``."""
+        return self.out_dir / rundir.BEST_CHECKPOINT
 
     @property
     def per_rank_batch(self) -> int:
@@ -222,7 +247,7 @@ def _start(params: Params, resume: bool) -> _Session:
     device = select_device(cfg.device, key="train.device")
     out_dir = run_dir(params)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = _resume_state(params, out_dir / "checkpoint_last.pt") if resume else None
+    state = _resume_state(params, out_dir / rundir.LAST_CHECKPOINT) if resume else None
 
     model = _build_model(params, device, pretrained=state is None)
     # Through the module, so that a fault-injection test can swap the loss for one that turns NaN.
@@ -234,7 +259,7 @@ def _start(params: Params, resume: bool) -> _Session:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     restored: dict[str, Any] = {}
     if state is not None:
-        load_weights(model, state["model"], out_dir / "checkpoint_last.pt")
+        load_weights(model, state["model"], out_dir / rundir.LAST_CHECKPOINT)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -245,7 +270,7 @@ def _start(params: Params, resume: bool) -> _Session:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                   find_unused_parameters=True)
 
-    train_set = TrainingView(build_dataset(params, "train"), cfg.crop_size, cfg.rdm_seed)
+    train_set = TrainingView(build_dataset(params, "train"), cfg.crop_size, cfg.rdm_seed, flip=cfg.augment)
     val_set = build_dataset(params, "val")
     if rank == 0:
         for line in train_set.dataset.dropped_lines() + val_set.dropped_lines():
@@ -339,20 +364,6 @@ def _broadcast_flag(flag: bool) -> bool:
 # ---------------------------------------------------------------- validation and checkpoints
 
 
-def _checkpoint(model: nn.Module, params: Params, epoch: int, extra: dict[str, Any]) -> dict[str, Any]:
-    # No run id and no time: the same training writes the same bytes (dvc.lock reproduces); the MLflow run
-    # is found from the checkpoint's SHA-256 instead (CHECKPOINT_TAG).
-    return {
-        "format": FORMAT,
-        "model": model.state_dict(),
-        "model_name": params.model.name,
-        "model_config": dict(model.config),
-        "config": params.model_dump(mode="json"),
-        "epoch": epoch,
-        **extra,
-    }
-
-
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     keys = sorted({key for row in history for key in row}, key=lambda k: (k != "epoch", k))
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
@@ -385,6 +396,22 @@ def _check_finite(val: dict[str, float], epoch: int, last_path: Path) -> None:
         )
 
 
+def validation_due(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether epoch ``epoch`` ends with validation: after ``val_after``, every ``val_every``, and the last."""
+    return (epoch > cfg.val_after and epoch % cfg.val_every == 0) or epoch == cfg.epochs
+
+
+def is_better(val: dict[str, float], best: dict[str, float], select_best: str) -> bool:
+    """Whether validation metrics ``val`` beat the best so far by ``train.select_best``.
+
+    ``val_loss``: a loss <= the best (the published rule: a tie goes to the later epoch);
+    ``PSNR``: a strictly higher PSNR. A NaN never wins.
+    """
+    if select_best == "val_loss":
+        return val["loss"] <= best.get("loss", math.inf)
+    return val["PSNR"] > best.get("psnr", -math.inf)
+
+
 def _end_epoch(session: _Session, epoch: int, row: dict[str, float],
                logger: tracking.MetricLogger) -> dict[str, float] | None:
     """Rank 0's end of an epoch: validate when due, then the checkpoints, the records and MLflow.
@@ -393,23 +420,23 @@ def _end_epoch(session: _Session, epoch: int, row: dict[str, float],
     """
     cfg, model, params = session.params.train, session.model, session.params
     val: dict[str, float] | None = None
-    if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+    if validation_due(cfg, epoch):
         faults.checkpoint(f"train.validate:{epoch}")
-        val = validate(model, session.val_loader, session.device, desc=f"validate {epoch}")
+        val = validate(model, session.val_loader, session.device, desc=f"validate {epoch}", loss_fn=session.loss_fn)
         _check_finite(val, epoch, session.last_path)
         row.update({f"val_{key}": value for key, value in val.items()})
-        if val["PSNR"] > session.best["psnr"]:
-            session.best = {"psnr": float(val["PSNR"]), "epoch": epoch}
-            save_atomic(_checkpoint(model, params, epoch, extra={"val": val}), session.best_path)
+        if is_better(val, session.best, cfg.select_best):
+            session.best = {"psnr": float(val["PSNR"]), "loss": float(val["loss"]), "epoch": epoch}
+            save_atomic(checkpoint_record(model, params, epoch, val=val), session.best_path)
             # conf.json describes model_best.pt: written after it, never before (a failed run leaves both old).
-            write_text(session.out_dir / "conf.json", json.dumps(params.model_dump(mode="json"), indent=2))
+            rundir.write_conf(session.out_dir, params)
             session.best_sha256 = sha256_file(session.best_path)
             logger.set_tags({CHECKPOINT_TAG: session.best_sha256})
     session.history.append(row)
-    save_atomic(_checkpoint(model, params, epoch, extra={
-        "optimizer": session.optimizer.state_dict(), "scheduler": session.scheduler.state_dict(),
-        "scaler": session.scaler.state_dict(), "best": session.best, "history": session.history,
-    }), session.last_path, fault_point=f"checkpoint.write:{epoch}")
+    save_atomic(checkpoint_record(
+        model, params, epoch, optimizer=session.optimizer.state_dict(), scheduler=session.scheduler.state_dict(),
+        scaler=session.scaler.state_dict(), best=session.best, history=session.history,
+    ), session.last_path, fault_point=f"checkpoint.write:{epoch}")
     logger.set_tags({LAST_CHECKPOINT_TAG: sha256_file(session.last_path)})
     _write_records(record_dir(params), session.history)
     logger.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
@@ -485,7 +512,7 @@ def _resume_run_id(out_dir: Path, state: dict[str, Any]) -> str | None:
     (``mlflow_run.json`` is written when a run completes, so after a kill it still names the
     previous run; it is only the last resort.)
     """
-    found = tracking.find_run_by_tag(LAST_CHECKPOINT_TAG, sha256_file(out_dir / "checkpoint_last.pt"))
+    found = tracking.find_run_by_tag(LAST_CHECKPOINT_TAG, sha256_file(out_dir / rundir.LAST_CHECKPOINT))
     if found is not None:
         return found.info.run_id
     if state.get("run_id"):  # a checkpoint written before run ids left the checkpoints
@@ -536,7 +563,8 @@ def _train(
         history = session.history
         result = TrainResult(run_id, session.out_dir, session.best_path, int(session.best["epoch"]),
                              float(session.best["psnr"]),
-                             int(history[-1]["epoch"]) if history else session.start_epoch, stopped, history=history)
+                             int(history[-1]["epoch"]) if history else session.start_epoch, stopped, history=history,
+                             best_val_loss=float(session.best.get("loss", math.nan)))
         if rank == 0:
             result.checkpoint_sha256 = sha256_file(session.best_path) if session.best_path.exists() else ""
             result.model_uri = _finish_run(params, session.best_path, session.val_set, result, log_model, logger)
@@ -551,8 +579,7 @@ def _train(
 def _log_run_inputs(params: Params, train_set: SEN12MSCR, val_set: SEN12MSCR, model: nn.Module) -> None:
     import mlflow
 
-    tracking.log_params_flat(flatten(params))
-    mlflow.log_dict(params.model_dump(mode="json"), "config/params.json")
+    rundir.log_config(params)
     for split, dataset in (("train", train_set), ("val", val_set)):
         files = [t.path(m) for t in dataset.triplets for m in ("s1", "s2", "s2_cloudy")]
         tracking.log_dataset(f"sen12mscr-{params.data.source}", params.data.root, files, context=split,
@@ -594,23 +621,19 @@ def _finish_run(params: Params, best_path: Path, val_set: SEN12MSCR, result: Tra
         print(f"sscr: could not log the model and artifacts to MLflow at {tracking.redact(tracking.tracking_uri())} "
               f"({type(err).__name__}: {tracking.redact(str(err))[:200]}); the best checkpoint is {best_path}")
     logger.set_tags({CHECKPOINT_TAG: result.checkpoint_sha256, **({MODEL_URI_TAG: model_uri} if model_uri else {})})
-    write_text(_mlflow_run_file(result.run_dir), json.dumps(
-        {"run_id": result.run_id, "model_uri": model_uri, "checkpoint_sha256": result.checkpoint_sha256}, indent=2))
-    write_text(record_dir(params) / "run.json", json.dumps(run_record(params, result), indent=2, allow_nan=False))
+    rundir.write_mlflow_run(result.run_dir, result.run_id, model_uri, result.checkpoint_sha256)
+    rundir.write_run_record(params, result.best_checkpoint, result.checkpoint_sha256, **run_facts(params, result))
     return model_uri
 
 
-def run_record(params: Params, result: TrainResult) -> dict[str, Any]:
-    """The content of ``run.json``: which checkpoint the run produced (path and SHA-256), its epoch and scores.
+def run_facts(params: Params, result: TrainResult) -> dict[str, Any]:
+    """What ``run.json`` records beside the checkpoint: how it was chosen, its epoch and scores, the run's length.
 
-    Deterministic (no run id, no time); a score that is not finite is written as null, never as
-    ``-Infinity`` (not JSON).
+    Deterministic: the same training gives the same facts (no run id, no time).
     """
-    psnr = result.best_val_psnr
-    return {"experiment": params.train.experiment_name, "checkpoint": str(result.best_checkpoint),
-            "checkpoint_sha256": result.checkpoint_sha256, "best_epoch": result.best_epoch,
-            "best_val_psnr": psnr if math.isfinite(psnr) else None, "epochs_done": result.epochs_done,
-            "stopped_early": result.stopped_early}
+    return {"select_best": params.train.select_best, "best_epoch": result.best_epoch,
+            "best_val_psnr": result.best_val_psnr, "best_val_loss": result.best_val_loss,
+            "epochs_done": result.epochs_done, "stopped_early": result.stopped_early}
 
 
 def _log_results(params: Params, best_path: Path, val_set: SEN12MSCR, result: TrainResult, log_model: bool) -> str:
@@ -619,8 +642,8 @@ def _log_results(params: Params, best_path: Path, val_set: SEN12MSCR, result: Tr
 
     from sscr.plots import prediction_panel
 
-    mlflow.log_metrics({"best_val_PSNR": result.best_val_psnr, "best_epoch": result.best_epoch})
-    mlflow.log_artifact(str(best_path), "checkpoints")
+    mlflow.log_metrics({"best_val_PSNR": result.best_val_psnr, "best_val_loss": result.best_val_loss,
+                        "best_epoch": result.best_epoch})
     mlflow.log_artifact(str(record_dir(params) / "metrics.csv"), "training")
     best_model, _ = build_from_checkpoint(best_path)
     best_model.eval()
@@ -632,7 +655,7 @@ def _log_results(params: Params, best_path: Path, val_set: SEN12MSCR, result: Tr
         figure = prediction_panel(sample, out["mean"][0], out["var"][0] if "var" in out else None)
         mlflow.log_figure(figure, f"figures/val_{sample['meta']['sample_id']}.png")
         plt.close(figure)
-    return serving.log_model(best_path, params.model.use_sar) if log_model else ""
+    return rundir.log_best(best_path, params, log_model)
 
 
 def result_dict(result: TrainResult) -> dict[str, Any]:

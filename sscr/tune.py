@@ -213,6 +213,8 @@ def suggest(trial: optuna.Trial, cfg: TuneConfig, base: Params) -> dict[str, Any
 def trial_params(base: Params, overrides: Mapping[str, Any], number: int) -> Params:
     """``base`` with a trial's overrides, ``tune.epochs`` epochs, validation every epoch, its own run directory.
 
+    A trial keeps its best checkpoint by validation PSNR, the study's objective.
+
     Every trial logs to the MLflow experiment named after the study and trains
     in ``<tune.trials_dir>/<study>/trial-<number>/``, which also holds its records.
     """
@@ -221,6 +223,8 @@ def trial_params(base: Params, overrides: Mapping[str, Any], number: int) -> Par
     fixed = {
         "train.epochs": cfg.epochs,
         "train.val_every": 1,
+        "train.val_after": 0,
+        "train.select_best": "PSNR",  # the objective: every loss is compared by validation PSNR
         "train.experiment_name": cfg.study_name,
         "train.res_dir": str(Path(cfg.trials_dir) / cfg.study_name / f"trial-{number}"),
         "train.metrics_dir": None,  # a trial's records stay in its run directory, out of git

@@ -32,12 +32,15 @@ LAYERS: dict[str, int] = {
     "sscr.losses": 5, "sscr.checkpoint": 5, "sscr.predict": 5, "sscr.registry": 5,
     # the logged MLflow model and its loader
     "sscr.serving": 6,
+    # a run directory's records (conf.json, run.json) and their MLflow run, written alike by train and import
+    "sscr.rundir": 7,
     # stages: none imports another
-    "sscr.cloudmasks": 7, "sscr.train": 7, "sscr.evaluate": 7, "sscr.infer": 7, "sscr.ensemble": 7,
+    "sscr.cloudmasks": 8, "sscr.train": 8, "sscr.evaluate": 8, "sscr.infer": 8, "sscr.ensemble": 8,
+    "sscr.published": 8,
     # on top: Optuna over training, the command line, MLflow's model-from-code entry, Prefect
-    "sscr.tune": 8,
-    "sscr.cli": 9, "sscr.pyfunc_model": 9,
-    "flows": 10,
+    "sscr.tune": 9,
+    "sscr.cli": 10, "sscr.pyfunc_model": 10,
+    "flows": 11,
 }
 
 #: Band facts that have one home, ``sscr/bands.py``.

@@ -207,3 +207,92 @@ def test_the_seed_configuration_trains_and_its_checkpoint_rebuilds(tiny_params):
     model, _ = build_from_checkpoint(result.best_checkpoint)
     assert type(model).__name__ == "MultiSARv2"
     assert torch.equal(model.state_dict()["mask_conv.weight"], state["model"]["mask_conv.weight"])
+
+
+# ---------------------------------------------------------------- the published protocol
+
+
+def test_validation_loss_is_the_training_loss_on_the_val_split_and_picks_the_best_checkpoint(tiny_params):
+    """``select_best: val_loss``: model_best.pt is the epoch of the lowest validation loss (ties: the later one)."""
+    from torch.utils.data import DataLoader
+
+    from sscr.checkpoint import build_from_checkpoint
+    from sscr.data.dataset import build_dataset, model_inputs
+    from sscr.losses import build_loss
+
+    tiny_params.train.epochs = 3
+    tiny_params.train.select_best = "val_loss"
+    result = train(tiny_params, progress=False, log_model=False)
+    losses = {int(row["epoch"]): row["val_loss"] for row in result.history}
+    assert sorted(losses) == [1, 2, 3] and all(math.isfinite(v) for v in losses.values())
+    lowest = min(losses.values())
+    assert result.best_epoch == max(epoch for epoch, value in losses.items() if value == lowest)
+    assert result.best_val_loss == lowest
+    # The recorded validation loss is the mean over val batches of the training loss, in eval mode.
+    model, state = build_from_checkpoint(result.best_checkpoint)
+    assert state["epoch"] == result.best_epoch
+    model.eval()
+    loss_fn = build_loss(tiny_params.loss, model.scale_by)
+    loader = DataLoader(build_dataset(tiny_params, "val"), batch_size=tiny_params.train.batch_size)
+    with torch.no_grad():
+        values = [float(loss_fn(model(**model_inputs(b, torch.device("cpu"))), b["target"])[0]) for b in loader]
+    assert np.mean(values) == pytest.approx(lowest, rel=1e-5)
+    info = json.loads((run_dir(tiny_params) / "run.json").read_text())
+    assert info["select_best"] == "val_loss" and info["best_val_loss"] == pytest.approx(lowest)
+
+
+@pytest.mark.parametrize(("select_best", "val", "best", "expected"), [
+    ("val_loss", {"loss": 0.5, "PSNR": 10.0}, {"loss": 0.5, "psnr": 20.0}, True),  # published: <=, tie to later
+    ("val_loss", {"loss": 0.6, "PSNR": 30.0}, {"loss": 0.5, "psnr": 20.0}, False),
+    ("val_loss", {"loss": math.nan, "PSNR": 30.0}, {"loss": math.inf, "psnr": -math.inf}, False),
+    ("PSNR", {"loss": 0.9, "PSNR": 30.0}, {"loss": 0.5, "psnr": 20.0}, True),
+    ("PSNR", {"loss": 0.1, "PSNR": 20.0}, {"loss": 0.5, "psnr": 20.0}, False),
+])
+def test_best_checkpoint_rule(select_best, val, best, expected):
+    from sscr.train import is_better
+
+    assert is_better(val, best, select_best) is expected
+
+
+def test_validation_schedule_follows_val_every_and_val_after():
+    from sscr.config import TrainConfig
+    from sscr.train import validation_due
+
+    cfg = TrainConfig(epochs=7, val_every=2, val_after=3)
+    assert [e for e in range(1, 8) if validation_due(cfg, e)] == [4, 6, 7]  # 7: the last epoch always
+    assert [e for e in range(1, 8) if validation_due(TrainConfig(epochs=7), e)] == list(range(1, 8))
+
+
+def test_pretrain_flag_selects_the_published_protocol(tmp_path):
+    from sscr.cli import build_parser, load
+    from sscr.config import PUBLISHED_PROTOCOL, flatten
+
+    params_file = Path(__file__).resolve().parents[1] / "params.yaml"
+    own = load(build_parser().parse_args(["train", "--params", str(params_file)]))
+    assert own.train.crop_size == 128 and own.train.augment and own.train.select_best == "PSNR"
+    seed = load(build_parser().parse_args(["train", "--params", str(params_file), "--pretrain", "--lr", "0.001"]))
+    flat = flatten(seed)
+    assert {key: flat[key] for key in PUBLISHED_PROTOCOL} == PUBLISHED_PROTOCOL
+    assert seed.train.crop_size is None and not seed.train.augment and seed.train.val_every == 1
+    assert seed.train.select_best == "val_loss" and not seed.train.amp and seed.train.lr == 0.001
+    # the protocol comes first: --set and the seed's own flags still change it
+    mixed = load(build_parser().parse_args(["train", "--params", str(params_file), "--pretrain", "--val_every", "3",
+                                            "--set", "train.augment=true"]))
+    assert mixed.train.val_every == 3 and mixed.train.augment and mixed.train.crop_size is None
+
+
+def test_training_view_without_augmentation_gives_the_samples_unchanged():
+    from sscr.data.augment import TrainingView
+
+    generator = torch.Generator().manual_seed(0)
+    items = [{key: torch.rand(channels, 16, 16, generator=generator) for key, channels in
+              (("sar", 2), ("cloudy", 13), ("target", 13), ("mask", 1))} for _ in range(8)]
+    plain = TrainingView(items, crop_size=None, seed=1, flip=False)
+    flipped = TrainingView(items, crop_size=None, seed=1, flip=True)
+    assert all(torch.equal(plain[i][key], items[i][key]) for i in range(8) for key in items[i])
+    changed = [i for i in range(8) if not torch.equal(flipped[i]["cloudy"], items[i]["cloudy"])]
+    assert changed  # with 8 samples, some are flipped (3 in 4 each)
+    for i in changed:  # the same flip for every input of a sample
+        sample = flipped[i]
+        flips = [dims for dims in ([-1], [-2], [-1, -2]) if torch.equal(sample["cloudy"], items[i]["cloudy"].flip(dims))]
+        assert flips and all(torch.equal(sample[k], items[i][k].flip(flips[0])) for k in items[i])

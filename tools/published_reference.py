@@ -4,9 +4,9 @@
 
 ``--published`` is a checkout of github.com/RSIR25/sscr (the seed's code: UnCRtainTS plus
 ``multisarv2.py`` and the ``ml`` loss). Not run by CI: ``tests/models/test_published_parity.py``
-reads only the files written here. The published modules are imported from
-``<published>/model`` (``ipdb``, which they import and never call, is stubbed); nothing
-of them is copied.
+and ``tests/test_published.py`` read only the files written here. The published modules are
+imported from ``<published>/model`` with stand-ins for the modules they import but the
+checkout lacks (``tools/published_env.py``); nothing of them is copied.
 
 Each case builds one published network at a tiny width with the seed's settings
 (``--pretrain``: single date; ``--scale_by 10``; ``--use_sar``), seeded, then
@@ -18,17 +18,26 @@ seed's command) on the case's loss. MGNLL is also recorded on the first image al
 (batch 1), where the published per-batch log-determinant equals the per-pixel one.
 Everything is saved with ``torch.save`` as plain tensors, numbers and strings
 (loadable with ``weights_only=True``; state dicts packed into one tensor each), about 250 KB in all.
+
+It also writes ``published_run/``: a tiny published training run's ``model.pth.tar`` and
+``conf.json``, written by the published code itself (:func:`write_published_run`: the
+training script's configuration from the seed's command line at width 16, ``BaseModel``,
+one ``optimize_parameters`` step and a scheduler step, ``save_model``), and
+``published_run_outputs.pt``, that network's eval-mode outputs on ``inputs.pt``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import subprocess
-import sys
+import tempfile
 import types
 from pathlib import Path
 from typing import Any
 
+import published_env
 import torch
 
 SEED = 7
@@ -55,19 +64,8 @@ CASES: dict[str, dict[str, Any]] = {
 
 
 def import_published(checkout: Path) -> types.SimpleNamespace:
-    """The published backbones, losses and init, imported from ``<checkout>/model``."""
-    model_dir = checkout / "model"
-    if not (model_dir / "src" / "backbones" / "multisarv2.py").is_file():
-        raise SystemExit(f"{checkout} is not a checkout of RSIR25/sscr (no model/src/backbones/multisarv2.py)")
-    sys.modules.setdefault("ipdb", types.ModuleType("ipdb"))  # imported by the backbones, never called
-    sys.path.insert(0, str(model_dir))
-    from src import losses
-    from src.backbones.multisarv2 import MultiSARv2
-    from src.backbones.uncrtaints import UNCRTAINTS
-    from src.learning.weight_init import weight_init
-
-    return types.SimpleNamespace(UNCRTAINTS=UNCRTAINTS, MultiSARv2=MultiSARv2, losses=losses,
-                                 weight_init=weight_init)
+    """The published backbones, losses, init and checkpoint code, imported from ``<checkout>/model``."""
+    return published_env.published_modules(checkout)
 
 
 def build(pub: types.SimpleNamespace, case: dict[str, Any]) -> torch.nn.Module:
@@ -184,6 +182,60 @@ def make_inputs() -> dict[str, torch.Tensor]:
     return {"cloudy": cloudy, "sar": sar, "target": target, "network_input": network_input}
 
 
+RUN_NAME = "published_run"
+#: The seed's command line (README), at width 16 and batch 2, on CPU: what the published run is trained with.
+RUN_ARGV = ["--experiment_name", RUN_NAME, "--res_dir", "results", "--model", "multisarv2", "--epochs", "20",
+            "--lr", "0.001", "--batch_size", str(BATCH), "--gamma", "1.0", "--scale_by", str(SCALE_BY), "--loss", "ml",
+            "--use_sar", "--block_type", "mbconv", "--n_head", "16", "--device", "cpu", "--rdm_seed", "1",
+            "--pretrain", "--encoder_widths", "[16]", "--decoder_widths", "[16,16]"]
+
+
+def write_published_run(checkout: Path, inputs: dict[str, torch.Tensor], out: Path) -> dict[str, Path]:
+    """A tiny published training run's ``model.pth.tar`` and ``conf.json``, written by the published code.
+
+    As ``train_reconstruct.py`` does with :data:`RUN_ARGV`: its module-level configuration
+    (imported with that command line, in a scratch directory), ``get_model``, ``weight_init``
+    on the network, the loss; then one ``set_input`` / ``optimize_parameters`` step on the
+    fixture batch and one scheduler step (the end of epoch 1); ``conf.json`` as its ``main``
+    writes it; ``save_model(config, 1, model, "model")``. Also the network's eval-mode
+    outputs on the inputs (scaled units) as ``published_run_outputs.pt``.
+    """
+    pub = import_published(checkout)
+    scratch = Path(tempfile.mkdtemp(prefix="sscr-published-run-"))
+    try:
+        script = published_env.import_script(checkout, "train_reconstruct", RUN_ARGV, scratch)
+        config = script.config
+        torch.manual_seed(SEED)
+        model = pub.model_utils.get_model(config)
+        model.netG.apply(pub.weight_init)
+        model.criterion = pub.losses.get_loss(config)
+        model.train()
+        model.netG.train()
+        # prepare_data_mono: S1 then S2 with a time axis; set_input multiplies by scale_by
+        network_input = torch.cat((inputs["sar"].unsqueeze(1), inputs["cloudy"].unsqueeze(1)), dim=2)
+        model.set_input({"A": network_input, "B": inputs["target"].unsqueeze(1), "dates": None, "masks": None})
+        model.optimize_parameters()
+        model.scheduler_G.step()
+        config.N_params = pub.utils.get_ntrainparams(model)
+        run_dir = scratch / "results" / RUN_NAME
+        (run_dir / "conf.json").write_text(json.dumps(vars(config), indent=4))
+        config.res_dir = str(scratch / "results")
+        pub.model_utils.save_model(config, 1, model, "model")
+        model.netG.eval()
+        with torch.no_grad():
+            outputs = split(model.netG(SCALE_BY * network_input))
+        target = out / RUN_NAME
+        target.mkdir(parents=True, exist_ok=True)
+        paths = {name: target / name for name in ("model.pth.tar", "conf.json")}
+        for name, path in paths.items():
+            shutil.copyfile(run_dir / name, path)
+        paths["outputs"] = out / f"{RUN_NAME}_outputs.pt"
+        torch.save({**outputs, "scale_by": SCALE_BY}, paths["outputs"])
+        return paths
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def published_commit(checkout: Path) -> str:
     """The checkout's git commit, or "unknown"."""
     try:
@@ -207,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.save({**inputs, "meta": meta}, args.out / "inputs.pt")
     for name, case in CASES.items():
         torch.save(run_case(pub, case, inputs), args.out / f"{name}.pt")
-    sizes = {path.name: path.stat().st_size for path in sorted(args.out.glob("*.pt"))}
+    write_published_run(args.published, inputs, args.out)
+    sizes = {str(path.relative_to(args.out)): path.stat().st_size for path in sorted(args.out.rglob("*"))
+             if path.is_file()}
     print(f"{args.out}: " + ", ".join(f"{name} {size / 1024:.0f} KB" for name, size in sizes.items())
           + f"; {sum(sizes.values()) / 1024:.0f} KB in all")
     return 0

@@ -4,6 +4,7 @@ Example::
 
     model = build_model("multisarv2", variance="diag")
     out = model(cloudy, sar)                # {"mean", "var", "sar_mask"}
+    model = load_published("results/demo/model.pth.tar")   # a checkpoint of the published code, conf.json beside
 
 The backbones:
 
@@ -46,19 +47,22 @@ __all__ = [
     "available_models",
     "build_model",
     "example_inputs",
+    "load_published",
     "model_cost",
     "register_model",
     "resolve_name",
     "select_device",
 ]
 
-SHARED_MODULES = {"blocks"}
+SHARED_MODULES = {"blocks", "published"}
 """Modules of this package that hold no backbone."""
 
 # Importing a backbone module runs its @register_model: import them all.
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_") and _module.name not in SHARED_MODULES:
         importlib.import_module(f"{__name__}.{_module.name}")
+
+from sscr.models.published import load_published  # noqa: E402 - after the backbones it builds
 
 
 def available_models() -> list[str]:
@@ -134,7 +138,11 @@ def for_inference(model: nn.Module, device: torch.device | str | None = None) ->
 
 
 def select_device(preference: str = "auto", key: str = "--device") -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cpu``; ``cuda[:N]`` (ValueError naming ``key`` when absent)."""
+    """``auto``: CUDA when available, else CPU; ``cpu``; ``cuda[:N]`` (ValueError naming ``key`` when absent).
+
+    A ValueError, so that the CLI reports e.g. the seed's ``--device cuda`` on a machine
+    without a GPU in one line instead of a traceback.
+    """
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if preference == "cpu":
