@@ -127,13 +127,22 @@ class LossConfig(_Group):
 
 
 class TrainConfig(_Group):
-    """Optimisation and bookkeeping of a training run (stage ``train``)."""
+    """Optimisation and bookkeeping of a training run (stage ``train``).
+
+    ``schedule``: ``exponential`` multiplies the learning rate by ``gamma`` after every
+    epoch (the published protocol); ``cosine`` changes it after every optimiser step, a
+    linear warm-up over the first 5 % of the run's steps, then a cosine decay to 2 % of
+    ``lr`` (``gamma`` unused). ``repeats``: random crops of every training patch per
+    epoch (patches read once and kept in memory), so a small data set gives enough steps.
+    """
 
     experiment_name: str = "sscr"
     epochs: int = Field(20, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)
     gamma: float = Field(1.0, gt=0)
+    schedule: Literal["exponential", "cosine"] = "exponential"
+    repeats: int = Field(1, ge=1)
     val_every: int = Field(1, ge=1)
     rdm_seed: int = 1
     num_workers: int = Field(0, ge=0)
