@@ -144,6 +144,8 @@ def cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
           f"{metrics['baseline_cloudy']['PSNR']:.2f} dB, gain {metrics['gain_cloudy_PSNR']:+.2f} dB); "
           f"SSIM {metrics['test']['SSIM']:.4f}, SAM {metrics['test']['SAM']:.2f} deg -> "
           f"{params.evaluate.out_dir / 'metrics.json'}")
+    # where the user sees it; a failed check marks the table (and an MLflow tag), not the stage
+    print((params.evaluate.out_dir / "quality.md").read_text(), end="")
 
 
 def cmd_register(args: argparse.Namespace, params: Params) -> None:

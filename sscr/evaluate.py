@@ -29,6 +29,7 @@ from sscr.data.io import denormalize_s2, write_raster
 from sscr.fsutil import atomic_path, write_text
 from sscr.metrics import MetricAccumulator, cloud_metrics, flat_metrics
 from sscr.models import for_inference
+from sscr.quality import mlflow_tags, quality_check
 
 REGIONS = ("all", "cloudy", "clear")
 
@@ -130,6 +131,11 @@ def evaluate(
                                            "baseline_PSNR": row["baseline_PSNR"]} for row in bins}
     metrics["by_season"] = {row["season"]: {"n": row["n"], "PSNR": row["model_PSNR"],
                                             "baseline_PSNR": row["baseline_PSNR"]} for row in seasons}
+    # do no harm: the model against the cloudy input on every row; a failure marks the table, not the stage
+    quality = quality_check(metrics, bins)
+    metrics["quality"] = quality.summary()
+    write_text(out_dir / "quality.md", quality.markdown())
+    _write_json(out_dir / "quality.json", quality.as_dict())
     _write_json(out_dir / "metrics.json", metrics)
     _write_csv(out_dir / "coverage_bins.csv", bins)
     _write_csv(out_dir / "seasons.csv", seasons)
@@ -152,8 +158,14 @@ class _SplitRun:
 def _predict_split(model: torch.nn.Module, loader: DataLoader, cfg: EvaluateConfig, out_dir: Path,
                    device: torch.device, progress: bool) -> _SplitRun:
     """Predict every batch; accumulate metrics per season and coverage bin; write panels and exports."""
+    from sscr.plots import panel_indices
+
     run = _SplitRun(MetricAccumulator(), MetricAccumulator(), [], 0, False)
     panels_dir, export_dir = out_dir / "panels", out_dir / "export"
+    dataset = loader.dataset
+    # panels spread over cloud coverage (clear to overcast) when the coverage table gives it for free
+    shown = panel_indices([dataset.sample_coverage(t) for t in dataset.triplets], cfg.n_panels) \
+        if getattr(dataset, "masks_dir", None) is not None else set(range(cfg.n_panels))
     for batch in tqdm(loader, desc=f"evaluate {cfg.split}", unit="batch", disable=not progress):
         with torch.no_grad():
             out = model(**model_inputs(batch, device))
@@ -168,7 +180,7 @@ def _predict_split(model: torch.nn.Module, loader: DataLoader, cfg: EvaluateConf
             sample = {k: (v[i] if k != "meta" else {m: batch["meta"][m][i] for m in batch["meta"]})
                       for k, v in batch.items()}
             index = run.n_images
-            if index < cfg.n_panels or (cfg.plot_every > 0 and index % cfg.plot_every == 0):
+            if index in shown or (cfg.plot_every > 0 and index % cfg.plot_every == 0):
                 run.panel_files.append(_write_panel(sample, pred[i], None if var is None else var[i], panels_dir))
             if cfg.export_every > 0 and index % cfg.export_every == 0:
                 export_prediction(sample, pred[i], None if var is None else var[i], export_dir)
@@ -189,6 +201,7 @@ def _group_rows(model_summary: dict[str, dict[str, float]], baseline_summary: di
         rows.append({
             "bin" if field == "coverage" else "season": label,
             "n": int(model["n"]),
+            "n_cloudy": int(model.get("cloudy/n", 0)),  # images with cloud pixels: those the cloudy columns average
             "model_PSNR": model.get("cloudy/PSNR", nan),
             "baseline_PSNR": base.get("cloudy/PSNR", nan),
             "model_SSIM": model.get("cloudy/SSIM", nan),
@@ -203,6 +216,8 @@ def _group_rows(model_summary: dict[str, dict[str, float]], baseline_summary: di
 def _clean(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
     if isinstance(value, float) and not np.isfinite(value):
         return None if np.isnan(value) else ("inf" if value > 0 else "-inf")
     return value
@@ -268,6 +283,8 @@ def _log(params: Params, checkpoint: Path, run_id: str | None, metrics: dict[str
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(flat_metrics(metrics, prefix="test_"))
         mlflow.log_artifact(str(out_dir / "metrics.json"), "evaluation")
+        mlflow.log_artifact(str(out_dir / "quality.md"), "evaluation")
+        mlflow.set_tags(mlflow_tags(metrics["quality"]))
         mlflow.log_artifact(str(out_dir / "coverage_bins.csv"), "evaluation")
         mlflow.log_artifact(str(out_dir / "seasons.csv"), "evaluation")
         for path in panel_files:
