@@ -30,3 +30,14 @@ S2_DN_MAX = 10000.0
 def s2_index(band: str) -> int:
     """0-based index of an S2 band name (``"B10"`` -> 10) in the 13-band stack."""
     return S2_BANDS.index(band)
+
+# The mean cloud-free Sentinel-2 L1C spectrum over land, as TOA reflectance: the band means of EuroSAT
+# (Helber et al. 2019; 27,000 cloud-free 64 x 64 px L1C patches over 34 European countries, ten land-cover
+# classes from forest and crops to residential areas and water; published with torchgeo's EuroSAT
+# data module, in DN / 10000). A model that knows nothing yet should predict this, not a flat grey.
+CLEAR_LAND_TOA: dict[str, float] = {
+    "B1": 0.1354, "B2": 0.1118, "B3": 0.1043, "B4": 0.0948, "B5": 0.1199, "B6": 0.2000, "B7": 0.2369,
+    "B8": 0.2297, "B8A": 0.2594, "B9": 0.0732, "B10": 0.0012, "B11": 0.1819, "B12": 0.1119,
+}
+"""Mean clear-sky L1C TOA reflectance of land per band (EuroSAT band means): vegetation's red edge and NIR
+plateau, blue raised by path radiance, B9 and B10 absorbed by water vapour."""

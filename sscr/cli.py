@@ -159,6 +159,8 @@ def cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
           f"{metrics['test_cloudy']['PSNR']:.2f} dB inside clouds (cloudy input: "
           f"{metrics['baseline_cloudy']['PSNR']:.2f} dB, gain {metrics['gain_cloudy_PSNR']:+.2f} dB); "
           f"SSIM {metrics['test']['SSIM']:.4f}, SAM {metrics['test']['SAM']:.2f} deg -> {written}")
+    # where the user sees it; a failed check marks the table (and an MLflow tag), not the stage
+    print((written.parent / "quality.md").read_text(), end="")
 
 
 def cmd_register(args: argparse.Namespace, params: Params) -> None:

@@ -142,6 +142,12 @@ class TrainConfig(_Group):
     ``select_best``: ``val_loss`` keeps the weights whose validation loss (the training
     loss on the val split) is lowest, a tie going to the later epoch, as published;
     ``PSNR`` those with the highest validation PSNR.
+
+    ``schedule``: ``exponential`` multiplies the learning rate by ``gamma`` after every
+    epoch (the published protocol); ``cosine`` changes it after every optimiser step, a
+    linear warm-up over the first 5 % of the run's steps, then a cosine decay to 2 % of
+    ``lr`` (``gamma`` unused). ``repeats``: random crops of every training patch per
+    epoch (patches read once and kept in memory), so a small data set gives enough steps.
     """
 
     experiment_name: str = "sscr"
@@ -152,6 +158,8 @@ class TrainConfig(_Group):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)
     gamma: float = Field(1.0, gt=0)
+    schedule: Literal["exponential", "cosine"] = "exponential"
+    repeats: int = Field(1, ge=1)
     val_every: int = Field(1, ge=1)
     val_after: int = Field(0, ge=0)
     select_best: SelectBest = "val_loss"

@@ -34,6 +34,7 @@ from sscr.data.io import denormalize_s2, write_raster
 from sscr.fsutil import atomic_path, remove_stale_temporaries, sha256_file, write_text
 from sscr.metrics import MetricAccumulator, cloud_metrics, flat_metrics
 from sscr.models import for_inference
+from sscr.quality import mlflow_tags, quality_check
 
 REGIONS = ("all", "cloudy", "clear")
 #: The figure of PSNR inside clouds by coverage bin, in ``evaluate.out_dir`` (a DVC image plot).
@@ -156,6 +157,11 @@ def evaluate(
                                            "baseline_PSNR": row["baseline_PSNR"]} for row in bins}
     metrics["by_season"] = {row["season"]: {"n": row["n"], "PSNR": row["model_PSNR"],
                                             "baseline_PSNR": row["baseline_PSNR"]} for row in seasons}
+    # do no harm: the model against the cloudy input on every row; a failure marks the table, not the stage
+    quality = quality_check(metrics, bins)
+    metrics["quality"] = quality.summary()
+    write_text(records / "quality.md", quality.markdown())
+    _write_json(records / "quality.json", quality.as_dict())
     _write_json(records / "metrics.json", metrics)
     _write_csv(records / "coverage_bins.csv", bins)
     _write_csv(records / "seasons.csv", seasons)
@@ -180,8 +186,14 @@ class _SplitRun:
 def _predict_split(model: torch.nn.Module, loader: DataLoader, cfg: EvaluateConfig, out_dir: Path,
                    device: torch.device, progress: bool) -> _SplitRun:
     """Predict every batch; accumulate metrics per season and coverage bin; write panels and exports."""
+    from sscr.plots import panel_indices
+
     run = _SplitRun(MetricAccumulator(), MetricAccumulator(), [], 0, False)
     panels_dir, export_dir = out_dir / "panels", out_dir / "export"
+    dataset = loader.dataset
+    # panels spread over cloud coverage (clear to overcast) when the coverage table gives it for free
+    shown = panel_indices([dataset.sample_coverage(t) for t in dataset.triplets], cfg.n_panels) \
+        if getattr(dataset, "masks_dir", None) is not None else set(range(cfg.n_panels))
     for batch in tqdm(loader, desc=f"evaluate {cfg.split}", unit="batch", disable=not progress):
         with torch.no_grad():
             out = model(**model_inputs(batch, device))
@@ -196,7 +208,7 @@ def _predict_split(model: torch.nn.Module, loader: DataLoader, cfg: EvaluateConf
             sample = {k: (v[i] if k != "meta" else {m: batch["meta"][m][i] for m in batch["meta"]})
                       for k, v in batch.items()}
             index = run.n_images
-            if index < cfg.n_panels or (cfg.plot_every > 0 and index % cfg.plot_every == 0):
+            if index in shown or (cfg.plot_every > 0 and index % cfg.plot_every == 0):
                 run.panel_files.append(_write_panel(sample, pred[i], None if var is None else var[i], panels_dir))
             if cfg.export_every > 0 and index % cfg.export_every == 0:
                 export_prediction(sample, pred[i], None if var is None else var[i], export_dir)
@@ -217,6 +229,7 @@ def _group_rows(model_summary: dict[str, dict[str, float]], baseline_summary: di
         rows.append({
             "bin" if field == "coverage" else "season": label,
             "n": int(model["n"]),
+            "n_cloudy": int(model.get("cloudy/n", 0)),  # images with cloud pixels: those the cloudy columns average
             "model_PSNR": model.get("cloudy/PSNR", nan),
             "baseline_PSNR": base.get("cloudy/PSNR", nan),
             "model_SSIM": model.get("cloudy/SSIM", nan),
@@ -231,6 +244,8 @@ def _group_rows(model_summary: dict[str, dict[str, float]], baseline_summary: di
 def _clean(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
     if isinstance(value, float) and not np.isfinite(value):
         return None if np.isnan(value) else ("inf" if value > 0 else "-inf")
     return value
@@ -321,8 +336,10 @@ def _log(checkpoint_sha256: str, run_id: str | None, metrics: dict[str, Any], re
     stamp = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(key, value, stamp, 0)
                                       for key, value in flat_metrics(metrics, prefix="test_").items()])
-    for name in ("metrics.json", "coverage_bins.csv", "seasons.csv"):
+    for name in ("metrics.json", "quality.md", "quality.json", "coverage_bins.csv", "seasons.csv"):
         client.log_artifact(run_id, str(records / name), "evaluation")
+    for key, value in mlflow_tags(metrics["quality"]).items():
+        client.set_tag(run_id, key, value)
     for path in panel_files:
         client.log_artifact(run_id, str(path), "evaluation/panels")
     if figure is not None:

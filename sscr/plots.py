@@ -1,4 +1,4 @@
-"""Figures a person looks at: cloudy RGB, SAR, prediction, target, error and uncertainty panels."""
+"""Figures a person looks at: cloudy RGB, SAR, cloud probability, prediction, target, error, uncertainty."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from sscr.bands import RGB_BANDS  # noqa: E402
 
 RGB_GAIN = 3.5  # TOA reflectance of land is ~0.03-0.3: brighten for display only
+SAR_DISPLAY_MEAN = 5
+"""Prediction panels show SAR as a 5 x 5 px mean: single-look speckle hides the boundaries the model reads."""
 
 
 def _array(image: Any) -> np.ndarray:
@@ -28,9 +31,14 @@ def rgb(s2: Any) -> np.ndarray:
     return np.clip(np.stack([data[b] for b in RGB_BANDS], axis=-1) * RGB_GAIN, 0, 1)
 
 
-def sar_composite(sar: Any) -> np.ndarray:
-    """(2, H, W) normalised S1 -> (H, W, 3) false colour (VV, VH, VV - VH), each stretched to 2-98 %."""
+def sar_composite(sar: Any, smooth: int = 1) -> np.ndarray:
+    """(2, H, W) normalised S1 -> (H, W, 3) false colour (VV, VH, VV - VH), each stretched to 2-98 %.
+
+    ``smooth`` > 1 shows the mean of ``smooth`` x ``smooth`` pixels (display only).
+    """
     data = _array(sar)
+    if smooth > 1:
+        data = ndimage.uniform_filter(data, size=(1, smooth, smooth), mode="nearest")
     channels = [data[0], data[1], np.clip(data[0] - data[1] + 0.5, 0, 1)]
     out = []
     for channel in channels:
@@ -55,12 +63,14 @@ def sample_panel(cloudy: Any, sar: Any, target: Any, mask: Any, title: str = "")
 
 
 def prediction_panel(sample: dict[str, Any], prediction: Any, variance: Any | None = None) -> plt.Figure:
-    """Cloudy RGB, SAR, prediction, target, absolute error and (when predicted) uncertainty."""
+    """Cloudy RGB, SAR, cloud probability, prediction, target, absolute error and (when predicted) uncertainty."""
     pred, target = _array(prediction), _array(sample["target"])
     error = np.abs(pred - target).mean(axis=0)
     panels = [
         (rgb(sample["cloudy"]), "cloudy S2 (RGB)", None),
-        (sar_composite(sample["sar"]), "S1 SAR (VV, VH, ratio)", None),
+        (sar_composite(sample["sar"], SAR_DISPLAY_MEAN), f"S1 SAR (VV, VH, ratio; {SAR_DISPLAY_MEAN}x{SAR_DISPLAY_MEAN} mean)",
+         None),
+        (_array(sample["mask"]), "cloud probability (model input)", "gray"),
         (rgb(pred), "prediction (RGB)", None),
         (rgb(target), "target (RGB)", None),
         (error, f"|error| mean over bands (MAE {error.mean():.4f})", "magma"),
@@ -69,8 +79,8 @@ def prediction_panel(sample: dict[str, Any], prediction: Any, variance: Any | No
         panels.append((np.sqrt(_array(variance).mean(axis=0)), "predicted std (mean over bands)", "viridis"))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.5))
     for ax, (image, name, cmap) in zip(axes, panels, strict=True):
-        shown = ax.imshow(image, cmap=cmap)
-        if cmap is not None:
+        shown = ax.imshow(image, cmap=cmap, **({"vmin": 0, "vmax": 1} if cmap == "gray" else {}))
+        if cmap not in (None, "gray"):
             fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
         ax.set_title(name, fontsize=8)
         ax.axis("off")
@@ -95,3 +105,18 @@ def metric_by_bin_figure(rows: list[dict[str, Any]], metric: str = "PSNR") -> pl
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def panel_indices(coverages: list[float], count: int) -> set[int]:
+    """``count`` sample indices spread evenly over the range of cloud coverage (clear to overcast).
+
+    The first patches of a split usually come from one ROI with similar clouds; spread over
+    coverage, the panels show every case the model meets. Ties keep the sample order.
+    """
+    if count <= 0 or not coverages:
+        return set()
+    order = sorted(range(len(coverages)), key=lambda i: (coverages[i], i))
+    if count >= len(order):
+        return set(order)
+    picks = np.linspace(0, len(order) - 1, count).round().astype(int)
+    return {order[i] for i in picks}

@@ -249,12 +249,23 @@ def _start(params: Params, resume: bool) -> _Session:
     out_dir.mkdir(parents=True, exist_ok=True)
     state = _resume_state(params, out_dir / rundir.LAST_CHECKPOINT) if resume else None
 
+    train_set = TrainingView(build_dataset(params, "train"), cfg.crop_size, cfg.rdm_seed, flip=cfg.augment,
+                             repeats=cfg.repeats)
+    val_set = build_dataset(params, "val")
+    if rank == 0:
+        for line in train_set.dataset.dropped_lines() + val_set.dropped_lines():
+            print(line, file=sys.stderr)
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise ValueError(f"empty split under {params.data.root}: {len(train_set)} train and {len(val_set)} "
+                         "val samples; check data.root, data.seasons and train.min_cov/max_cov")
+
     model = _build_model(params, device, pretrained=state is None)
     # Through the module, so that a fault-injection test can swap the loss for one that turns NaN.
     loss_fn = losses.build_loss(params.loss, model.scale_by).to(device)
     loss_fn.check_outputs(model.output_keys, params.model.name)  # a loss the model cannot feed fails here, not mid-run
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
+    per_rank_steps = math.ceil(math.ceil(len(train_set) / world) / max(1, cfg.batch_size // world))
+    scheduler = learning_rate_schedule(optimizer, cfg, per_rank_steps)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     restored: dict[str, Any] = {}
@@ -270,14 +281,6 @@ def _start(params: Params, resume: bool) -> _Session:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                   find_unused_parameters=True)
 
-    train_set = TrainingView(build_dataset(params, "train"), cfg.crop_size, cfg.rdm_seed, flip=cfg.augment)
-    val_set = build_dataset(params, "val")
-    if rank == 0:
-        for line in train_set.dataset.dropped_lines() + val_set.dropped_lines():
-            print(line, file=sys.stderr)
-    if len(train_set) == 0 or len(val_set) == 0:
-        raise ValueError(f"empty split under {params.data.root}: {len(train_set)} train and {len(val_set)} "
-                         "val samples; check data.root, data.seasons and train.min_cov/max_cov")
     # The same sampler in one process and under DDP: each rank takes every world-th index of one seeded
     # permutation, so a DDP step sees exactly the samples of the matching single-process batch.
     sampler = torch.utils.data.distributed.DistributedSampler(train_set, num_replicas=world, rank=rank,
@@ -289,6 +292,39 @@ def _start(params: Params, resume: bool) -> _Session:
         val_loader=DataLoader(val_set, batch_size=max(1, cfg.batch_size // world), num_workers=cfg.num_workers),
         resumed=state, **restored,
     )
+
+
+WARMUP_FRACTION = 0.05
+"""``cosine``: the share of the run's optimiser steps over which the learning rate rises linearly to ``lr``."""
+COSINE_FLOOR = 0.02
+"""``cosine``: the learning rate at the last step, as a fraction of ``lr``."""
+
+
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                           steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule of ``train.schedule`` (stepped by :func:`_advance_schedule`).
+
+    ``exponential`` (published): ``lr * gamma ** epoch``, one step per epoch. ``cosine``: one
+    step per optimiser step, ``lr`` times a linear warm-up over the first
+    :data:`WARMUP_FRACTION` of the run's steps, then a cosine decay to :data:`COSINE_FLOOR`
+    at the last step (a short CPU run needs a high rate early and a low one at the end).
+    """
+    if cfg.schedule == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
+    total = max(1, steps_per_epoch * cfg.epochs)
+    warmup = max(1, round(WARMUP_FRACTION * total))
+
+    def factor(step: int) -> float:
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        return min((step + 1) / warmup, COSINE_FLOOR + (1.0 - COSINE_FLOOR) * cosine)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _advance_schedule(session: _Session, end_of_epoch: bool) -> None:
+    """Step the learning-rate schedule: after every batch (``cosine``) or after every epoch (``exponential``)."""
+    if end_of_epoch == (session.params.train.schedule == "exponential"):
+        session.scheduler.step()
 
 
 # ---------------------------------------------------------------- one epoch
@@ -320,12 +356,13 @@ def _train_epoch(session: _Session, epoch: int, progress: bool) -> dict[str, flo
         session.scaler.scale(loss).backward()
         session.scaler.step(session.optimizer)
         session.scaler.update()
+        _advance_schedule(session, end_of_epoch=False)
         total += loss.item()
         count += 1
         for key, value in parts.items():
             parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
         bar.set_postfix(loss=f"{total / count:.4f}")
-    session.scheduler.step()
+    _advance_schedule(session, end_of_epoch=True)
     if session.world > 1:  # the epoch's loss over all ranks, not rank 0's share
         total, count, parts_sum = _sum_over_ranks(total, count, parts_sum)
     row: dict[str, float] = {"epoch": epoch, "train_loss": total / max(count, 1),

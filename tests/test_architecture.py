@@ -28,7 +28,7 @@ LAYERS: dict[str, int] = {
     # the data set: files, index, reader, mask files, builder
     "sscr.data": 3,
     # what a stage computes with
-    "sscr.models": 4, "sscr.metrics": 4,
+    "sscr.models": 4, "sscr.metrics": 4, "sscr.quality": 4,
     "sscr.losses": 5, "sscr.checkpoint": 5, "sscr.predict": 5, "sscr.registry": 5,
     # the logged MLflow model and its loader
     "sscr.serving": 6,

@@ -244,7 +244,7 @@ def test_skip_mode_prints_and_logs_every_file_it_leaves_out(project, tmp_path, m
     import mlflow
 
     from sscr import tracking
-    from sscr.config import load_params
+    from sscr.config import load_params, record_dir
     from sscr.data.index import index_dataset
     from sscr.train import train
 
@@ -261,9 +261,10 @@ def test_skip_mode_prints_and_logs_every_file_it_leaves_out(project, tmp_path, m
     err = capsys.readouterr().err
     assert f"sscr: test split: {len(test) - 1} samples used, 3 left out (2 unpaired, 1 not a patch file):" in err
     assert str(Path("data") / unpaired) in err and str(Path("data") / lookalike) in err
-    metrics = json.loads((folder / "results" / "eval" / "metrics.json").read_text())
+    records = record_dir(load_params(folder / "params.yaml", ["train.experiment_name=good"]))
+    metrics = json.loads((folder / records / "metrics.json").read_text())
     assert (metrics["n_images"], metrics["n_dropped"]) == (len(test) - 1, 3)
-    run_id = torch.load(folder / "results" / "good" / "model_best.pt", weights_only=True)["run_id"]
+    run_id = json.loads((folder / "results" / "good" / "mlflow_run.json").read_text())["run_id"]
     run = mlflow.get_run(run_id)
     assert run.data.metrics["data.test.dropped"] == 3 and run.data.metrics["data.test.dropped.unpaired"] == 2
     assert str(Path("data") / unpaired) in run.data.tags["data.test.dropped"]

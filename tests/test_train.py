@@ -80,6 +80,8 @@ def test_nan_loss_fails_cleanly_and_keeps_the_good_checkpoint(tiny_params, monke
 
         def forward(output, target, mask=None):
             total, parts = original(output, target, mask)
+            if not torch.is_grad_enabled():  # validation's loss (no_grad) is not a training batch
+                return total, parts
             calls["n"] += 1
             return (total * float("nan"), parts) if calls["n"] > 3 else (total, parts)
 
@@ -269,7 +271,7 @@ def test_pretrain_flag_selects_the_published_protocol(tmp_path):
 
     params_file = Path(__file__).resolve().parents[1] / "params.yaml"
     own = load(build_parser().parse_args(["train", "--params", str(params_file)]))
-    assert own.train.crop_size == 128 and own.train.augment and own.train.select_best == "PSNR"
+    assert own.train.crop_size == 64 and own.train.augment and own.train.select_best == "PSNR"
     seed = load(build_parser().parse_args(["train", "--params", str(params_file), "--pretrain", "--lr", "0.001"]))
     flat = flatten(seed)
     assert {key: flat[key] for key in PUBLISHED_PROTOCOL} == PUBLISHED_PROTOCOL
@@ -296,3 +298,85 @@ def test_training_view_without_augmentation_gives_the_samples_unchanged():
         sample = flipped[i]
         flips = [dims for dims in ([-1], [-2], [-1, -2]) if torch.equal(sample["cloudy"], items[i]["cloudy"].flip(dims))]
         assert flips and all(torch.equal(sample[k], items[i][k].flip(flips[0])) for k in items[i])
+
+
+def test_learning_rate_schedules():
+    from sscr.config import TrainConfig
+    from sscr.train import learning_rate_schedule
+
+    def rates(schedule: str, steps_per_epoch: int, epochs: int, per_step: bool) -> list[float]:
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+        cfg = TrainConfig(lr=0.01, epochs=epochs, gamma=0.5, schedule=schedule)
+        scheduler = learning_rate_schedule(optimizer, cfg, steps_per_epoch)
+        seen = []
+        for _ in range(epochs):
+            for _ in range(steps_per_epoch):
+                seen.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                if per_step:
+                    scheduler.step()
+            if not per_step:
+                scheduler.step()
+        return seen
+
+    # the published schedule: lr x gamma after every epoch
+    assert rates("exponential", 2, 3, per_step=False) == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025, 0.0025])
+    cosine = rates("cosine", 20, 10, per_step=True)  # 200 steps: 10 of warm-up
+    decay = [0.01 * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * step / 200))) for step in range(200)]
+    assert cosine[:10] == pytest.approx([min(0.001 * (step + 1), decay[step]) for step in range(10)])  # warm-up
+    assert cosine[10:] == pytest.approx(decay[10:])
+    assert cosine[100] == pytest.approx(0.01 * (0.02 + 0.98 * 0.5))  # half-way down the cosine
+    assert cosine[-1] == pytest.approx(0.01 * 0.02, rel=0.05)
+
+
+class _CountingPatches(torch.utils.data.Dataset):
+    """Three 32 px patches whose pixels say which patch they are; counts the reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, index: int) -> dict:
+        self.reads += 1
+        plane = torch.full((32, 32), float(index))
+        return {"sar": plane.expand(2, 32, 32), "cloudy": plane.expand(13, 32, 32),
+                "target": plane.expand(13, 32, 32), "mask": plane, "meta": {"sample_id": str(index)}}
+
+
+def test_repeats_take_several_crops_of_each_patch_and_read_it_once():
+    from sscr.data.augment import TrainingView
+
+    patches = _CountingPatches()
+    view = TrainingView(patches, crop_size=16, seed=1, repeats=4)
+    assert len(view) == 12
+    for epoch in (1, 2):
+        view.epoch = epoch
+        items = [view[i] for i in range(len(view))]
+        assert [int(item["mask"][0, 0]) for item in items] == [0, 1, 2] * 4  # index i is patch i % 3
+    assert patches.reads == 3  # each patch read once, then kept in memory
+    assert items[0]["cloudy"].shape == (13, 16, 16)
+    once = TrainingView(_CountingPatches(), crop_size=16, seed=1)
+    assert len(once) == 3 and [once[i]["meta"]["sample_id"] for i in range(3)] == ["0", "1", "2"]
+    once[0]
+    assert once.dataset.reads == 4  # without repeats nothing is kept
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        TrainingView(patches, crop_size=16, seed=1, repeats=0)
+
+
+def test_cosine_schedule_with_repeats_resumes_exactly(tiny_params, tmp_path):
+    """A run stopped after epoch 1 and resumed ends with the weights and learning rates of an unbroken run."""
+    tiny_params.train.schedule, tiny_params.train.repeats, tiny_params.train.lr = "cosine", 2, 0.003
+    tiny_params.train.res_dir = tmp_path / "straight"
+    straight = train(tiny_params, progress=False, log_model=False)
+    tiny_params.train.res_dir = tmp_path / "broken"
+    stopped = train(tiny_params, progress=False, log_model=False, on_epoch_end=lambda epoch, val: epoch == 1)
+    assert stopped.stopped_early and stopped.epochs_done == 1
+    resumed = train(tiny_params, resume=True, progress=False, log_model=False)
+    assert [row["lr"] for row in resumed.history] == [row["lr"] for row in straight.history]
+    # 6 training patches x 2 crops / batch 2 = 6 steps per epoch; the rate falls within each epoch
+    assert straight.history[0]["lr"] > straight.history[1]["lr"] > 0
+    a, b = load_checkpoint(straight.best_checkpoint)["model"], load_checkpoint(resumed.best_checkpoint)["model"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)

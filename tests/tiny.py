@@ -8,7 +8,7 @@ TINY: dict = {
     "masks": {"workers": 1},
     "model": {"name": "sscr_lite", "encoder_widths": [8, 16], "decoder_widths": [8, 16], "n_head": 2, "d_model": 16},
     "loss": {"name": "l1"},
-    "train": {"epochs": 2, "batch_size": 2, "crop_size": None, "val_every": 1},
+    "train": {"epochs": 2, "batch_size": 2, "crop_size": None, "val_every": 1, "repeats": 1},
     "evaluate": {"n_panels": 1, "batch_size": 2},
 }
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
+
+CACHE_BYTES = 2 * 1024**3
+"""Patches kept in memory by a :class:`TrainingView` that repeats them (the embedded default's 48: 365 MB)."""
 
 
 class TrainingView(Dataset):
@@ -13,21 +17,45 @@ class TrainingView(Dataset):
 
     Deriving each sample's randomness from its index rather than from a stream
     makes a resumed run see exactly the batches an uninterrupted run would.
-    With neither (the published protocol) the items are the data set's own.
+    With neither crops nor flips nor repeats (the published protocol) the items are the data set's own.
+
+    ``repeats`` > 1 takes that many random crops of every patch per epoch (index ``i`` is
+    patch ``i % len(dataset)``): a small data set then gives more optimiser steps per
+    epoch without reading a file more often, because a repeated patch is read once and
+    kept in memory (up to :data:`CACHE_BYTES` in all; with ``num_workers`` > 0 each
+    worker keeps its own copy for one epoch).
     """
 
-    def __init__(self, dataset: Dataset, crop_size: int | None, seed: int, flip: bool = True) -> None:
+    def __init__(self, dataset: Dataset, crop_size: int | None, seed: int, flip: bool = True,
+                 repeats: int = 1) -> None:
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
         self.dataset = dataset
         self.crop_size = crop_size
         self.seed = seed
         self.flip = flip
+        self.repeats = repeats
         self.epoch = 0
+        self._cache: dict[int, dict[str, Any]] = {}
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset) * self.repeats  # type: ignore[arg-type]
+
+    def _patch(self, index: int) -> dict[str, Any]:
+        """Patch ``index`` of the data set, from memory when it was kept there."""
+        if index in self._cache:
+            return self._cache[index]
+        item = self.dataset[index]
+        if self.repeats > 1:
+            size = sum(v.numel() * v.element_size() for v in item.values() if isinstance(v, torch.Tensor))
+            if self._cached_bytes + size <= CACHE_BYTES:
+                self._cache[index] = item
+                self._cached_bytes += size
+        return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = dict(self.dataset[index])
+        item = dict(self._patch(index % len(self.dataset)))  # type: ignore[arg-type]
         if not self.flip and not self.crop_size:
             return item
         rng = np.random.default_rng([self.seed, self.epoch, index])

@@ -17,11 +17,18 @@ from the (downsampled) cloud probability and both feature maps decides how much
 projected SAR structure replaces optical evidence; the fused map is the skip
 connection and the input of the next optical level. Global context comes from
 multi-head attention at the lowest scale only, with keys on a fixed small grid, so
-cost stays linear in pixels. A light decoder predicts the mean (and variance). The
-output is a residual on the cloudy input gated by the cloud probability:
-``mean = mask * decoded + (1 - mask) * cloudy``, so clear pixels pass through and the
-capacity goes under clouds; without a mask (``use_mask=False``) the blend gate is
-learned from the decoder features instead.
+cost stays linear in pixels. A light decoder predicts the mean (and variance), starting
+from the mean clear-land spectrum (:data:`sscr.bands.CLEAR_LAND_TOA`) rather than a flat
+0.5 in every band. The output is a blend of the decoded image and the cloudy input,
+``mean = gate * decoded + (1 - gate) * cloudy``, so clear pixels pass through and the
+capacity goes under clouds. The gate is learned, ``sigmoid(1x1 conv of [decoded, cloud])``,
+and starts as ``sigmoid(12 (cloud - 0.3))``: 3 % on clear pixels, 92 % at probability 0.5,
+all but 1 above. It saturates where the blurred probability map still covers cloud, so cloud
+edges are replaced, not kept in part (no white halo), and it can learn to correct what the
+mask misses (shadows). Detections away from every cloud body (narrower than
+:data:`ISOLATED_OPENING` px and more than :data:`ISOLATED_MARGIN` px from any wider
+detection: mostly bright roofs, soil or snow that the cloud detector flags) keep the input
+exactly. Without a mask (``use_mask=False``) the gate reads the decoder features alone.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sscr.bands import CLEAR_LAND_TOA, S2_BANDS
 from sscr.models._base import BackboneConfig, CloudRemovalModel
 from sscr.models._registry import register_model
 from sscr.models.blocks import (
@@ -52,6 +60,17 @@ SAR_WIDTH_RATIO = 0.5
 """The SAR branch is half as wide as the optical one (two input bands, structure only; at least 8)."""
 GATE_MASK_WEIGHT = 4.0
 """Initial gate logit = 4 * cloud - 2: about 12 % SAR on clear pixels, 88 % under clouds (then learned)."""
+OUTPUT_GATE_SLOPE = 12.0
+OUTPUT_GATE_CENTRE = 0.3
+"""Initial output gate = sigmoid(12 (cloud - 0.3)): 0.03 at probability 0, 0.92 at 0.5, 0.9998 at 1.
+Centred below the 0.5 that makes a pixel count as cloud, because the probability map is blurred: a cloud's
+edge pixels have 0.3-0.9 and are still cloud."""
+CLOUD_THRESHOLD = 0.5
+"""Probability from which a pixel is a detection (as the metrics' cloud mask, ``sscr.metrics.MASK_THRESHOLD``)."""
+ISOLATED_OPENING = 3
+"""Detections that vanish under a morphological opening with this square (narrower than it, in px) ..."""
+ISOLATED_MARGIN = 4
+"""... and lie more than this many px from every detection that survives it keep the cloudy input."""
 
 
 class CloudGatedFusion(nn.Module):
@@ -134,9 +153,9 @@ class SSCRLite(CloudRemovalModel):
 
     ``use_sar=False`` (ablation): no SAR branch and no fusion; the structure head then
     reads the optical features, so the output keys and the loss stay the same.
-    ``use_mask=False``: the mask is neither an input nor the blend gate; a learned
-    gate (1x1 conv + sigmoid on the decoder features) blends decoded and cloudy.
-    With ``use_mask`` and no mask passed, every pixel counts as cloudy (nothing passes through).
+    ``use_mask=False``: the mask is not an input; the output gate (1x1 conv + sigmoid)
+    reads the decoder features alone. With ``use_mask`` and no mask passed, every pixel
+    counts as cloudy (nothing passes through).
     """
 
     extra_outputs = frozenset({"structure"})
@@ -187,12 +206,21 @@ class SSCRLite(CloudRemovalModel):
         )
         self.decode = nn.ModuleList(make_block(block_type, decoder_widths[i], "group") for i in range(levels - 1))
         self.heads = OutputHeads(decoder_widths[0], self.variance, self.scale_by)
-        if not self.use_mask:
-            self.blend = nn.Conv2d(decoder_widths[0], 1, 1)
+        # the output gate: decoded vs cloudy input, from the decoder features (and the cloud probability)
+        self.blend = nn.Conv2d(decoder_widths[0] + int(self.use_mask), 1, 1)
 
         init_weights(self)
-        if not self.use_mask:
-            init_output_conv(self.blend)
+        self._init_outputs()
+
+    def _init_outputs(self) -> None:
+        """The mean head starts at the clear-land spectrum; the output gate at ``sigmoid(12 (cloud - 0.3))``."""
+        init_output_conv(self.blend)
+        land = torch.tensor([CLEAR_LAND_TOA[band] for band in S2_BANDS])
+        with torch.no_grad():
+            self.heads.conv.bias[:S2_CHANNELS] = torch.logit(land)
+            if self.use_mask:
+                self.blend.weight[:, -1] = OUTPUT_GATE_SLOPE
+                self.blend.bias.fill_(-OUTPUT_GATE_SLOPE * OUTPUT_GATE_CENTRE)
 
     def forward(
         self, cloudy: torch.Tensor, sar: torch.Tensor | None = None, mask: torch.Tensor | None = None
@@ -226,8 +254,29 @@ class SSCRLite(CloudRemovalModel):
             decoded = self.decode[level](self.merge[level](torch.cat((decoded, skips[level]), dim=1)))
 
         out = self.heads(decoded)
-        # residual on the cloudy input: clear pixels pass through, capacity goes under clouds
-        blend = cloud if cloud is not None else torch.sigmoid(self.blend(decoded))
-        out["mean"] = blend * out["mean"] + (1.0 - blend) * cloudy.clamp(0.0, 1.0)
+        # clear pixels pass through, capacity goes under clouds
+        gate_in = decoded if cloud is None else torch.cat((decoded, cloud.to(decoded.dtype)), 1)
+        gate = torch.sigmoid(self.blend(gate_in).float())
+        if cloud is not None:
+            gate = gate.masked_fill(isolated_detections(cloud), 0.0)
+        out["mean"] = gate * out["mean"] + (1.0 - gate) * cloudy.clamp(0.0, 1.0)
         out["structure"] = self.structure_head(structure_features)
         return out
+
+
+def isolated_detections(cloud: torch.Tensor) -> torch.Tensor:
+    """Where a (B, 1, H, W) cloud probability detects something away from every cloud body: bool (B, 1, H, W).
+
+    Cloud bodies are the detections (probability >= 0.5) that survive a morphological opening with an
+    :data:`ISOLATED_OPENING` square; every pixel with a non-zero probability farther than
+    :data:`ISOLATED_MARGIN` px from all of them is isolated (the detection and its blurred skirt).
+    s2cloudless flags bright roofs, bare soil and snow as cloud now and then, a few pixels at a time;
+    real clouds come in bodies wider than that. Pixels outside the image count as neither.
+    """
+    detected = (cloud >= CLOUD_THRESHOLD).float()
+    size, margin = ISOLATED_OPENING, 2 * ISOLATED_MARGIN + 1
+    # max-pooling pads with -inf, so the image border neither erodes nor dilates anything
+    eroded = -F.max_pool2d(-detected, size, stride=1, padding=size // 2)
+    bodies = F.max_pool2d(eroded, size, stride=1, padding=size // 2)
+    near_body = F.max_pool2d(bodies, margin, stride=1, padding=margin // 2) > 0
+    return (cloud > 0) & ~near_body

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sscr.bands import CLEAR_LAND_TOA, S2_BANDS
 from sscr.models import build_model, model_cost
 from sscr.models.blocks import VAR_FLOOR
+from sscr.models.sscr_lite import isolated_detections
 
 BACKBONES = ["multisarv2", "sscr_lite", "uncrtaints", "utae", "unet"]
 PUBLISHED = ["uncrtaints", "multisarv2"]
@@ -174,19 +176,71 @@ def test_inputs_are_multiplied_by_scale_by():
     torch.testing.assert_close(seen["input"], 7.0 * torch.cat((batch["cloudy"], batch["sar"]), 1))
 
 
-def test_sscr_lite_passes_clear_pixels_through():
+def _gate_of(model, batch):
+    """The output gate the model computes on ``batch`` (hooked on its 1x1 conv)."""
+    seen = {}
+    handle = model.blend.register_forward_hook(lambda module, args, output: seen.update(gate=torch.sigmoid(output)))
+    with torch.no_grad():
+        out = model(**batch)
+    handle.remove()
+    return out, seen["gate"]
+
+
+def test_sscr_lite_gate_starts_steep_in_the_cloud_probability():
     torch.manual_seed(0)
     model = build_model("sscr_lite", variance="diag").eval()
     batch = make_batch()
+    batch["mask"] = torch.linspace(0, 1, SIZE).expand(2, 1, SIZE, SIZE).contiguous()  # every probability
+    _, gate = _gate_of(model, batch)
+    expected = torch.sigmoid(12 * (batch["mask"] - 0.3))
+    torch.testing.assert_close(gate, expected, atol=0.05, rtol=0)
+    assert gate[..., 0].max() < 0.08 and gate[..., -1].min() > 0.99  # clear: kept; cloud: replaced
+    # a blurred cloud edge at probability 0.5 is already replaced almost entirely: no halo of cloud kept
+    assert gate[..., SIZE // 2].min() > 0.85
+
+
+def test_sscr_lite_starts_from_the_clear_land_spectrum():
+    torch.manual_seed(0)
+    model = build_model("sscr_lite").eval()
+    batch = make_batch()
     with torch.no_grad():
-        clear = model(batch["cloudy"], batch["sar"], torch.zeros_like(batch["mask"]))
-        cloudy = model(batch["cloudy"], batch["sar"], torch.ones_like(batch["mask"]))
-        mixed = model(**batch)
-    torch.testing.assert_close(clear["mean"], batch["cloudy"], atol=1e-6, rtol=0)
-    # under clouds the network's prediction replaces the input
-    assert (cloudy["mean"] - batch["cloudy"]).abs().mean() > 0.05
-    clear_pixels = batch["mask"].expand_as(batch["cloudy"]) == 0
-    torch.testing.assert_close(mixed["mean"][clear_pixels], batch["cloudy"][clear_pixels], atol=1e-6, rtol=0)
+        cloudy = model(batch["cloudy"], batch["sar"], torch.ones_like(batch["mask"]))["mean"]
+    land = torch.tensor([CLEAR_LAND_TOA[band] for band in S2_BANDS])
+    # under clouds an untrained model paints land (red edge, NIR plateau), not a flat 0.5 in every band
+    torch.testing.assert_close(cloudy.mean(dim=(0, 2, 3)), land, atol=0.02, rtol=0)
+    assert (cloudy - batch["cloudy"]).abs().mean() > 0.05
+
+
+def test_sscr_lite_keeps_the_input_on_isolated_detections():
+    torch.manual_seed(0)
+    model = build_model("sscr_lite").eval()
+    batch = make_batch(batch=1)
+    mask = torch.zeros(1, 1, SIZE, SIZE)
+    mask[..., 8:30, 8:30] = 1.0  # a cloud body
+    mask[..., 50:52, 50:52] = 0.9  # a 2 x 2 px detection far from it (a bright roof)
+    mask[..., 49:53, 49] = 0.2  # ... with a blurred skirt
+    batch["mask"] = mask
+    out, gate = _gate_of(model, batch)
+    kept = isolated_detections(mask)
+    assert kept[..., 50:52, 50:52].all() and kept[..., 49:53, 49].all() and not kept[..., 8:30, 8:30].any()
+    where = kept.expand_as(batch["cloudy"])
+    torch.testing.assert_close(out["mean"][where], batch["cloudy"][where], atol=0, rtol=0)
+    assert (out["mean"][..., 10:28, 10:28] - batch["cloudy"][..., 10:28, 10:28]).abs().mean() > 0.05
+    assert gate[..., 50, 50] > 0.9  # the learned gate alone would have replaced the roof
+
+
+def test_isolated_detections_are_narrow_and_away_from_cloud_bodies():
+    mask = torch.zeros(1, 1, 40, 40)
+    mask[..., 5:15, 5:15] = 0.8  # body
+    mask[..., 5:15, 15:17] = 0.7  # a 2 px wide wisp attached to it: part of the cloud
+    mask[..., 5, 19] = 0.6  # 1 px, 4 px from the body: near it, not isolated
+    mask[..., 30, 30] = 0.6  # 1 px, far away: isolated
+    mask[..., 30, 31] = 0.3  # its skirt (below 0.5): isolated with it
+    mask[..., 0:3, 37:40] = 0.9  # a 3 x 3 px detection in the corner survives the opening: a body
+    kept = isolated_detections(mask)
+    assert kept.sum() == 2 and kept[0, 0, 30, 30] and kept[0, 0, 30, 31]
+    assert not isolated_detections(torch.ones(1, 1, 16, 16)).any()
+    assert not isolated_detections(torch.zeros(1, 1, 16, 16)).any()
 
 
 def test_sscr_lite_missing_mask_means_all_cloudy():
@@ -202,7 +256,7 @@ def test_sscr_lite_missing_mask_means_all_cloudy():
 def test_sscr_lite_without_mask_learns_its_blend_gate():
     torch.manual_seed(0)
     model = build_model("sscr_lite", use_mask=False)
-    assert hasattr(model, "blend")
+    assert model.blend.in_channels == model.heads.conv.in_channels  # the decoder features alone
     batch = make_batch()
     out = model(batch["cloudy"], batch["sar"])
     out["mean"].mean().backward()
