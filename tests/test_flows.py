@@ -213,11 +213,15 @@ def test_tune_flow_retrains_the_best_and_promote_flow_keeps_the_champion(prefect
     assert float(logged["train.lr"]) == pytest.approx(best["train.lr"])
     assert logged["model.encoder_widths"] == "[8, 16]"
 
-    # Promotion of the newest version: it was registered (and promoted if better) by the pipeline already.
+    # Promotion of the newest version: it was registered (and promoted if better) by the pipeline already,
+    # so asking again moves nothing and leaves the pipeline's recorded decision as it was.
+    recorded = MlflowClient().get_model_version("sscr", retrained["version"]).tags
     decision = promote(project_dir=str(tiny_clone), return_state=True).result()
     assert decision["version"] == retrained["version"] and decision["promoted"] is False
     newest = MlflowClient().get_model_version("sscr", decision["version"])
-    assert newest.tags["promotion.decision"] == "kept"
+    assert newest.tags["promotion.decision"] == ("promoted" if retrained["promoted"] else "kept")
+    assert {k: v for k, v in newest.tags.items() if k.startswith("promotion.")} == {
+        k: v for k, v in recorded.items() if k.startswith("promotion.")}
 
 
 def test_deployment_in_a_work_pool_is_run_by_a_process_worker(prefect_api, tiny_clone, tmp_path, monkeypatch):

@@ -502,10 +502,12 @@ def test_one_command_from_an_l1c_product_and_s1_to_a_cog_leaves_nothing_else(tmp
     capsys.readouterr()
 
     # a directory passed as --model, and --out a directory: one line each, naming the path and the fix
-    assert main(["infer", "--model", str(inputs), "--s2", str(product), "--s1", str(s1), "--out", "x.tif"]) == 1
+    folder = inputs / "not_a_run"  # a directory without model_best.pt (a run directory stands for that file)
+    folder.mkdir()
+    assert main(["infer", "--model", str(folder), "--s2", str(product), "--s1", str(s1), "--out", "x.tif"]) == 1
     error = capsys.readouterr().err.strip()
-    assert error == (f"sscr: error: --model {inputs} is a directory, not a checkpoint: pass the checkpoint file "
-                     f"inside it, e.g. {inputs / 'model_best.pt'}")
+    assert error == (f"sscr: error: --model {folder} is a directory, not a checkpoint: pass the checkpoint file "
+                     f"inside it, e.g. {folder / 'model_best.pt'}")
     assert main(["infer", "--model", str(checkpoint), "--s2", str(product), "--s1", str(s1), "--out", "."]) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("sscr: error: --out . is a directory: pass a file name") and "\n" not in error

@@ -28,7 +28,9 @@ edges are replaced, not kept in part (no white halo), and it can learn to correc
 mask misses (shadows). Detections away from every cloud body (narrower than
 :data:`ISOLATED_OPENING` px and more than :data:`ISOLATED_MARGIN` px from any wider
 detection: mostly bright roofs, soil or snow that the cloud detector flags) keep the input
-exactly. Without a mask (``use_mask=False``) the gate reads the decoder features alone.
+exactly, and so do pixels whose probability is exactly 0 (a binary mask's clear pixels: what
+a user's mask file says is clear stays as it was). Without a mask (``use_mask=False``) the
+gate reads the decoder features alone.
 """
 
 from __future__ import annotations
@@ -258,7 +260,9 @@ class SSCRLite(CloudRemovalModel):
         gate_in = decoded if cloud is None else torch.cat((decoded, cloud.to(decoded.dtype)), 1)
         gate = torch.sigmoid(self.blend(gate_in).float())
         if cloud is not None:
-            gate = gate.masked_fill(isolated_detections(cloud), 0.0)
+            # a probability of exactly 0 (a clear pixel of a binary mask, a user's "no cloud here") and an
+            # isolated detection keep the input bit for bit
+            gate = gate.masked_fill((cloud <= 0) | isolated_detections(cloud), 0.0)
         out["mean"] = gate * out["mean"] + (1.0 - gate) * cloudy.clamp(0.0, 1.0)
         out["structure"] = self.structure_head(structure_features)
         return out

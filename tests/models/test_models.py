@@ -229,6 +229,23 @@ def test_sscr_lite_keeps_the_input_on_isolated_detections():
     assert gate[..., 50, 50] > 0.9  # the learned gate alone would have replaced the roof
 
 
+def test_sscr_lite_keeps_the_input_where_the_cloud_probability_is_zero():
+    torch.manual_seed(0)
+    model = build_model("sscr_lite").eval()
+    batch = make_batch(batch=1)
+    batch["mask"] = torch.zeros(1, 1, SIZE, SIZE)
+    batch["mask"][..., :, SIZE // 2:] = 0.02  # not quite zero beside a cloud body: the learned gate decides there
+    batch["mask"][..., 8:24, SIZE // 2 + 8:SIZE // 2 + 24] = 1.0
+    out, gate = _gate_of(model, batch)
+    left = (slice(None), slice(None), slice(None), slice(0, SIZE // 2))
+    torch.testing.assert_close(out["mean"][left], batch["cloudy"][left], atol=0, rtol=0)  # a clear mask: kept
+    assert gate[left].min() > 0  # ... though the learned gate alone would have mixed in a little
+    right = (slice(None), slice(None), slice(None), slice(SIZE // 2, None))
+    skirt = (slice(None), slice(None), slice(8, 24), slice(SIZE // 2 + 4, SIZE // 2 + 8))  # p 0.02 next to it
+    assert (out["mean"][skirt] != batch["cloudy"][skirt]).all()
+    assert not torch.equal(out["mean"][right], batch["cloudy"][right])
+
+
 def test_isolated_detections_are_narrow_and_away_from_cloud_bodies():
     mask = torch.zeros(1, 1, 40, 40)
     mask[..., 5:15, 5:15] = 0.8  # body
