@@ -191,7 +191,7 @@ def epoch_seconds(params: Any, name: str, widths: dict[str, Any] | None, n_train
 
 
 def choose_widths(params: Any, models: list[str], budget: float, n_train: int, n_val: int,
-                  tiny: bool) -> dict[str, Any]:
+                  tiny: bool, force_cpu: bool = False) -> dict[str, Any]:
     """Per model: None (default widths) or the widths to use instead, and the estimates behind it."""
     if tiny:  # quick and smoke: the tiny sample's widths for every backbone
         tiny_model = params.model
@@ -217,10 +217,10 @@ def choose_widths(params: Any, models: list[str], budget: float, n_train: int, n
         print(f"estimating an epoch of {name} at its default widths ...", flush=True)
         epoch = epoch_seconds(params, name, None, n_train, n_val)  # a lower bound (no data loading)
         fits = budget / epoch
-        chosen[name] = (None if fits >= MIN_EPOCHS else CPU_WIDTHS[canonical(name)], epoch)
+        chosen[name] = (None if fits >= MIN_EPOCHS and not force_cpu else CPU_WIDTHS[canonical(name)], epoch)
         print(
             f"  ~{epoch:.0f} CPU-s per epoch: {fits:.1f} epochs in the budget -> "
-            f"{'default widths' if fits >= MIN_EPOCHS else 'CPU-sized widths'}",
+            f"{'default widths' if chosen[name][0] is None else 'CPU-sized widths'}",
             flush=True,
         )
     return chosen
@@ -328,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sar-only", action="store_true", help="only the runs with SAR (no optical-only ablation rows)"
     )
+    parser.add_argument(
+        "--cpu-widths", action="store_true", help="every backbone at its CPU_WIDTHS, whatever fits in the budget"
+    )
     parser.add_argument("--models", nargs="+", default=None, help=f"backbones (default: {' '.join(MODELS)})")
     parser.add_argument(
         "--out", type=Path, default=None, help="results file (default benchmarks/results/...)"
@@ -340,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tiny = mode != "full"
     params = sample_on_disk("smoke" if tiny else "default", tiny_overrides() if tiny else None)
-    work = cache_dir() / f"{NAME}-{mode}"
+    work = cache_dir() / f"{NAME}-{mode}{'-cpu-widths' if args.cpu_widths else ''}"
     shutil.rmtree(work, ignore_errors=True)  # every run starts from scratch
     work.mkdir(parents=True)
     previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -355,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         # training items per epoch: every patch, train.repeats random crops of it
         n_train = len(build_dataset(params, "train")) * params.train.repeats
         n_val = len(build_dataset(params, "val"))
-        widths = choose_widths(params, models, budget, n_train, n_val, tiny)
+        widths = choose_widths(params, models, budget, n_train, n_val, tiny, args.cpu_widths)
         results = [
             run_one(params, name, use_sar, widths[name][0], budget, work, n_train, n_val)
             for name in models
@@ -369,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["MLFLOW_TRACKING_URI"] = previous_uri
 
     size = params.data.patch_size
-    kind = "the tiny sample's widths" if tiny else "CPU-sized widths"
+    kind = "the tiny sample's widths" if tiny else "CPU-sized widths" + (" (--cpu-widths)" if args.cpu_widths else "")
     notes = [
         f"- `{name}`: {'default widths' if chosen is None else kind}"
         + (
