@@ -261,8 +261,9 @@ def run_one(
         update={
             "train": configured.train.model_copy(
                 # validation every epoch: the budget is checked at every validation
-                update={"experiment_name": label, "res_dir": work / "runs", "epochs": planned, "val_every": 1,
-                        "val_after": 0}
+                # metrics_dir too: the run records stay in the throw-away cache, not in the project's metrics/
+                update={"experiment_name": label, "res_dir": work / "runs", "metrics_dir": work / "metrics",
+                        "epochs": planned, "val_every": 1, "val_after": 0}
             ),
             "evaluate": configured.evaluate.model_copy(
                 update={"out_dir": work / "eval" / label, "n_panels": 0}
