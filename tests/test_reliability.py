@@ -16,26 +16,31 @@ from pathlib import Path
 
 import pytest
 import rasterio
-import requests
 import yaml
 
 from sscr.config import parse_params
 from sscr.data.masks import mask_path, read_coverage_table
 from sscr.data.synth import write_synthetic_sample
 
-from servers import free_port, stop_group
+from servers import free_port, stop_group, wait_until_up
 from tiny import TINY, deep_update
 
 ENV = {**os.environ, "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
 
 
-def test_mask_stage_killed_mid_write_resumes_without_recomputing(tmp_path):
+def _mask_project(tmp_path: Path, workers: int):
+    """A tiny synthetic sample and a params file for ``sscr masks`` with ``workers`` processes."""
     params = parse_params(deep_update(TINY, {"data": {"root": str(tmp_path / "data")},
-                                             "masks": {"dir": str(tmp_path / "masks"), "workers": 1}}))
+                                             "masks": {"dir": str(tmp_path / "masks"), "workers": workers}}))
     pids = write_synthetic_sample(params.data.root, params.data.synth, patch_size=params.data.patch_size,
                                   progress=False)
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    return params, pids, params_file
+
+
+def test_mask_stage_killed_mid_write_resumes_without_recomputing(tmp_path):
+    params, pids, params_file = _mask_project(tmp_path, workers=1)
     third = sorted(pids)[2]
     command = [sys.executable, "-m", "sscr.cli", "masks", "--params", str(params_file)]
     killed = subprocess.run(command, env={**ENV, "SSCR_FAULT": f"raster.write:{third.name}.tif"},
@@ -59,12 +64,7 @@ def test_mask_stage_killed_mid_write_resumes_without_recomputing(tmp_path):
 def test_mask_workers_die_with_the_stage(tmp_path):
     import psutil
 
-    params = parse_params(deep_update(TINY, {"data": {"root": str(tmp_path / "data")},
-                                             "masks": {"dir": str(tmp_path / "masks"), "workers": 2}}))
-    pids = write_synthetic_sample(params.data.root, params.data.synth, patch_size=params.data.patch_size,
-                                  progress=False)
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    params, pids, params_file = _mask_project(tmp_path, workers=2)
     held = sorted(pids)[3]
     fault_dir = tmp_path / "fault"
     fault_dir.mkdir()
@@ -190,15 +190,12 @@ def _start_mlflow_server(store: Path, port: int) -> subprocess.Popen:
          str(store / "artifacts"), "--workers", "1"],
         cwd=store, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return server
-        except (requests.ConnectionError, requests.Timeout):  # a server still starting may accept and not answer yet
-            time.sleep(0.5)
-    stop_group(server)
-    pytest.fail("mlflow server did not start")
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", server, timeout=180)
+    except BaseException:  # pytest.fail included: leave no server behind
+        stop_group(server)
+        raise
+    return server
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from sscr.models import build_model
 from sscr.serving import load_model
 from sscr.train import MLFLOW_RUN_FILE
 
-from servers import free_port, stop_group
+from servers import free_port, stop_group, wait_until_up
 
 
 @pytest.mark.slow
@@ -43,17 +42,7 @@ def test_served_champion_returns_cloud_free_patch(in_workspace, tmp_path):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):  # a server still starting may accept and not answer yet
-                pass
-            assert server.poll() is None, server.stdout.read()[-3000:]
-            time.sleep(1)
-        else:
-            pytest.fail("the model server did not come up in 240 s")
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server)
         rng = np.random.default_rng(1)
         cloudy = rng.uniform(0.0, 0.4, (1, 13, 64, 64)).astype(np.float32)
         cloudy[:, :, 16:48, 16:48] = 0.6  # a bright, thick cloud in the middle
@@ -134,19 +123,6 @@ def _log_and_register(root: Path, name: str, use_mask: bool = False) -> tuple[st
     return tracking.tracking_uri(), checkpoint
 
 
-def _wait_until_up(server: subprocess.Popen, port: int, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                return
-        except (requests.ConnectionError, requests.Timeout):  # a server still starting may accept and not answer yet
-            pass
-        assert server.poll() is None, server.stdout.read()[-3000:]
-        time.sleep(1)
-    pytest.fail(f"the model server did not come up in {timeout:.0f} s")
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A real `mlflow models serve` process serving a registered tiny SAR model: (base URL, model directory)."""
@@ -167,7 +143,7 @@ def served(tmp_path_factory):
         cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
-        _wait_until_up(server, port)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server)
         yield f"http://127.0.0.1:{port}", next(root.glob("mlartifacts/**/MLmodel")).parent
     finally:
         stop_group(server)
