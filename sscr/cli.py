@@ -11,7 +11,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sscr.config import PUBLISHED_PROTOCOL, ConfigError, Params, load_params, record_dir
+from sscr.config import (
+    PUBLISHED_PROTOCOL,
+    ConfigError,
+    Params,
+    load_params,
+    published_model_protocol,
+    record_dir,
+)
 
 Handler = Callable[[argparse.Namespace, Params], int | None]
 
@@ -79,11 +86,25 @@ def _protocol_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def load(args: argparse.Namespace) -> Params:
-    """Params from ``--params``, then ``--pretrain``'s protocol, ``--set`` and the seed's flags, in that order."""
+    """Params from ``--params``, then ``--pretrain``'s protocol, ``--set`` and the seed's flags, in that order.
+
+    With ``--pretrain``, last, what the published script forces for the model
+    (:data:`sscr.config.PUBLISHED_MODEL_PROTOCOL`) over the seed's flags, except keys given with ``--set``.
+    """
     overrides = _protocol_overrides(args) + list(args.overrides) + _seed_overrides(args)
     if getattr(args, "root", None) is not None:
         overrides.append(f"data.root={args.root}")
-    return load_params(args.params, overrides)
+    params = load_params(args.params, overrides)
+    if not getattr(args, "pretrain", False):
+        return params
+    given = {override.split("=", 1)[0].strip() for override in args.overrides}
+    forced = published_model_protocol(params.model.name, given)
+    if forced:
+        print(f"sscr: the published script trains {params.model.name} with "
+              f"{', '.join(f'{key}={value}' for key, value in forced.items())} whatever --loss and --batch_size say; "
+              "so does --pretrain (--set changes it)", file=sys.stderr)
+        params = load_params(args.params, overrides + [f"{key}={json.dumps(value)}" for key, value in forced.items()])
+    return params
 
 
 # ---------------------------------------------------------------- handlers
@@ -327,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fuse S1 SAR (model.use_sar); --no-use_sar for the optical-only ablation")
     train.add_argument("--pretrain", action="store_true",
                        help="the seed's switch for single-date SEN12MS-CR training (always single-date here): "
-                            "trains with the published protocol (whole patches, no augmentation, validation "
+                            "trains with the published protocol (sscr.config.PUBLISHED_PROTOCOL: Adam with an "
+                            "exponential schedule, every whole patch once per epoch, no augmentation, validation "
                             "every epoch, best checkpoint by validation loss, float32); see README")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run of this experiment")
     train.add_argument("--pretrained", type=Path, default=None, help="checkpoint to start from (train.pretrained)")

@@ -89,9 +89,9 @@ class ModelConfig(_Group):
     The backbones are built from these keys (minus ``name``, plus the variance the
     loss needs) as one :class:`sscr.models.BackboneConfig`. ``name`` is stored under
     its canonical spelling (``sscr`` -> ``multisarv2``). ``use_mask: null`` is the
-    backbone's default: true for ``sscr_lite``, ``unet`` and ``utae``, false for the
-    published ``uncrtaints`` and ``multisarv2``, which take no mask (``true`` is refused
-    there). ``mask_beta`` is MultiSARv2's structure-mask gate (0 = published: no gating).
+    backbone's default: true for ``sscr_lite`` and ``mask_unet``, false for the published
+    ``uncrtaints``, ``multisarv2``, ``unet`` and ``utae``, which take no mask (``true`` is
+    refused there). ``mask_beta`` is MultiSARv2's structure-mask gate (0 = published: no gating).
     """
 
     name: str = "multisarv2"
@@ -178,15 +178,36 @@ class TrainConfig(_Group):
 
 
 PUBLISHED_PROTOCOL: dict[str, Any] = {
-    "train.crop_size": None, "train.augment": False, "train.val_every": 1, "train.val_after": 0,
-    "train.select_best": "val_loss", "train.min_cov": 0.0, "train.max_cov": 1.0, "train.max_samples": None,
-    "train.amp": False,
+    # the optimiser: Adam, ExponentialLR stepped after every epoch; the published parser's defaults for the flags
+    # a command line leaves out (the seed's line gives --epochs 20 --lr 0.001 --batch_size 8 --gamma 1.0 --rdm_seed 1)
+    "train.schedule": "exponential", "train.epochs": 20, "train.lr": 0.01, "train.batch_size": 4, "train.gamma": 1.0,
+    "train.rdm_seed": 1,
+    # every sample of the split once per epoch, whole 256 px patches, as stored
+    "train.repeats": 1, "train.crop_size": None, "train.augment": False,
+    "train.min_cov": 0.0, "train.max_cov": 1.0, "train.max_samples": None,
+    # validation after every epoch; model.pth.tar kept when the validation loss is <= the best so far
+    "train.val_every": 1, "train.val_after": 0, "train.select_best": "val_loss",
+    # float32; MultiSARv2's structure-mask gate off (mask_beta is 0 in the published network)
+    "train.amp": False, "model.mask_beta": 0.0,
 }
-"""How the seed's script trains with ``--pretrain`` (github.com/RSIR25/sscr ``train_reconstruct.py``),
-beyond the flags its command line spells out: whole 256 px patches, no augmentation, validation
-after every epoch, the checkpoint kept when the validation loss is <= the best so far, every
-sample of the split, float32. ``sscr train --pretrain`` applies these before ``--set`` and the
-other flags (which can still change any of them)."""
+"""How the seed's script trains with ``--pretrain`` (github.com/RSIR25/sscr ``model/train_reconstruct.py``
+and ``parse_args.py``), every training choice it makes: ``sscr train --pretrain`` applies these first,
+then ``--set`` and the seed's flags (which change any of them, as the flags do in the published script),
+then :data:`PUBLISHED_MODEL_PROTOCOL`. The README's protocol table is tested against this dict."""
+
+PUBLISHED_MODEL_PROTOCOL: dict[str, dict[str, Any]] = {
+    "unet": {"loss.name": "l2", "train.batch_size": 32},
+    "utae": {"loss.name": "l2"},
+}
+"""What the published script forces for a ``--model`` whatever ``--loss`` and ``--batch_size`` say
+(``train_reconstruct.py``: ``unet`` and ``utae`` train with ``l2``, ``unet`` under ``--pretrain`` with
+batch 32). ``sscr train --pretrain`` applies it after the seed's flags; a key given with ``--set`` wins."""
+
+
+def published_model_protocol(model_name: str, given: set[str]) -> dict[str, Any]:
+    """The :data:`PUBLISHED_MODEL_PROTOCOL` of ``model_name`` without the keys in ``given`` (set with ``--set``)."""
+    forced = PUBLISHED_MODEL_PROTOCOL.get(MODEL_ALIASES.get(model_name, model_name), {})
+    return {key: value for key, value in forced.items() if key not in given}
 
 
 class EvaluateConfig(_Group):

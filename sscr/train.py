@@ -331,9 +331,12 @@ def _advance_schedule(session: _Session, end_of_epoch: bool) -> None:
 
 
 def _train_epoch(session: _Session, epoch: int, progress: bool) -> dict[str, float]:
-    """Run one epoch's batches; returns its row: epoch, mean train loss (and its parts), learning rate.
+    """Run one epoch's batches; returns its row: epoch, mean train loss (and its parts), learning rate, samples.
 
-    Under DDP the loss is summed over all ranks, so every rank returns the same row.
+    ``lr`` is the learning rate the epoch's last optimiser step used (the published script
+    logs the epoch's rate, before its scheduler steps); ``train_samples`` the number of
+    training samples the epoch's steps saw (patches times ``train.repeats``). Under DDP
+    the loss and the samples are summed over all ranks, so every rank returns the same row.
     """
     cfg = session.params.train
     session.train_set.epoch = epoch
@@ -342,7 +345,8 @@ def _train_epoch(session: _Session, epoch: int, progress: bool) -> dict[str, flo
                         num_workers=cfg.num_workers)
     torch.manual_seed(cfg.rdm_seed * 1000 + epoch)
     session.net.train()
-    total, parts_sum, count = 0.0, {}, 0
+    total, parts_sum, count, samples = 0.0, {}, 0, 0
+    lr = session.optimizer.param_groups[0]["lr"]
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress or session.rank != 0)
     for step, batch in enumerate(bar):
         faults.checkpoint(f"train.batch:{epoch}:{step}")
@@ -354,19 +358,21 @@ def _train_epoch(session: _Session, epoch: int, progress: bool) -> dict[str, flo
                 f"{session.last_path} is kept. Try a lower train.lr or another loss."
             )
         session.scaler.scale(loss).backward()
+        lr = session.optimizer.param_groups[0]["lr"]
         session.scaler.step(session.optimizer)
         session.scaler.update()
         _advance_schedule(session, end_of_epoch=False)
         total += loss.item()
         count += 1
+        samples += len(batch["target"])
         for key, value in parts.items():
             parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
         bar.set_postfix(loss=f"{total / count:.4f}")
     _advance_schedule(session, end_of_epoch=True)
     if session.world > 1:  # the epoch's loss over all ranks, not rank 0's share
-        total, count, parts_sum = _sum_over_ranks(total, count, parts_sum)
-    row: dict[str, float] = {"epoch": epoch, "train_loss": total / max(count, 1),
-                             "lr": session.optimizer.param_groups[0]["lr"]}
+        total, count, parts_sum = _sum_over_ranks(total, count, {**parts_sum, "samples": float(samples)})
+        samples = int(parts_sum.pop("samples"))
+    row: dict[str, float] = {"epoch": epoch, "train_loss": total / max(count, 1), "lr": lr, "train_samples": samples}
     row.update({f"train_{k}": v / max(count, 1) for k, v in parts_sum.items()})
     return row
 

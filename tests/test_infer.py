@@ -59,7 +59,7 @@ def _read_normalised(scene: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
 def unet(scene: dict[str, Path]) -> torch.nn.Module:
     """A small U-Net with SAR and a per-band variance; batch norm in eval mode keeps it local."""
     torch.manual_seed(0)
-    model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=False, variance="diag")
+    model = build_model("mask_unet", encoder_widths=[8, 16], use_sar=True, use_mask=False, variance="diag")
     with torch.no_grad():  # an untrained head predicts about 0.5 everywhere: spread it over the DN range
         model.heads.conv.weight.mul_(10.0)
     return _calibrated(model, scene)
@@ -360,7 +360,7 @@ def test_outputs_are_cogs_tagged_with_the_model_and_the_processing(scene, tmp_pa
     from rio_cogeo.cogeo import cog_validate
 
     torch.manual_seed(0)
-    model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=True, variance="diag").eval()
+    model = build_model("mask_unet", encoder_widths=[8, 16], use_sar=True, use_mask=True, variance="diag").eval()
     out, var, mask = tmp_path / "clear.tif", tmp_path / "var.tif", tmp_path / "mask.tif"
     report = infer_scene(model, scene["s2"], scene["s1"], out, var_path=var, mask_path=mask, tile=TILE,
                          overlap=OVERLAP, mask="s2cloudless-60m", model_source="models:/sscr@champion",
@@ -435,7 +435,7 @@ def _digest(path: Path) -> str:
 )
 def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, outputs, message):
     torch.manual_seed(0)
-    model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=True, variance="diag").eval()
+    model = build_model("mask_unet", encoder_widths=[8, 16], use_sar=True, use_mask=True, variance="diag").eval()
     s2, s1 = _write_scene(tmp_path)
     checkpoint = tmp_path / "model_best.pt"
     checkpoint.write_bytes(b"weights")
@@ -486,8 +486,8 @@ def test_one_command_from_an_l1c_product_and_s1_to_a_cog_leaves_nothing_else(tmp
     finally:
         WIDTH, HEIGHT = size
     torch.manual_seed(0)
-    model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=False)
-    checkpoint = save_atomic({"model": model.state_dict(), "model_name": "unet", "model_config": dict(model.config),
+    model = build_model("mask_unet", encoder_widths=[8, 16], use_sar=True, use_mask=False)
+    checkpoint = save_atomic({"model": model.state_dict(), "model_name": "mask_unet", "model_config": dict(model.config),
                               "config": {}}, inputs / "model_best.pt")
     work = tmp_path / "work"
     work.mkdir()

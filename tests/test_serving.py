@@ -62,9 +62,9 @@ def test_served_champion_returns_cloud_free_patch(in_workspace, tmp_path):
 
 
 def test_load_model_from_checkpoint(tmp_path):
-    model = build_model("unet", encoder_widths=[8, 16], use_mask=True)
+    model = build_model("mask_unet", encoder_widths=[8, 16], use_mask=True)
     checkpoint = save_atomic({
-        "model": model.state_dict(), "model_name": "unet", "model_config": dict(model.config),
+        "model": model.state_dict(), "model_name": "mask_unet", "model_config": dict(model.config),
         "config": {"masks": {"use": "cloud_cloudshadow_mask"}},
     }, tmp_path / "model_best.pt")
     loaded = load_model(str(checkpoint), device="cpu")
@@ -83,9 +83,9 @@ def test_load_model_from_mlflow_run(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    model = build_model("unet", encoder_widths=[8, 16], use_sar=False, use_mask=True)
+    model = build_model("mask_unet", encoder_widths=[8, 16], use_sar=False, use_mask=True)
     checkpoint = save_atomic({
-        "model": model.state_dict(), "model_name": "unet", "model_config": dict(model.config),
+        "model": model.state_dict(), "model_name": "mask_unet", "model_config": dict(model.config),
         "config": {"masks": {"use": "s2cloudless_mask"}},
     }, tmp_path / "model_best.pt")
     tracking.configure()
@@ -112,8 +112,8 @@ def _log_and_register(root: Path, name: str, use_mask: bool = False) -> tuple[st
 
     tracking.configure(f"sqlite:///{root / 'mlflow.db'}")
     torch.manual_seed(0)
-    model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=use_mask)
-    checkpoint = save_atomic({"model": model.state_dict(), "model_name": "unet", "model_config": dict(model.config),
+    model = build_model("mask_unet", encoder_widths=[8, 16], use_sar=True, use_mask=use_mask)
+    checkpoint = save_atomic({"model": model.state_dict(), "model_name": "mask_unet", "model_config": dict(model.config),
                               "config": {"masks": {"use": "s2cloudless_map" if use_mask else None}}},
                              root / "model_best.pt")
     with mlflow.start_run(experiment_id=tracking.experiment_id("serving-test")) as run:

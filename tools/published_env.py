@@ -174,6 +174,7 @@ def import_script(checkout: Path, name: str, argv: list[str], cwd: Path) -> type
     prepare(checkout)
     saved = sys.argv
     sys.argv = [str(Path(checkout) / "model" / f"{name}.py"), *argv]
+    sys.modules.pop(name, None)  # a script configures itself at import: a second command line imports it anew
     try:
         with _working_directory(cwd):
             return importlib.import_module(name)

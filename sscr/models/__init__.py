@@ -11,8 +11,10 @@ The backbones:
 - ``uncrtaints``: the published single-date UnCRtainTS, module for module;
 - ``multisarv2`` (alias ``sscr``): the published SSCR network, UnCRtainTS plus a SAR
   edge branch and a structure-mask generator (output ``sar_mask``);
+- ``unet``, ``utae``: the published single-date U-Net that the seed's ``--model unet``
+  and ``--model utae --pretrain`` build, module for module (one network, two names);
 - ``sscr_lite``: this project's own cloud-gated SAR-optical U-Net (output ``structure``);
-- ``unet``, ``utae``: the U-Net and U-TAE baselines.
+- ``mask_unet``: this project's small plain U-Net with a cloud-mask input (tests, benchmarks).
 
 Every backbone is built from one :class:`BackboneConfig` (the ``params.yaml``
 ``model:`` keys minus ``name``, plus ``variance``: None, "diag" or "iso"),

@@ -233,3 +233,52 @@ class CloudRemovalModel(nn.Module):
                 f"and at least {2 * multiple} (its total downsampling); got {height} x {width}: "
                 "crop or pad the patch"
             )
+
+
+class PublishedNetwork(CloudRemovalModel):
+    """Base of the published networks (``uncrtaints``, ``multisarv2``, ``unet``, ``utae``): their input and units.
+
+    The published code feeds one tensor, S1 (VV, VH) first, then the 13 S2 bands, all
+    times ``scale_by``, and no cloud mask (``use_mask: true`` is refused). A subclass
+    implements :meth:`forward_scaled`, the published forward on that tensor, whose
+    outputs are in the scaled units the published losses see; :meth:`forward` takes
+    [0, 1] inputs and returns them divided back (mean / scale_by, var / scale_by**2).
+    """
+
+    takes_mask = False
+    defaults: ClassVar[Mapping[str, Any]] = {"use_mask": False}
+
+    def network_input(self, cloudy: torch.Tensor, sar: torch.Tensor | None = None) -> torch.Tensor:
+        """The published network's input: S1 then S2 (S2 only without SAR), times ``scale_by``: (B, C, H, W)."""
+        inputs = self.prepare(cloudy, sar, None)
+        parts = [inputs.cloudy[:, 0]] if inputs.sar is None else [inputs.sar[:, 0], inputs.cloudy[:, 0]]
+        return torch.cat(parts, dim=1) * self.scale_by
+
+    def single_date(self, stacked: torch.Tensor) -> torch.Tensor:
+        """A scaled input as (B, C, H, W): the published (B, 1, C, H, W) loses its time axis; ValueError otherwise."""
+        if stacked.dim() == 5:
+            if stacked.shape[1] != 1:
+                raise ValueError(f"{self.model_name} is mono-temporal: got T={stacked.shape[1]} time steps")
+            stacked = stacked[:, 0]
+        if stacked.dim() != 4 or stacked.shape[1] != self.in_channels:
+            raise ValueError(f"{self.model_name}: the scaled input must be (B, {self.in_channels}, H, W) "
+                             f"(S1 then S2), got {tuple(stacked.shape)}")
+        return stacked
+
+    def forward_scaled(self, stacked: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The published forward on :meth:`network_input`: outputs in scaled units (subclasses implement it)."""
+        raise NotImplementedError
+
+    def unscale(self, scaled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Outputs of :meth:`forward_scaled` in [0, 1] units: mean / scale_by, var / scale_by**2."""
+        out = dict(scaled)
+        out["mean"] = scaled["mean"] / self.scale_by
+        if "var" in scaled:
+            out["var"] = scaled["var"] / self.scale_by**2
+        return out
+
+    def forward(
+        self, cloudy: torch.Tensor, sar: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """cloudy (B, 13, H, W), sar (B, 2, H, W) -> {"mean", ["var"], ...} in [0, 1] units; ``mask`` is ignored."""
+        return self.unscale(self.forward_scaled(self.network_input(cloudy, sar)))
