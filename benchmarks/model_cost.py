@@ -57,8 +57,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "multisarv2": ("multisarv2", {}),
     "sscr_lite": ("sscr_lite", {}),
     "sscr_lite (params.yaml)": ("sscr_lite", {"encoder_widths": [16, 32, 64], "decoder_widths": [16, 32, 64]}),
-    "utae": ("utae", {}),
-    "unet": ("unet", {}),
+    "unet": ("unet", {}),  # the published U-Net (also --model utae under --pretrain), its default widths
+    "mask_unet": ("mask_unet", {}),
 }
 """Row label -> (model name, build parameters); the published networks at the seed's settings."""
 MODELS = list(CONFIGS)

@@ -71,7 +71,7 @@ MODELS = {
     "uncrtaints": {},  # UnCRtainTS as the seed trains it; takes no mask
     "tiny-unet": {"encoder_widths": [8, 16]},  # for the memory comparison when the default model is too slow
 }
-MODEL_NAMES = {"sscr_lite": "sscr_lite", "multisarv2": "multisarv2", "uncrtaints": "uncrtaints", "tiny-unet": "unet"}
+MODEL_NAMES = {"sscr_lite": "sscr_lite", "multisarv2": "multisarv2", "uncrtaints": "uncrtaints", "tiny-unet": "mask_unet"}
 DEFAULTS = [("sscr_lite", "default"), ("sscr_lite", "s2cloudless-60m"), ("multisarv2", "default"),
             ("uncrtaints", "default")]
 """(model, --mask) pairs of the defaults run: each network as `sscr infer` runs it, and sscr_lite's faster mask."""

@@ -454,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     importer.set_defaults(handler=cmd_import_published)
 
     exporter = commands.add_parser(
-        "export-published", help="a run of uncrtaints or multisarv2 -> model.pth.tar + conf.json, published format")
+        "export-published",
+        help="a run of a published network (uncrtaints, multisarv2, unet, utae) -> model.pth.tar + conf.json")
     _add_common(exporter)
     exporter.add_argument("run", type=Path, help="run directory (its model_best.pt) or checkpoint")
     exporter.add_argument("--out", type=Path, required=True, help="output directory")

@@ -9,8 +9,8 @@ and the current data, mask and evaluation settings), ``model_best.pt`` and
 model. ``sscr evaluate``, ``sscr register``, ``sscr infer`` and ``sscr train
 --pretrained`` take it like any trained run.
 
-**Out.** A run of ``uncrtaints`` or ``multisarv2`` becomes ``DIR/model.pth.tar`` and
-``DIR/conf.json`` in the published format, which the published test script
+**Out.** A run of a published network (``uncrtaints``, ``multisarv2``, ``unet``, ``utae``)
+becomes ``DIR/model.pth.tar`` and ``DIR/conf.json`` in the published format, which the published test script
 (``test_reconstruct.py --weight_folder <DIR's parent> --experiment_name <DIR's name>``)
 loads strictly. The Adam and scheduler states come from the run's
 ``checkpoint_last.pt`` when it holds the same epoch as ``model_best.pt``; otherwise
@@ -146,8 +146,10 @@ def _optimizer_states(model: nn.Module, params: Params, epoch: int, last: Path) 
 def export_published(source: str | Path, out_dir: str | Path) -> Path:
     """Write ``out_dir/model.pth.tar`` and ``out_dir/conf.json`` in the published format; returns the checkpoint.
 
-    ``source``: a run directory (its ``model_best.pt``) or a checkpoint of ``uncrtaints``
-    or ``multisarv2``. ``conf.json`` names ``out_dir``'s folder as the experiment, so the
+    ``source``: a run directory (its ``model_best.pt``) or a checkpoint of a published
+    network; a ``multisarv2`` with ``mask_beta`` != 0, or a run trained with a loss the
+    published code lacks (``structure``), is refused (``PublishedFormatError``): the
+    published scripts would predict, or train, something else. ``conf.json`` names ``out_dir``'s folder as the experiment, so the
     published test script finds the checkpoint with ``--weight_folder <out_dir's parent>
     --experiment_name <out_dir's name>``.
     """

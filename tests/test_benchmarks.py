@@ -87,7 +87,7 @@ def test_model_cost_smoke(tmp_path, cache):
     assert text.startswith("# Model cost at 64 x 64")
     (rows,) = tables(text)
     assert [row["model"] for row in rows] == [
-        "uncrtaints", "multisarv2", "sscr_lite", "sscr_lite (params.yaml)", "utae", "unet"]
+        "uncrtaints", "multisarv2", "sscr_lite", "sscr_lite (params.yaml)", "unet", "mask_unet"]
     for row in rows:
         assert row["batch"] == "1"
         for column in (
@@ -180,8 +180,8 @@ def test_physical_bounds_smoke(tmp_path, cache):
     assert [row["figure"].split(" ")[0] for row in figures[:5]] == [
         "`sscr_lite`",
         "`uncrtaints`",
-        "`utae`",
         "`unet`",
+        "`mask_unet`",
         "`sscr_lite`",
     ]
     assert all(row["fraction of bound"].endswith("%") for row in figures)
