@@ -97,13 +97,16 @@ def load(args: argparse.Namespace) -> Params:
     params = load_params(args.params, overrides)
     if not getattr(args, "pretrain", False):
         return params
-    given = {override.split("=", 1)[0].strip() for override in args.overrides}
-    forced = published_model_protocol(params.model.name, given)
+    given = {override.split("=", 1)[0].strip(): override for override in args.overrides}
+    forced = published_model_protocol(params.model.name, set(given))
+    kept = [given[key] for key in published_model_protocol(params.model.name, set()) if key in given]
     if forced:
-        print(f"sscr: the published script trains {params.model.name} with "
-              f"{', '.join(f'{key}={value}' for key, value in forced.items())} whatever --loss and --batch_size say; "
-              "so does --pretrain (--set changes it)", file=sys.stderr)
-        params = load_params(args.params, overrides + [f"{key}={json.dumps(value)}" for key, value in forced.items()])
+        print(f"sscr: --pretrain: the published script trains {params.model.name} with "
+              f"{', '.join(f'{key}={value}' for key, value in forced.items())} whatever its flags say, and so does "
+              "this run (--set changes it)", file=sys.stderr)
+    if forced or kept:  # the forced values over the seed's flags, and a --set of the same key over both
+        params = load_params(args.params, overrides + [f"{key}={json.dumps(value)}" for key, value in forced.items()]
+                             + kept)
     return params
 
 

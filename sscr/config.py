@@ -201,7 +201,8 @@ PUBLISHED_MODEL_PROTOCOL: dict[str, dict[str, Any]] = {
 }
 """What the published script forces for a ``--model`` whatever ``--loss`` and ``--batch_size`` say
 (``train_reconstruct.py``: ``unet`` and ``utae`` train with ``l2``, ``unet`` under ``--pretrain`` with
-batch 32). ``sscr train --pretrain`` applies it after the seed's flags; a key given with ``--set`` wins."""
+batch 32). ``sscr train --pretrain`` applies it after the seed's flags; a key given with ``--set`` wins
+over both."""
 
 
 def published_model_protocol(model_name: str, given: set[str]) -> dict[str, Any]:
