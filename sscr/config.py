@@ -134,8 +134,10 @@ SelectBest = Literal["val_loss", "PSNR"]
 class TrainConfig(_Group):
     """Optimisation and bookkeeping of a training run (stage ``train``).
 
-    The defaults are the published protocol (:data:`PUBLISHED_PROTOCOL`); ``params.yaml``
-    holds this project's CPU-sized choices. ``crop_size``: random crops of that size
+    The defaults are the seed's command line under the published protocol (20 epochs, lr 1e-3,
+    batch 8, gamma 1; :data:`PUBLISHED_PROTOCOL` holds the published parser's own defaults for
+    flags a command line leaves out), except ``amp`` (mixed precision where CUDA runs);
+    ``params.yaml`` holds this project's CPU-sized choices. ``crop_size``: random crops of that size
     (None = whole patches); ``augment``: random horizontal and vertical flips.
     Validation runs after epoch ``e`` when ``e > val_after`` and ``e % val_every == 0``,
     and always after the last epoch (so a run always has a best checkpoint).
