@@ -248,6 +248,15 @@ def test_what_has_no_published_counterpart_is_refused_in_one_line(tmp_path, monk
     save_atomic(checkpoint_record(lite, parse_params(TINY), 1), tmp_path / "lite" / "model_best.pt")
     with pytest.raises(PublishedFormatError, match="model 'sscr_lite' has no published counterpart"):
         export_published(tmp_path / "lite", tmp_path / "out")
+    # a structure-mask gate the published MultiSARv2 does not have: refused in one line, nothing written
+    gated = build_model("multisarv2", encoder_widths=[16], decoder_widths=[16], mask_beta=0.5)
+    gated_params = {**TINY, "loss": {"name": "ml"}, "model": {"name": "multisarv2", "encoder_widths": [16],
+                                                               "decoder_widths": [16], "mask_beta": 0.5}}
+    save_atomic(checkpoint_record(gated, parse_params(gated_params), 1), tmp_path / "gated" / "model_best.pt")
+    assert main(["export-published", str(tmp_path / "gated"), "--out", str(tmp_path / "gated_out")]) == 1
+    error = capsys.readouterr().err
+    assert "mask_beta = 0.5 has no published counterpart" in error and error.count("\n") == 1
+    assert not (tmp_path / "gated_out").exists()
     conf = json.loads((PUBLISHED / "conf.json").read_text())
     (tmp_path / "multi_date.json").write_text(json.dumps({**conf, "pretrain": False, "input_t": 3}))
     out = tmp_path / "never"

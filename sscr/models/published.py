@@ -80,7 +80,7 @@ REQUIRED_BY_MODEL: dict[str, dict[str, tuple[Any, str]]] = {
 """Further ``conf.json`` keys whose value one network needs (the U-Net passes them to its blocks)."""
 
 IGNORED: tuple[str, ...] = (
-    # no effect on a single-date network: the temporal encoder's settings
+    # no effect on a single-date network: the temporal encoder's settings (pad_value: but see REQUIRED_BY_MODEL)
     "use_v", "agg_mode", "positional_encoding", "d_k", "pad_value", "low_res_size", "ref_date", "vary_samples",
     # passed to UnCRtainTS but not to its blocks, which always pad by reflection (the U-Net's: REQUIRED_BY_MODEL)
     "padding_mode",
@@ -320,7 +320,7 @@ def published_conf(model: nn.Module, loss: LossConfig, train: Mapping[str, Any],
         raise PublishedFormatError(f"model {name!r} has no published counterpart; only {list(PUBLISHED_NETWORKS)} "
                                    "can be exported in the published format")
     cfg = model.config
-    if cfg.get("mask_beta", 0.0):
+    if name == "multisarv2" and cfg.get("mask_beta", 0.0):
         raise PublishedFormatError(
             f"{name} with model.mask_beta = {cfg['mask_beta']} has no published counterpart: the published "
             "MultiSARv2 fixes mask_beta at 0 (structure-mask gate off), so the published scripts would load these "

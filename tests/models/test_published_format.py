@@ -185,7 +185,7 @@ def test_export_refuses_what_the_published_scripts_would_run_differently():
     gated = build_model("multisarv2", encoder_widths=[16], decoder_widths=[16], mask_beta=0.5)
     with pytest.raises(PublishedFormatError, match="mask_beta = 0.5 has no published counterpart.*fixes mask_beta at 0"):
         published_conf(gated, LossConfig(name="ml"), {}, "gated")
-    plain = build_model("uncrtaints", encoder_widths=[16], decoder_widths=[16])
+    plain = build_model("uncrtaints", encoder_widths=[16], decoder_widths=[16], mask_beta=0.5)  # unused there
     with pytest.raises(PublishedFormatError, match="loss 'structure' has no published counterpart"):
         published_conf(plain, LossConfig(name="structure"), {}, "mixed")
     assert published_conf(plain, LossConfig(name="l1"), {}, "fine")["loss"] == "l1"
