@@ -258,7 +258,7 @@ def cmd_serve(args: argparse.Namespace, params: Params) -> int:
 def cmd_import_published(args: argparse.Namespace, params: Params) -> None:
     from sscr.published import import_published
 
-    result = import_published(args.checkpoint, args.out, params, config=args.config)
+    result = import_published(args.checkpoint, args.out, params, config=args.config, force=args.force)
     print(f"imported {result.model_name} (epoch {result.epoch}) from {args.checkpoint} into {result.run_dir}: "
           f"MLflow run {result.run_id}, model {result.model_uri or '(not logged)'}")
     if result.ignored or result.unknown:
@@ -268,7 +268,7 @@ def cmd_import_published(args: argparse.Namespace, params: Params) -> None:
 def cmd_export_published(args: argparse.Namespace, params: Params) -> None:
     from sscr.published import export_published
 
-    target = export_published(args.run, args.out)
+    target = export_published(args.run, args.out, force=args.force)
     print(f"published format: {target} and {target.with_name('conf.json')} (published test script: "
           f"--weight_folder {target.parent.parent} --experiment_name {target.parent.name})")
 
@@ -428,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--config", type=Path, default=None,
                           help="the run's conf.json (default: the one beside the checkpoint)")
     importer.add_argument("--out", type=Path, required=True,
-                          help="run directory to write (sets train.res_dir and train.experiment_name)")
+                          help="run directory to write (sets train.res_dir and train.experiment_name); one that "
+                               "holds files is refused unless --force")
+    importer.add_argument("--force", action="store_true", help="replace the run directory --out if it exists")
     importer.set_defaults(handler=cmd_import_published)
 
     exporter = commands.add_parser(
@@ -436,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(exporter)
     exporter.add_argument("run", type=Path, help="run directory (its model_best.pt) or checkpoint")
     exporter.add_argument("--out", type=Path, required=True, help="output directory")
+    exporter.add_argument("--force", action="store_true",
+                          help="replace model.pth.tar and conf.json in --out if they exist")
     exporter.set_defaults(handler=cmd_export_published)
 
     ensemble = commands.add_parser("ensemble", help="mean and epistemic variance of several models' predictions")

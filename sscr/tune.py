@@ -60,7 +60,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from sscr.config import Params, TuneConfig, apply_override, parse_params
+from sscr.config import Params, TuneConfig, apply_override, parse_params, read_config_text, safe_yaml
 from sscr.fsutil import write_text
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -523,7 +523,7 @@ def best_overrides(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; run the study first (`sscr tune` or `dvc repro tune/dvc.yaml`)")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = safe_yaml(read_config_text(path, what="best-params file"), str(path)) or {}
     return [as_override(key, value) for key, value in (data.get("overrides") or {}).items()]
 
 
