@@ -89,6 +89,13 @@ def load(args: argparse.Namespace) -> Params:
 # ---------------------------------------------------------------- handlers
 
 
+def cmd_check_params(args: argparse.Namespace, params: Params) -> None:
+    from sscr.config import PARAMS_MAX_BYTES, YAML_MAX_DEPTH, YAML_MAX_NODES, flatten
+
+    print(f"{args.params}: valid, {len(flatten(params))} parameters (limits: {PARAMS_MAX_BYTES // 1024} KiB, "
+          f"{YAML_MAX_NODES:,} YAML values with aliases expanded, {YAML_MAX_DEPTH} levels)")
+
+
 def cmd_data_synth(args: argparse.Namespace, params: Params) -> None:
     from sscr.data.synth import write_synthetic_sample
 
@@ -298,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    check = commands.add_parser(
+        "check-params", help="check a params file against the schema and the size limits (run it before `dvc`, "
+                             "whose own YAML parser has no limits, on a params.yaml from elsewhere)")
+    _add_common(check)
+    check.set_defaults(handler=cmd_check_params)
+
     data = commands.add_parser("data", help="data set: synthesise the embedded sample or download SEN12MS-CR")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synth = data_commands.add_parser("synth", help="write the synthetic SEN12MS-CR-format sample")
@@ -498,6 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"sscr: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        # Ctrl-C: what was finished is kept (atomic writes), what was not is cleaned up on the way out; one line.
+        print(f"sscr: {err or 'interrupted (Ctrl-C)'}", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
     except Exception as err:
         # Our own errors, bad inputs and file-system failures are reported in one line that names the file
         # and the fix; anything else is a bug and keeps its traceback.

@@ -314,7 +314,10 @@ class ConfigError(ValueError):
 
 def _short_repr(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters: an error quotes what it got, never a whole document."""
-    text = reprlib.Repr(maxlevel=3, maxlist=6, maxdict=6, maxstring=limit, maxother=limit).repr(value)
+    shortener = reprlib.Repr()
+    shortener.maxlevel, shortener.maxlist, shortener.maxdict = 3, 6, 6
+    shortener.maxstring = shortener.maxother = limit
+    text = shortener.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
