@@ -419,6 +419,43 @@ def test_second_run_with_another_res_dir_does_not_replace_the_first_runs_record(
     assert _digests(records) == before and not (tmp_path / "results_b").exists()
 
 
+# ---------------------------------------------------------------- 14. Ctrl-C during an Optuna trial
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_trial_marks_it_and_exits_130_in_one_line(tiny_params, tmp_path):
+    import signal
+
+    from optuna.trial import TrialState
+    from test_tune import load_study, study_params, trial_runs, write_params
+
+    params = study_params(tiny_params, storage="sqlite:///optuna.db")
+    params_file = write_params(params, tmp_path / "params.yaml")
+    fault_dir = tmp_path / "fault"
+    fault_dir.mkdir()
+    env = {**os.environ, "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false", "SSCR_FAULT": "pause:train.batch:1:0",
+           "SSCR_FAULT_DIR": str(fault_dir)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    worker = subprocess.Popen([sys.executable, "-m", "sscr.cli", "tune", "--params", str(params_file), "--no-progress"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (fault_dir / "paused").exists():  # trial 0 holds in its first batch
+            assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[1][-3000:]
+            time.sleep(0.1)
+        worker.send_signal(signal.SIGINT)
+        _, stderr = worker.communicate(timeout=120)
+    finally:
+        worker.kill()
+    assert worker.returncode == 130
+    _one_line(stderr, f"study {params.tune.study_name}: interrupted by Ctrl-C (SIGINT) during trial 0",
+              "marked FAILED in the study and on its MLflow run")
+    assert [trial.state for trial in load_study(params).trials] == [TrialState.FAIL]
+    run = trial_runs(params.tune.study_name)[0]
+    assert run.info.status == "KILLED"
+    assert run.data.tags["optuna.state"] == "FAILED" and run.data.tags["optuna.reason"] == "interrupted by Ctrl-C (SIGINT)"
+
+
 # ---------------------------------------------------------------- limits are stated in the README
 
 
