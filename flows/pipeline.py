@@ -126,14 +126,14 @@ def environment(**values: str) -> Iterator[None]:
 
 def committed_params(project: Path) -> dict[str, Any]:
     """The flattened params of ``params.yaml`` as committed (git ``HEAD``); the file on disk outside git."""
-    from sscr.config import parse_params
+    from sscr.config import PARAMS_MAX_BYTES, ConfigError, parse_params, safe_yaml
 
     shown = subprocess.run(["git", "show", "HEAD:./params.yaml"], cwd=project, capture_output=True, text=True)
     if shown.returncode != 0:
         return flatten(load_params(project / "params.yaml"))
-    import yaml
-
-    return flatten(parse_params(yaml.safe_load(shown.stdout) or {}))
+    if len(shown.stdout.encode()) > PARAMS_MAX_BYTES:
+        raise ConfigError(f"params.yaml as committed is larger than {PARAMS_MAX_BYTES // 1024} KiB, the limit")
+    return flatten(parse_params(safe_yaml(shown.stdout, "params.yaml (git HEAD)") or {}, "params.yaml (git HEAD)"))
 
 
 def differing_params(project: Path, committed: dict[str, Any]) -> dict[str, Any]:

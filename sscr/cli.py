@@ -113,6 +113,13 @@ def load(args: argparse.Namespace) -> Params:
 # ---------------------------------------------------------------- handlers
 
 
+def cmd_check_params(args: argparse.Namespace, params: Params) -> None:
+    from sscr.config import PARAMS_MAX_BYTES, YAML_MAX_DEPTH, YAML_MAX_NODES, flatten
+
+    print(f"{args.params}: valid, {len(flatten(params))} parameters (limits: {PARAMS_MAX_BYTES // 1024} KiB, "
+          f"{YAML_MAX_NODES:,} YAML values with aliases expanded, {YAML_MAX_DEPTH} levels)")
+
+
 def cmd_data_synth(args: argparse.Namespace, params: Params) -> None:
     from sscr.data.synth import write_synthetic_sample
 
@@ -282,7 +289,7 @@ def cmd_serve(args: argparse.Namespace, params: Params) -> int:
 def cmd_import_published(args: argparse.Namespace, params: Params) -> None:
     from sscr.published import import_published
 
-    result = import_published(args.checkpoint, args.out, params, config=args.config)
+    result = import_published(args.checkpoint, args.out, params, config=args.config, force=args.force)
     print(f"imported {result.model_name} (epoch {result.epoch}) from {args.checkpoint} into {result.run_dir}: "
           f"MLflow run {result.run_id}, model {result.model_uri or '(not logged)'}")
     if result.ignored or result.unknown:
@@ -292,7 +299,7 @@ def cmd_import_published(args: argparse.Namespace, params: Params) -> None:
 def cmd_export_published(args: argparse.Namespace, params: Params) -> None:
     from sscr.published import export_published
 
-    target = export_published(args.run, args.out)
+    target = export_published(args.run, args.out, force=args.force)
     print(f"published format: {target} and {target.with_name('conf.json')} (published test script: "
           f"--weight_folder {target.parent.parent} --experiment_name {target.parent.name})")
 
@@ -321,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sscr", description="SSCR: cloud removal for Sentinel-2 with Sentinel-1 SAR (SEN12MS-CR).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser(
+        "check-params", help="check a params file against the schema and the size limits (run it before `dvc`, "
+                             "whose own YAML parser has no limits, on a params.yaml from elsewhere)")
+    _add_common(check)
+    check.set_defaults(handler=cmd_check_params)
 
     data = commands.add_parser("data", help="data set: synthesise the embedded sample or download SEN12MS-CR")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -453,7 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--config", type=Path, default=None,
                           help="the run's conf.json (default: the one beside the checkpoint)")
     importer.add_argument("--out", type=Path, required=True,
-                          help="run directory to write (sets train.res_dir and train.experiment_name)")
+                          help="run directory to write (sets train.res_dir and train.experiment_name); one that "
+                               "holds files is refused unless --force")
+    importer.add_argument("--force", action="store_true", help="replace the run directory --out if it exists")
     importer.set_defaults(handler=cmd_import_published)
 
     exporter = commands.add_parser(
@@ -462,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(exporter)
     exporter.add_argument("run", type=Path, help="run directory (its model_best.pt) or checkpoint")
     exporter.add_argument("--out", type=Path, required=True, help="output directory")
+    exporter.add_argument("--force", action="store_true",
+                          help="replace model.pth.tar and conf.json in --out if they exist")
     exporter.set_defaults(handler=cmd_export_published)
 
     ensemble = commands.add_parser("ensemble", help="mean and epistemic variance of several models' predictions")
@@ -520,6 +537,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"sscr: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        # Ctrl-C: what was finished is kept (atomic writes), what was not is cleaned up on the way out; one line.
+        print(f"sscr: {err or 'interrupted (Ctrl-C)'}", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
     except Exception as err:
         # Our own errors, bad inputs and file-system failures are reported in one line that names the file
         # and the fix; anything else is a bug and keeps its traceback.

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from sscr import tracking
 from sscr.bands import S2_BANDS
 from sscr.checkpoint import build_from_checkpoint, load_checkpoint
-from sscr.config import EvaluateConfig, Params, parse_params, record_dir, run_dir
+from sscr.config import EvaluateConfig, Params, parse_params, read_json_config, record_dir, run_dir
 from sscr.data.dataset import build_dataset, model_inputs
 from sscr.data.io import denormalize_s2, write_raster
 from sscr.fsutil import atomic_path, remove_stale_temporaries, sha256_file, write_text
@@ -61,7 +61,7 @@ def resolve_inputs(params: Params, checkpoint: str | Path | None = None,
     if load_config is not None:
         load_config = Path(load_config)
         if load_config.suffix == ".json":
-            trained = parse_params(json.loads(load_config.read_text()), str(load_config))
+            trained = parse_params(read_json_config(load_config), str(load_config))
             checkpoint = checkpoint or load_config.parent / "model_best.pt"
         else:
             checkpoint = checkpoint or load_config

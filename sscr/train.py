@@ -81,6 +81,34 @@ class ResumeError(RuntimeError):
     """``--resume`` found nothing to resume, or a checkpoint of a different configuration."""
 
 
+class RecordTaken(RuntimeError):
+    """The record directory holds the ``run.json`` of another run directory, which this run would replace."""
+
+
+def check_record_owner(params: Params) -> None:
+    """Refuse (:class:`RecordTaken`) a run whose records would replace those of another run directory.
+
+    ``run.json`` and the CSV tables live in ``<train.metrics_dir>/<train.experiment_name>/``, which does not
+    depend on ``train.res_dir``: two runs of one experiment name with different ``train.res_dir`` would
+    write the same records, and the second would silently drop the first's. When ``run.json`` there
+    names a checkpoint in another run directory that still exists, the run stops before it starts.
+    (``dvc repro`` deletes the records before it trains, so a DVC experiment never meets this.)
+    """
+    records, out_dir = record_dir(params), run_dir(params)
+    record = records / rundir.RUN_JSON
+    if records.resolve() == out_dir.resolve() or not record.is_file():
+        return
+    try:
+        recorded = Path(json.loads(record.read_text())["checkpoint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a record this version reads: it is replaced, as before
+    if recorded.resolve() != (out_dir / rundir.BEST_CHECKPOINT).resolve() and recorded.exists():
+        raise RecordTaken(
+            f"{record} is the record of the run in {recorded.parent} (train.res_dir differs), and this run "
+            f"({out_dir}) would replace it: give this run another train.experiment_name, or delete {record} "
+            "to drop that record")
+
+
 @dataclass
 class TrainResult:
     """What a finished (or early-stopped) training run produced."""
@@ -517,6 +545,7 @@ def train(
     if rank != 0:  # rank 0 owns the directory; the other ranks only compute
         return _train(params, resume, run_name, nested, tags, on_epoch_end, log_model, progress)
     out_dir = run_dir(params)
+    check_record_owner(params)
     with exclusive_directory(out_dir):
         remove_stale_temporaries(out_dir)
         remove_stale_temporaries(record_dir(params))

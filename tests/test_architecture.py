@@ -39,7 +39,7 @@ LAYERS: dict[str, int] = {
     "sscr.published": 8,
     # on top: Optuna over training, the command line, MLflow's model-from-code entry, Prefect
     "sscr.tune": 9,
-    "sscr.cli": 10, "sscr.pyfunc_model": 10,
+    "sscr.cli": 10, "sscr.pyfunc_model": 10, "sscr.serving_app": 10,
     "flows": 11,
 }
 

@@ -23,7 +23,7 @@ from sscr.models import build_model
 from sscr.serving import load_model
 from sscr.train import MLFLOW_RUN_FILE
 
-from servers import free_port, stop_group, wait_until_up
+from servers import free_port, log_and_register, stop_group, wait_until_up
 
 
 @pytest.mark.slow
@@ -106,30 +106,13 @@ def test_load_model_from_mlflow_run(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- one served model, every bad request
 
 
-def _log_and_register(root: Path, name: str, use_mask: bool = False) -> tuple[str, Path]:
-    """A tiny SAR U-Net logged and registered (version 1, files recorded) in the store under ``root``."""
-    import mlflow
-
-    tracking.configure(f"sqlite:///{root / 'mlflow.db'}")
-    torch.manual_seed(0)
-    model = build_model("mask_unet", encoder_widths=[8, 16], use_sar=True, use_mask=use_mask)
-    checkpoint = save_atomic({"model": model.state_dict(), "model_name": "mask_unet", "model_config": dict(model.config),
-                              "config": {"masks": {"use": "s2cloudless_map" if use_mask else None}}},
-                             root / "model_best.pt")
-    with mlflow.start_run(experiment_id=tracking.experiment_id("serving-test")) as run:
-        model_uri = serving.log_model(checkpoint, use_sar=True)
-    version = registry.register(run.info.run_id, {"PSNR": 30.0}, name, model_uri)
-    assert version == "1"
-    return tracking.tracking_uri(), checkpoint
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A real `mlflow models serve` process serving a registered tiny SAR model: (base URL, model directory)."""
     root = tmp_path_factory.mktemp("served")
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     try:
-        uri, _ = _log_and_register(root, "contract")
+        uri, _ = log_and_register(root, "contract")
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         if previous is not None:
@@ -275,7 +258,7 @@ def test_tampered_model_files_are_refused_by_infer_and_serve_naming_them(tmp_pat
     from sscr.cli import main
 
     monkeypatch.chdir(tmp_path)
-    uri, _ = _log_and_register(tmp_path, "trusted")
+    uri, _ = log_and_register(tmp_path, "trusted")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     loaded = load_model("models:/trusted/1", device="cpu")
     assert loaded.version == "trusted/1"
@@ -310,7 +293,7 @@ def test_a_version_without_a_record_is_refused(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.chdir(tmp_path)
-    uri, _ = _log_and_register(tmp_path, "unrecorded")
+    uri, _ = log_and_register(tmp_path, "unrecorded")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     MlflowClient().delete_model_version_tag("unrecorded", "1", integrity.DIGEST_TAG)
     with pytest.raises(integrity.IntegrityError, match="has no sscr.artifact_sha256 record .*sscr register"):

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from sscr.models._base import BackboneConfig, CloudRemovalModel
+from sscr.models._base import BackboneConfig, CloudRemovalModel, ModelTooLarge, check_model_size
 from sscr.models._registry import ALIASES, list_models, model_class, register_model, resolve_name
 from sscr.models.blocks import S1_CHANNELS, S2_CHANNELS
 
@@ -46,6 +46,7 @@ __all__ = [
     "ALIASES",
     "BackboneConfig",
     "CloudRemovalModel",
+    "ModelTooLarge",
     "available_models",
     "build_model",
     "example_inputs",
@@ -76,7 +77,9 @@ def build_model(name: str, config: BackboneConfig | None = None, **params: Any) 
     """Build backbone ``name`` from ``config``, or from ``params`` (``model:`` keys minus ``name``, + ``variance``).
 
     ``build_model(name, **checkpoint["model_config"])`` rebuilds a trained model.
-    Unknown name -> ValueError listing the available names; unknown keyword -> TypeError naming it.
+    Unknown name -> ValueError listing the available names; unknown keyword -> TypeError naming it; a
+    config beyond the size limits (``sscr.models._base.MODEL_MAX_*``) -> :class:`ModelTooLarge` (a ValueError),
+    before any weight is allocated.
     """
     cls = model_class(name)
     if config is None:
@@ -86,6 +89,7 @@ def build_model(name: str, config: BackboneConfig | None = None, **params: Any) 
             raise TypeError(f"{resolve_name(name)}: {err}") from None
     elif params:
         raise TypeError(f"build_model({name!r}) takes a BackboneConfig or keyword parameters, not both")
+    check_model_size(cls, config)
     return cls(config)
 
 

@@ -26,7 +26,6 @@ the other way.
 
 from __future__ import annotations
 
-import json
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -38,8 +37,9 @@ import torch
 from torch import nn
 
 from sscr.bands import S2_CHANNELS
-from sscr.config import LossConfig, ModelConfig
-from sscr.models._base import BackboneConfig
+from sscr.config import LossConfig, ModelConfig, read_json_config
+from sscr.fsutil import why_not_a_file
+from sscr.models._base import BackboneConfig, check_model_size
 from sscr.models._registry import model_class, resolve_name
 
 NETWORK_PREFIX = "netG."
@@ -205,8 +205,9 @@ def _check_outputs(conf: Mapping[str, Any], variance: str | None, loss: str, sou
 def read_published_checkpoint(path: str | Path) -> dict[str, Any]:
     """A published ``.pth.tar`` as a dict, read with ``weights_only=True``; PublishedFormatError otherwise."""
     path = Path(path)
-    if not path.is_file():
-        raise PublishedFormatError(f"published checkpoint {path} does not exist")
+    problem = why_not_a_file(path)
+    if problem:
+        raise PublishedFormatError(f"published checkpoint {path} {problem}: pass its model.pth.tar")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
@@ -247,13 +248,13 @@ def conf_beside(checkpoint: str | Path) -> Path:
 def read_conf(path: str | Path) -> dict[str, Any]:
     """A published ``conf.json`` as a dict; PublishedFormatError naming the file otherwise."""
     path = Path(path)
-    if not path.is_file():
+    problem = why_not_a_file(path)
+    if problem == "does not exist":
         raise PublishedFormatError(f"no conf.json at {path}: pass the run's conf.json (--config); the weights do "
                                    "not hold scale_by, the loss nor the widths' meaning")
-    try:
-        conf = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise PublishedFormatError(f"{path} is not valid JSON: {err}") from None
+    if problem:
+        raise PublishedFormatError(f"conf.json {path} {problem}: pass the run's conf.json (--config)")
+    conf = read_json_config(path)
     if not isinstance(conf, dict):
         raise PublishedFormatError(f"{path} must hold a JSON object (the published argparse namespace)")
     return conf
@@ -262,7 +263,9 @@ def read_conf(path: str | Path) -> dict[str, Any]:
 def build_published(settings: PublishedSettings, weights: Mapping[str, torch.Tensor], source: str) -> nn.Module:
     """The network of ``settings`` with ``weights`` loaded strictly; PublishedFormatError naming the keys otherwise."""
     try:
-        model = model_class(settings.model_name)(settings.backbone)
+        cls = model_class(settings.model_name)
+        check_model_size(cls, settings.backbone)
+        model = cls(settings.backbone)
     except ValueError as err:
         raise PublishedFormatError(f"{source}: {err}") from None
     missing, unexpected = _key_difference(model.state_dict(), weights)
