@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,25 +14,7 @@ from sscr import tracking
 from sscr.evaluate import evaluate
 from sscr.train import train
 
-REPO = Path(__file__).resolve().parents[1]
-ABSENT_ON_THE_GPU_IMAGE = ("mlflow", "dvc", "s2cloudless", "optuna", "prefect")
-"""What the lent GPU machine's image lacks among our dependencies (rasterio and pydantic travel as wheels)."""
-
-
-def without(modules: tuple[str, ...], tmp_path: Path) -> dict[str, str]:
-    """Environment for a child interpreter in which importing any of ``modules`` fails, as where it is absent."""
-    folder = tmp_path / "absent"
-    folder.mkdir(exist_ok=True)
-    (folder / "sitecustomize.py").write_text(
-        "import importlib.abc, sys\n"
-        f"ABSENT = {set(modules)!r}\n"
-        "class Absent(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name.partition('.')[0] in ABSENT:\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r} (absent in this test)', name=name)\n"
-        "sys.meta_path.insert(0, Absent())\n"
-    )
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO)])}
+from absent import GPU_IMAGE_LACKS, without
 
 
 def test_training_and_evaluation_tag_their_device_in_mlflow(tiny_params):
@@ -57,12 +37,12 @@ def test_without_nvml_a_cuda_run_would_say_how_to_get_gpu_metrics():
 
 def test_training_and_scene_inference_import_without_mlflow_and_the_other_absent_packages(tmp_path):
     code = ("import sys, sscr.train, sscr.evaluate, sscr.infer, benchmarks.gpu_check\n"
-            f"print(sorted(m for m in sys.modules if m.partition('.')[0] in {set(ABSENT_ON_THE_GPU_IMAGE)!r}))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=without(ABSENT_ON_THE_GPU_IMAGE, tmp_path),
+            f"print(sorted(m for m in sys.modules if m.partition('.')[0] in {set(GPU_IMAGE_LACKS)!r}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=without(GPU_IMAGE_LACKS, tmp_path / 'absent'),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
     # and the blocker works: MLflow really is refused in that interpreter
     refused = subprocess.run([sys.executable, "-c", "import mlflow"], cwd=tmp_path,
-                             env=without(ABSENT_ON_THE_GPU_IMAGE, tmp_path), capture_output=True, text=True, timeout=60)
+                             env=without(GPU_IMAGE_LACKS, tmp_path / 'absent'), capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "absent in this test" in refused.stderr
