@@ -41,21 +41,21 @@ On the lent GPU machine (PyTorch + CUDA, numpy, scipy, psutil, pyyaml, tqdm, nvi
 rasterio, pydantic, MLflow, DVC, s2cloudless) the project's code runs from the repository root
 without installing it; what the check imports needs only rasterio and pydantic beyond that image
 (``tests/test_device.py`` imports it with MLflow, DVC, s2cloudless, Optuna and Prefect absent).
-Once, here, at the repository root::
+Once, here, at the repository root (``.whl/`` and ``.published/`` are git-ignored)::
 
-    echo /.whl/ >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \\
       rasterio==1.4.4 affine cligj click-plugins pydantic==2.14.4 pydantic-core==2.50.5 annotated-types \\
-      typing-inspection                                    # ~39 MB of the 64 MiB a call carries
-    mkdir -p .published && cp -r /path/to/RSIR25-sscr/{model,data,util} .published/sscr/
+      typing-inspection typing-extensions==4.16.0          # ~39 MB of the 64 MiB a call carries
+    mkdir -p .published/sscr && cp -r /path/to/RSIR25-sscr/{model,data,util} .published/sscr/
 
 and on the device (``carry``: ``.whl``, ``.published``; timeout 540 s)::
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:. \\
       && PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check --published .published/sscr --out $OUT/gpu_check.md
 
-then commit ``benchmarks/results/gpu_check.md`` from ``$OUT``. The exit status is 1 when a check fails.
+then commit ``benchmarks/results/gpu_check.md`` from ``$OUT`` (``gpu_check_so_far.md`` holds the sections
+done, should the run be cut short). The exit status is 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ import copy
 import dataclasses
 import functools
 import importlib.util
+import math
 import os
 import platform
 import socket
@@ -335,20 +336,24 @@ def training_paths(ctx: Context) -> list[Row]:
     session = training._start(params_for(ctx, "paths", lite_overrides(ctx)), resume=False)
     batch = torch.utils.data.default_collate(repeated_items(session.train_set.dataset, ctx.sizes.batch))
     before = [p.detach().clone() for p in session.model.parameters()]
-    row = training._train_epoch(session, 1, progress=False)
-    moved = sum(int(not torch.equal(a, b)) for a, b in zip(before, session.model.parameters(), strict=True))
-    finite = torch.isfinite(torch.tensor(row["train_loss"])).item()
+    # GradScaler skips a step whose float16 gradients overflow (and halves its scale): the first steps may
+    # all be skipped, so up to 3 epochs run until the weights move.
+    for epoch in range(1, 4):
+        row = training._train_epoch(session, epoch, progress=False)
+        moved = sum(int(not torch.equal(a, b)) for a, b in zip(before, session.model.parameters(), strict=True))
+        if moved:
+            break
+    finite = math.isfinite(row["train_loss"])
+    outcome = "ok" if finite and moved else "FAIL: loss not finite or weights unchanged"
     if session.use_amp:
-        scale = session.scaler.get_scale()
-        rows.append(Row(section, "mixed precision (float16 autocast + GradScaler), one epoch of sscr_lite",
-                        f"loss {row['train_loss']:.4f}, loss scale {scale:g}, {moved}/{len(before)} tensors updated",
-                        "finite loss, weights updated",
-                        "ok" if finite and moved and scale > 0 else "FAIL: loss not finite or weights unchanged"))
+        rows.append(Row(section, "mixed precision (float16 autocast + GradScaler), sscr_lite in `_train_epoch`",
+                        f"{epoch} epoch(s): loss {row['train_loss']:.4f}, loss scale {session.scaler.get_scale():g} "
+                        f"(65536 halved once per skipped step), {moved}/{len(before)} tensors updated",
+                        "finite loss, weights updated", outcome))
     else:
-        rows.append(Row(section, "mixed precision, one epoch of sscr_lite",
+        rows.append(Row(section, "mixed precision, sscr_lite in `_train_epoch`",
                         f"off on {ctx.device.type} (train.amp applies on CUDA); float32 loss {row['train_loss']:.4f}, "
-                        f"{moved}/{len(before)} tensors updated", "finite loss, weights updated",
-                        "ok" if finite and moved else "FAIL: loss not finite or weights unchanged"))
+                        f"{moved}/{len(before)} tensors updated", "finite loss, weights updated", outcome))
 
     # channels-last: the same weights in NHWC give the same outputs, and a training step stays finite
     model = session.model.eval()
@@ -384,7 +389,7 @@ def ddp_step(ctx: Context, session: Any, batch: dict[str, Any]) -> Row:
     from sscr import train as training
 
     backend = "nccl" if ctx.device.type == "cuda" else "gloo"
-    what = f"one-process DDP step ({backend}) against the plain step, float32"
+    what = f"one-process DDP step ({backend}) against the plain step, float32, SGD"
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     try:
         plain, wrapped = copy.deepcopy(session.model).train(), copy.deepcopy(session.model).train()
@@ -392,8 +397,10 @@ def ddp_step(ctx: Context, session: Any, batch: dict[str, Any]) -> Row:
             wrapped, device_ids=[ctx.device.index or 0] if ctx.device.type == "cuda" else None,
             find_unused_parameters=True)  # as sscr.train wraps it
         for model, net in ((plain, plain), (wrapped, ddp)):
+            # SGD: the update is the gradient times lr (Adam would blow a rounding difference of a near-zero
+            # gradient up to a full step)
             step = dataclasses.replace(session, model=model, net=net, use_amp=False,
-                                       optimizer=torch.optim.Adam(model.parameters(), lr=1e-3))
+                                       optimizer=torch.optim.SGD(model.parameters(), lr=1e-2))
             torch.manual_seed(0)
             loss, _ = training._step(step, batch)
             loss.backward()
@@ -405,10 +412,11 @@ def ddp_step(ctx: Context, session: Any, batch: dict[str, Any]) -> Row:
                                                                  strict=True))
     finally:
         dist.destroy_process_group()
-    ok = difference <= 1e-6 and changed > 0
+    tolerance = 1e-3 * changed  # 0.1% of the step; on CPU (gloo) the two are equal bit for bit
+    ok = difference <= tolerance and changed > 0
     return Row("CUDA paths of training", what,
                f"weights after the step differ by {difference:.1e} at most (the step moved them by up to {changed:.1e})",
-               "<= 1e-06", "ok" if ok else "FAIL: DDP's step differs from the plain one")
+               "<= 0.1% of the step", "ok" if ok else "FAIL: DDP's step differs from the plain one")
 
 
 # ---------------------------------------------------------------- 2. end to end
@@ -750,15 +758,15 @@ def main(argv: list[str] | None = None) -> int:
                       published=published.resolve() if published else None, monitor=monitor, started=started,
                       budget_s=60 * budget)
         rows: list[Row] = []
-        partial = out.with_name(out.name + ".partial")  # what is done so far, should the run be cut short
+        so_far = out.with_name(f"{out.stem}_so_far.md")  # the sections done, should the run be cut short
         for name, function, extra in [*[(name, function, ()) for name, function in SECTIONS],
                                       ("whole tile", whole_tile, (writer,))]:
             rows += run_section(name, function, ctx, *extra)
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_text(report(ctx, rows, command_line(NAME, argv), time.perf_counter() - started))
+            so_far.parent.mkdir(parents=True, exist_ok=True)
+            so_far.write_text(report(ctx, rows, command_line(NAME, argv), time.perf_counter() - started))
         text = report(ctx, rows, command_line(NAME, argv), time.perf_counter() - started)
     write_report(text, out)
-    partial.unlink(missing_ok=True)
+    so_far.unlink(missing_ok=True)
     return 1 if any(row.status.startswith("FAIL") for row in rows) else 0
 
 
