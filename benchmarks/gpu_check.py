@@ -166,6 +166,8 @@ class Context:
     monitor: GpuMonitor
     started: float
     budget_s: float
+    writer: subprocess.Popen | None = None
+    """The background process writing the whole-tile scene (:func:`start_scene_writer`)."""
     notes: list[str] = field(default_factory=list)
 
     def left_s(self) -> float:
@@ -616,6 +618,8 @@ def scene_row(ctx: Context, section: str, label: str, size: int, build: Callable
     # s2cloudless is absent (the GPU image), and in the dry run, the rule-based mask of the same module.
     fast = ctx.dry_run or not installed("s2cloudless")
     kind = "cloud_cloudshadow_mask" if fast else DEFAULT_MASK_KIND
+    if size == ctx.sizes.scene and ctx.writer is not None and ctx.writer.wait() != 0:  # never two writers at once
+        raise RuntimeError(f"writing the synthetic {size} px scene failed (exit {ctx.writer.returncode})")
     s2_path, s1_path = scene_paths(size, smoke)
     out = ctx.work / f"scene_{label}_{size}.tif"
     torch.manual_seed(0)
@@ -640,11 +644,9 @@ def scene_row(ctx: Context, section: str, label: str, size: int, build: Callable
                status if ok else "FAIL: the scene came out incomplete"), report.seconds
 
 
-def whole_tile(ctx: Context, writer: subprocess.Popen | None) -> list[Row]:
+def whole_tile(ctx: Context) -> list[Row]:
     """A whole tile (10980 px; the dry run: a small scene) with sscr_lite, then multisarv2 if it fits the budget."""
     section = "whole tile" if not ctx.dry_run else f"whole tile (dry run: {ctx.sizes.scene} px)"
-    if writer is not None and writer.wait() != 0:
-        return [Row(section, "writing the synthetic scene", "-", "-", f"FAIL: exit {writer.returncode}")]
     row, first = scene_row(ctx, section, "sscr_lite", ctx.sizes.scene, functools.partial(_lite_model, ctx),
                            smoke=ctx.dry_run)
     rows = [row]
@@ -756,12 +758,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as work, GpuMonitor(device) as monitor:
         ctx = Context(device=device, sizes=sizes, dry_run=args.dry_run, work=Path(work), sample=sample,
                       published=published.resolve() if published else None, monitor=monitor, started=started,
-                      budget_s=60 * budget)
+                      budget_s=60 * budget, writer=writer)
         rows: list[Row] = []
         so_far = out.with_name(f"{out.stem}_so_far.md")  # the sections done, should the run be cut short
-        for name, function, extra in [*[(name, function, ()) for name, function in SECTIONS],
-                                      ("whole tile", whole_tile, (writer,))]:
-            rows += run_section(name, function, ctx, *extra)
+        for name, function in [*SECTIONS, ("whole tile", whole_tile)]:
+            rows += run_section(name, function, ctx)
             so_far.parent.mkdir(parents=True, exist_ok=True)
             so_far.write_text(report(ctx, rows, command_line(NAME, argv), time.perf_counter() - started))
         text = report(ctx, rows, command_line(NAME, argv), time.perf_counter() - started)
