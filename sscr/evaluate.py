@@ -168,7 +168,7 @@ def evaluate(
     figure = _write_coverage_figure(bins, out_dir / COVERAGE_FIGURE)
     if log_to_mlflow:
         _log(checkpoint_sha256, run_id, metrics, records, figure, run.panel_files,
-             params.evaluate.split, dataset.dropped)
+             params.evaluate.split, dataset.dropped, device)
     return metrics
 
 
@@ -314,7 +314,8 @@ def _write_coverage_figure(bins: list[dict[str, Any]], path: Path) -> Path | Non
 
 
 def _log(checkpoint_sha256: str, run_id: str | None, metrics: dict[str, Any], records: Path,
-         figure: Path | None, panel_files: list[Path], split: str, dropped: Mapping[str, Sequence[object]]) -> None:
+         figure: Path | None, panel_files: list[Path], split: str, dropped: Mapping[str, Sequence[object]],
+         device: torch.device) -> None:
     """Log the results to the run that trained the checkpoint, through the client: its status stays as it is.
 
     (A run killed or failed after writing this checkpoint is not marked FINISHED by being evaluated.)
@@ -338,7 +339,7 @@ def _log(checkpoint_sha256: str, run_id: str | None, metrics: dict[str, Any], re
                                       for key, value in flat_metrics(metrics, prefix="test_").items()])
     for name in ("metrics.json", "quality.md", "quality.json", "coverage_bins.csv", "seasons.csv"):
         client.log_artifact(run_id, str(records / name), "evaluation")
-    for key, value in mlflow_tags(metrics["quality"]).items():
+    for key, value in {**mlflow_tags(metrics["quality"]), **tracking.device_tags(device, tracking.EVALUATE_DEVICE_TAG)}.items():
         client.set_tag(run_id, key, value)
     for path in panel_files:
         client.log_artifact(run_id, str(path), "evaluation/panels")

@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sscr import serving, tracking
+from sscr import tracking
 from sscr.checkpoint import BEST_CHECKPOINT
 from sscr.config import Params, flatten, record_dir
 from sscr.fsutil import write_text
@@ -54,6 +54,8 @@ def log_config(params: Params) -> None:
 def log_best(best_path: Path, params: Params, log_model: bool = True) -> str:
     """Log the best checkpoint and (``log_model``) the pyfunc model to the active run; returns the model URI."""
     import mlflow
+
+    from sscr import serving  # MLflow's model flavour: imported when logging, not by every trainer
 
     mlflow.log_artifact(str(best_path), "checkpoints")
     return serving.log_model(best_path, params.model.use_sar) if log_model else ""

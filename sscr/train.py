@@ -617,6 +617,8 @@ def _train(
         if rank == 0 and resume_id is None:
             # mlflow_run.json is written when the run completes (_finish_run): a failed run leaves the previous one.
             _name_run(run_id, params, run_name)
+        if rank == 0:
+            logger.set_tags(tracking.device_tags(session.device))  # a resumed run tags the device it ends on
         if rank == 0 and state is None:
             _log_run_inputs(params, session.train_set.dataset, session.val_set, session.model)
         if rank == 0 and state is not None:
