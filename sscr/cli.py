@@ -104,6 +104,14 @@ def cmd_data_synth(args: argparse.Namespace, params: Params) -> None:
     print(f"synthetic SEN12MS-CR sample: {len(pids)} triplets under {params.data.root}")
 
 
+def cmd_data_demo_scene(args: argparse.Namespace, params: Params) -> None:
+    from sscr.data.demo_scene import write_demo_scene
+
+    scene = write_demo_scene(args.out_dir, seed=args.seed, overwrite=args.overwrite)
+    print(f"demo scene (synthetic): L1C product {scene.s2}, S1 {scene.s1}; try:\n"
+          f"  sscr infer --model models:/sscr@champion --s2 {scene.s2} --s1 {scene.s1} --out {args.out_dir / 'clear.tif'}")
+
+
 def cmd_data_download(args: argparse.Namespace, params: Params) -> None:
     from sscr.data.prepare import prepare_dataset
 
@@ -307,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--patch-size", type=int, default=None, help="patch size in px (data.patch_size)")
     synth.add_argument("--patches-per-roi", type=int, default=None, help="data.synth.patches_per_roi")
     synth.set_defaults(handler=cmd_data_synth)
+    demo = data_commands.add_parser(
+        "demo-scene", help="write a small synthetic demo scene as real products: an L1C .zip and an S1 GeoTIFF")
+    _add_common(demo)
+    demo.add_argument("--out-dir", type=Path, required=True, help="directory to write into (created if missing)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed of the synthetic scene (default 0)")
+    demo.add_argument("--overwrite", action="store_true", help="replace demo files already in --out-dir")
+    demo.set_defaults(handler=cmd_data_demo_scene)
     download = data_commands.add_parser(
         "download", help="stage `download`: synthesise (data.source: synthetic) or fetch SEN12MS-CR")
     _add_common(download)
