@@ -243,6 +243,14 @@ def _window_arg(text: str) -> tuple[int, int, int, int]:
     return values  # type: ignore[return-value]
 
 
+def _png_arg(text: str) -> Path:
+    """A ``.png`` file name (so it can be neither an input nor a GeoTIFF output)."""
+    path = Path(text)
+    if path.suffix.lower() != ".png" or path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a file name ending in .png, e.g. quicklook.png, got {text!r}")
+    return path
+
+
 def cmd_infer(args: argparse.Namespace, params: Params) -> None:
     from sscr.infer import SceneInputs, infer_scene
     from sscr.serving import load_model
@@ -250,11 +258,27 @@ def cmd_infer(args: argparse.Namespace, params: Params) -> None:
     inputs = SceneInputs.of(args.s2, args.s1, s1_units=args.s1_units, s2_resampling=args.s2_resampling,
                             window=args.window, bbox=args.bbox, bbox_crs=args.bbox_crs)
     loaded = load_model(args.model, device=args.device)
-    report = infer_scene(loaded.model, inputs, None, args.out, var_path=args.var_out, mask_path=args.mask_out,
-                         tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                         mask_kind=args.mask_kind or loaded.mask_kind, mask=args.mask, model_source=loaded.source,
-                         model_version=loaded.version, model_files=loaded.files, progress=not args.no_progress)
-    print(json.dumps(report.as_dict(), default=str))
+    mask_out, drawn_mask = args.mask_out, None
+    if args.quicklook and mask_out is None and getattr(loaded.model, "use_mask", False) and args.mask != "none":
+        mask_out = drawn_mask = args.out.with_name(f".{args.out.name}.quicklook-mask.tif")  # for the mask panel
+    try:
+        report = infer_scene(loaded.model, inputs, None, args.out, var_path=args.var_out, mask_path=mask_out,
+                             tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                             mask_kind=args.mask_kind or loaded.mask_kind, mask=args.mask,
+                             model_source=loaded.source, model_version=loaded.version, model_files=loaded.files,
+                             progress=not args.no_progress)
+        if args.quicklook:
+            from sscr.data.quicklook import write_quicklook
+
+            write_quicklook(args.quicklook, report.out_path, args.s2, args.s1 or (), args.s1_units, report.mask_path,
+                            title=f"{report.out_path.name}: {loaded.source} ({loaded.version})")
+    finally:
+        if drawn_mask is not None:
+            drawn_mask.unlink(missing_ok=True)
+    written = report.as_dict()
+    if drawn_mask is not None:
+        written["mask_path"] = None  # drawn, then removed: not asked for
+    print(json.dumps({**written, **({"quicklook": str(args.quicklook)} if args.quicklook else {})}, default=str))
 
 
 def cmd_serve(args: argparse.Namespace, params: Params) -> int:
@@ -412,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--var-out", type=Path, default=None, help="output variance COG (variance models)")
     infer.add_argument("--mask-out", type=Path, default=None,
                        help="output COG of the cloud mask the model was fed (models that take one)")
+    infer.add_argument("--quicklook", type=_png_arg, default=None, metavar="PNG",
+                       help="also draw cloudy RGB | S1 | output RGB | cloud mask side by side into this PNG")
     infer.add_argument("--mask", default="s2cloudless-10m", metavar="SOURCE",
                        help="cloud mask for models that take one: s2cloudless-10m (default, the benchmark's), "
                             "s2cloudless-60m (faster), none, or a mask GeoTIFF; ignored by models without a mask "

@@ -5,14 +5,19 @@ from __future__ import annotations
 import matplotlib.image
 import numpy as np
 import pytest
+import rasterio
+import torch
 from affine import Affine
 from rasterio.crs import CRS
 
+from sscr.checkpoint import save_atomic
+from sscr.cli import main
 from sscr.data.cog import mask_spec, prediction_spec, write_cog
 from sscr.data.demo_scene import write_demo_scene
 from sscr.data.quicklook import coarse_grid, read_quicklook, write_quicklook
 from sscr.data.regrid import Grid
 from sscr.data.sentinel2 import open_s2
+from sscr.models import build_model
 
 SIZE = 96
 
@@ -60,3 +65,28 @@ def test_a_whole_tile_is_read_at_most_max_side_pixels_over_the_same_area():
     assert small.bounds[2] >= tile.bounds[2] and small.bounds[1] <= tile.bounds[1]  # covers it, by < 1 coarse px
     assert small.bounds[2] - tile.bounds[2] < small.res[0]
 
+
+def test_sscr_infer_writes_the_quicklook_and_nothing_else(demo, tmp_path, monkeypatch, capsys):
+    torch.manual_seed(0)
+    model = build_model("sscr_lite", encoder_widths=[8, 16], decoder_widths=[8, 16], n_head=2, d_model=16,
+                        use_sar=True, use_mask=True)
+    checkpoint = save_atomic({"model": model.state_dict(), "model_name": "sscr_lite", "model_config": dict(model.config),
+                              "config": {"masks": {"use": "s2cloudless_map"}}}, tmp_path / "model_best.pt")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = ["infer", "--model", str(checkpoint), "--s2", str(demo.s2), "--s1", str(demo.s1), "--out", "clear.tif",
+            "--no-progress"]
+
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--quicklook", "look.tif"])  # a PNG name, so it can be no input and no GeoTIFF output
+    assert refused.value.code == 2
+    assert "expected a file name ending in .png" in capsys.readouterr().err
+
+    assert main([*args, "--quicklook", "look.png"]) == 0
+    # the mask panel's mask was written for the drawing and removed: only what was asked for is left
+    assert sorted(path.name for path in work.iterdir()) == ["clear.tif", "look.png"]
+    assert '"quicklook": "look.png"' in capsys.readouterr().out
+    assert matplotlib.image.imread("look.png").shape[1] == 1600
+    with rasterio.open("clear.tif") as dataset:
+        assert dataset.count == 13
