@@ -338,7 +338,7 @@ def _mask_kind_of(state: dict[str, Any]) -> str | None:
 
 
 def _load_mlflow_model(uri: str) -> LoadedModel:
-    tracking.configure()
+    tracking.configure(tracking.require_store(uri))  # before MLflow, which would create an empty mlflow.db
     where = f"tracking store {tracking.redact(tracking.tracking_uri())}"
     with tempfile.TemporaryDirectory(prefix="sscr-model-") as directory:
         try:
@@ -378,7 +378,7 @@ def serve(uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1)
     stored ``pyfunc_model.py``; the server then loads that checked copy, not the store.
     Returns the server's exit code.
     """
-    tracking.configure()
+    tracking.configure(tracking.require_store(uri))  # before MLflow, which would create an empty mlflow.db
     with tempfile.TemporaryDirectory(prefix="sscr-serve-") as directory:
         local = integrity.fetch_verified(uri, directory)
         print(f"sscr: {uri}: every file matches the registry's sha256 record; serving {local} on "

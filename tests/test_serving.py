@@ -315,3 +315,35 @@ def test_a_version_without_a_record_is_refused(tmp_path, monkeypatch):
     MlflowClient().delete_model_version_tag("unrecorded", "1", integrity.DIGEST_TAG)
     with pytest.raises(integrity.IntegrityError, match="has no sscr.artifact_sha256 record .*sscr register"):
         load_model("models:/unrecorded/1", device="cpu")
+
+
+# ---------------------------------------------------------------- a model URI with no tracking store in reach
+
+
+@pytest.mark.parametrize("store", ["default", "missing sqlite", "server down"])
+def test_model_uri_without_a_store_is_one_line_naming_the_variable_and_creates_nothing(store, tmp_path, monkeypatch,
+                                                                                       capsys):
+    """Issue 22: `sscr infer --model models:/sscr@champion` from another directory created an empty mlflow.db
+    there and then did not find the model. Now: one line naming MLFLOW_TRACKING_URI, exit 1, nothing written."""
+    from sscr.cli import main
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    if store == "missing sqlite":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///project/mlflow.db")  # relative: not from here
+    elif store == "server down":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    (tmp_path / "s2.tif").write_bytes(b"")
+    for command in (["infer", "--model", "models:/sscr@champion", "--s2", str(tmp_path / "s2.tif"), "--out", "x.tif"],
+                    ["serve", "--model", "models:/sscr@champion", "--port", str(free_port())]):
+        assert main(command) == 1
+        error = capsys.readouterr().err.strip()
+        assert "\n" not in error and error.startswith("sscr: error: models:/sscr@champion needs an MLflow tracking "
+                                                      "store"), error
+        assert "MLFLOW_TRACKING_URI" in error
+        if store == "server down":
+            assert "does not answer" in error
+        else:
+            assert f"{work / ('project/mlflow.db' if store == 'missing sqlite' else 'mlflow.db')} does not exist" in error
+        assert list(work.iterdir()) == []  # no empty mlflow.db, no mlartifacts/
