@@ -281,6 +281,16 @@ def cmd_infer(args: argparse.Namespace, params: Params) -> None:
     print(json.dumps({**written, **({"quicklook": str(args.quicklook)} if args.quicklook else {})}, default=str))
 
 
+def cmd_serving_request(args: argparse.Namespace, params: Params) -> None:
+    from sscr.serving import write_request
+
+    out = write_request(args.out, args.s2, args.s1, overwrite=args.overwrite)
+    print(f"request body for {args.s2}{' + ' + str(args.s1) if args.s1 else ''} -> {out} "
+          f"({out.stat().st_size / 1e6:.1f} MB); send it to a served model:\n"
+          f"  curl -s -X POST http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' "
+          f"--data-binary @{out} -o response.json")
+
+
 def cmd_serve(args: argparse.Namespace, params: Params) -> int:
     from sscr.serving import serve
 
@@ -461,6 +471,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=5001, help="port (default 5001)")
     serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     serve.set_defaults(handler=cmd_serve)
+
+    request = commands.add_parser(
+        "serving-request", help="write a request body for a served model (`sscr serve`) from one patch's GeoTIFFs")
+    _add_common(request)
+    request.add_argument("--s2", type=Path, required=True, help="cloudy S2 patch: 13-band GeoTIFF of L1C DN")
+    request.add_argument("--s1", type=Path, default=None, help="its S1 patch: 2-band GeoTIFF (VV, VH) in dB "
+                                                                "(SAR models)")
+    request.add_argument("--out", type=Path, required=True, help="the JSON file to write (e.g. request.json)")
+    request.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    request.set_defaults(handler=cmd_serving_request)
 
     importer = commands.add_parser(
         "import-published", help="a checkpoint of the published code (+ conf.json) -> a run directory")
