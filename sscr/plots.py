@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -164,13 +165,21 @@ def quicklook_figure(cloudy: Any, sar: Any | None, prediction: Any, mask: Any | 
     return fig
 
 
-def save_png(figure: plt.Figure, path: str | Path, dpi: int = 100) -> Path:
+def save_png(figure: plt.Figure, path: str | Path, dpi: int = 100, palette: bool = False) -> Path:
     """Write ``figure`` to ``path`` as PNG, atomically, without a timestamp or software tag (same figure, same
-    bytes), and close it."""
+    bytes), and close it. ``palette``: 256 colours (about 2.5x smaller for photographic panels)."""
     path = Path(path)
     try:
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
     finally:
         plt.close(figure)
+    with atomic_path(path) as tmp:
+        if palette:
+            from PIL import Image
+
+            buffer.seek(0)
+            Image.open(buffer).convert("RGB").quantize(256).save(tmp, format="PNG", optimize=True)
+        else:
+            tmp.write_bytes(buffer.getvalue())
     return path

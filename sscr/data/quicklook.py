@@ -32,6 +32,8 @@ from sscr.data.sentinel2 import open_s2
 
 QUICKLOOK_MAX_SIDE = 800
 """Pixels per side of the coarse grid the quick-look is drawn from (the PNG itself has a fixed size)."""
+QUICKLOOK_DPI = 80
+"""Four 4-inch panels: a PNG 1280 px wide, whatever the scene."""
 
 
 def coarse_grid(grid: Grid, max_side: int = QUICKLOOK_MAX_SIDE) -> Grid:
@@ -136,4 +138,4 @@ def write_quicklook(png: str | Path, out: str | Path, s2: str | Path, s1: Sequen
     :func:`sscr.plots.quicklook_figure`); written atomically."""
     look = read_quicklook(out, s2, s1, s1_units, mask, max_side)
     figure = plots.quicklook_figure(look.cloudy, look.sar, look.prediction, look.mask, title=title or Path(out).name)
-    return plots.save_png(figure, png)
+    return plots.save_png(figure, png, dpi=QUICKLOOK_DPI, palette=True)

@@ -52,7 +52,7 @@ def test_input_and_output_are_the_same_reflectance_when_the_output_is_the_input(
 
     png = write_quicklook(tmp_path / "look.png", out, demo.s2, [demo.s1], mask=mask)
     image = matplotlib.image.imread(png)
-    assert image.shape[1] == 1600 and 300 < image.shape[0] < 600  # four square panels side by side
+    assert image.shape[1] == 1280 and 250 < image.shape[0] < 500  # four square panels side by side
     again = write_quicklook(tmp_path / "again.png", out, demo.s2, [demo.s1], mask=mask)
     assert again.read_bytes() == png.read_bytes()  # no timestamp: the same scene draws the same bytes
 
@@ -87,6 +87,6 @@ def test_sscr_infer_writes_the_quicklook_and_nothing_else(demo, tmp_path, monkey
     # the mask panel's mask was written for the drawing and removed: only what was asked for is left
     assert sorted(path.name for path in work.iterdir()) == ["clear.tif", "look.png"]
     assert '"quicklook": "look.png"' in capsys.readouterr().out
-    assert matplotlib.image.imread("look.png").shape[1] == 1600
+    assert matplotlib.image.imread("look.png").shape[1] == 1280
     with rasterio.open("clear.tif") as dataset:
         assert dataset.count == 13
