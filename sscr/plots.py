@@ -135,7 +135,7 @@ def quicklook_figure(cloudy: Any, sar: Any | None, prediction: Any, mask: Any | 
     clipped to [0, 1]), so a colour that changed is a change of the output, not of the
     display. ``sar``: (2, H, W) VV, VH normalised as the model sees them (NaN = no SAR), or
     None for an optical model; ``mask``: (H, W) cloud probability fed to the model, or None
-    when the model takes none. The figure's size does not depend on the scene's.
+    when none was fed. The figure's size does not depend on the scene's.
     """
     def reflectance_rgb(image: Any) -> np.ndarray:
         data = np.moveaxis(_array(image), 0, -1)
@@ -150,7 +150,7 @@ def quicklook_figure(cloudy: Any, sar: Any | None, prediction: Any, mask: Any | 
         probability = np.ma.masked_invalid(_array(mask))
         panels.append((probability, "cloud probability fed to the model", "gray"))
     else:
-        panels.append((np.zeros(_array(cloudy).shape[1:], np.float32), "no cloud mask (the model takes none)", "gray"))
+        panels.append((np.zeros(_array(cloudy).shape[1:], np.float32), "no cloud mask fed to the model", "gray"))
     height, width = _array(cloudy).shape[1:]
     panel_w = 4.0
     panel_h = min(max(panel_w * height / max(width, 1), 1.5), 8.0)
