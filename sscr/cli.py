@@ -287,7 +287,7 @@ def cmd_serving_request(args: argparse.Namespace, params: Params) -> None:
     out = write_request(args.out, args.s2, args.s1, overwrite=args.overwrite)
     print(f"request body for {args.s2}{' + ' + str(args.s1) if args.s1 else ''} -> {out} "
           f"({out.stat().st_size / 1e6:.1f} MB); send it to a served model:\n"
-          f"  curl -s -X POST http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' "
+          f"  curl -sS --fail-with-body -X POST http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' "
           f"--data-binary @{out} -o response.json")
 
 

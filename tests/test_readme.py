@@ -37,7 +37,6 @@ from servers import free_port, stop_group, wait_until_up
 from tiny import TINY
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
 
 BLOCK = re.compile(r"<!-- readme:run -->\s*```bash\n(.*?)```\s*<!-- /readme:run -->", re.S)
 INSTALL = re.compile(r"^(python3 -m venv \S+|\. \S+/bin/activate|pip install .*)$")
@@ -86,6 +85,7 @@ def _wait_for_deployments(api: str, server: subprocess.Popen, timeout: float = 2
     pytest.fail(f"the three deployments were not served within {timeout:.0f} s")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_readme_blocks_run_as_written_on_a_fresh_clone(tmp_path):
     clone = make_clone(tmp_path / "clone", TINY)

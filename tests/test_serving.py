@@ -370,7 +370,7 @@ def test_request_written_from_a_patch_is_answered_by_the_served_model(served, tm
     monkeypatch.chdir(tmp_path)
 
     assert main(["serving-request", "--s2", str(s2), "--s1", str(s1), "--out", "request.json"]) == 0
-    assert "curl -s -X POST http://127.0.0.1:5001/invocations" in capsys.readouterr().out
+    assert "curl -sS --fail-with-body -X POST http://127.0.0.1:5001/invocations" in capsys.readouterr().out
     raw = Path("request.json").read_bytes()
     body = json.loads(raw)
     cloudy = np.asarray(body["inputs"]["cloudy"], np.float64)
