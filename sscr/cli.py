@@ -135,6 +135,14 @@ def cmd_data_synth(args: argparse.Namespace, params: Params) -> None:
     print(f"synthetic SEN12MS-CR sample: {len(pids)} triplets under {params.data.root}")
 
 
+def cmd_data_demo_scene(args: argparse.Namespace, params: Params) -> None:
+    from sscr.data.demo_scene import write_demo_scene
+
+    scene = write_demo_scene(args.out_dir, seed=args.seed, overwrite=args.overwrite)
+    print(f"demo scene (synthetic): L1C product {scene.s2}, S1 {scene.s1}; try:\n"
+          f"  sscr infer --model models:/sscr@champion --s2 {scene.s2} --s1 {scene.s1} --out {args.out_dir / 'clear.tif'}")
+
+
 def cmd_data_download(args: argparse.Namespace, params: Params) -> None:
     from sscr.data.prepare import prepare_dataset
 
@@ -266,6 +274,14 @@ def _window_arg(text: str) -> tuple[int, int, int, int]:
     return values  # type: ignore[return-value]
 
 
+def _png_arg(text: str) -> Path:
+    """A ``.png`` file name (so it can be neither an input nor a GeoTIFF output)."""
+    path = Path(text)
+    if path.suffix.lower() != ".png" or path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a file name ending in .png, e.g. quicklook.png, got {text!r}")
+    return path
+
+
 def cmd_infer(args: argparse.Namespace, params: Params) -> None:
     from sscr.infer import SceneInputs, infer_scene
     from sscr.serving import load_model
@@ -273,11 +289,37 @@ def cmd_infer(args: argparse.Namespace, params: Params) -> None:
     inputs = SceneInputs.of(args.s2, args.s1, s1_units=args.s1_units, s2_resampling=args.s2_resampling,
                             window=args.window, bbox=args.bbox, bbox_crs=args.bbox_crs)
     loaded = load_model(args.model, device=args.device)
-    report = infer_scene(loaded.model, inputs, None, args.out, var_path=args.var_out, mask_path=args.mask_out,
-                         tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                         mask_kind=args.mask_kind or loaded.mask_kind, mask=args.mask, model_source=loaded.source,
-                         model_version=loaded.version, model_files=loaded.files, progress=not args.no_progress)
-    print(json.dumps(report.as_dict(), default=str))
+    mask_out, drawn_mask = args.mask_out, None
+    if args.quicklook and mask_out is None and getattr(loaded.model, "use_mask", False) and args.mask != "none":
+        mask_out = drawn_mask = args.out.with_name(f".{args.out.name}.quicklook-mask.tif")  # for the mask panel
+    try:
+        report = infer_scene(loaded.model, inputs, None, args.out, var_path=args.var_out, mask_path=mask_out,
+                             tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                             mask_kind=args.mask_kind or loaded.mask_kind, mask=args.mask,
+                             model_source=loaded.source, model_version=loaded.version, model_files=loaded.files,
+                             progress=not args.no_progress)
+        if args.quicklook:
+            from sscr.data.quicklook import write_quicklook
+
+            write_quicklook(args.quicklook, report.out_path, args.s2, args.s1 or (), args.s1_units, report.mask_path,
+                            title=f"{report.out_path.name}: {loaded.source} ({loaded.version})")
+    finally:
+        if drawn_mask is not None:
+            drawn_mask.unlink(missing_ok=True)
+    written = report.as_dict()
+    if drawn_mask is not None:
+        written["mask_path"] = None  # drawn, then removed: not asked for
+    print(json.dumps({**written, **({"quicklook": str(args.quicklook)} if args.quicklook else {})}, default=str))
+
+
+def cmd_serving_request(args: argparse.Namespace, params: Params) -> None:
+    from sscr.serving import write_request
+
+    out = write_request(args.out, args.s2, args.s1, overwrite=args.overwrite)
+    print(f"request body for {args.s2}{' + ' + str(args.s1) if args.s1 else ''} -> {out} "
+          f"({out.stat().st_size / 1e6:.1f} MB); send it to a served model:\n"
+          f"  curl -sS --fail-with-body -X POST http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' "
+          f"--data-binary @{out} -o response.json")
 
 
 def cmd_serve(args: argparse.Namespace, params: Params) -> int:
@@ -344,6 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--patch-size", type=int, default=None, help="patch size in px (data.patch_size)")
     synth.add_argument("--patches-per-roi", type=int, default=None, help="data.synth.patches_per_roi")
     synth.set_defaults(handler=cmd_data_synth)
+    demo = data_commands.add_parser(
+        "demo-scene", help="write a small synthetic demo scene as real products: an L1C .zip and an S1 GeoTIFF")
+    _add_common(demo)
+    demo.add_argument("--out-dir", type=Path, required=True, help="directory to write into (created if missing)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed of the synthetic scene (default 0)")
+    demo.add_argument("--overwrite", action="store_true", help="replace demo files already in --out-dir")
+    demo.set_defaults(handler=cmd_data_demo_scene)
     download = data_commands.add_parser(
         "download", help="stage `download`: synthesise (data.source: synthetic) or fetch SEN12MS-CR")
     _add_common(download)
@@ -435,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--var-out", type=Path, default=None, help="output variance COG (variance models)")
     infer.add_argument("--mask-out", type=Path, default=None,
                        help="output COG of the cloud mask the model was fed (models that take one)")
+    infer.add_argument("--quicklook", type=_png_arg, default=None, metavar="PNG",
+                       help="also draw cloudy RGB | S1 | output RGB | cloud mask side by side into this PNG")
     infer.add_argument("--mask", default="s2cloudless-10m", metavar="SOURCE",
                        help="cloud mask for models that take one: s2cloudless-10m (default, the benchmark's), "
                             "s2cloudless-60m (faster), none, or a mask GeoTIFF; ignored by models without a mask "
@@ -458,6 +509,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=5001, help="port (default 5001)")
     serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     serve.set_defaults(handler=cmd_serve)
+
+    request = commands.add_parser(
+        "serving-request", help="write a request body for a served model (`sscr serve`) from one patch's GeoTIFFs")
+    _add_common(request)
+    request.add_argument("--s2", type=Path, required=True, help="cloudy S2 patch: 13-band GeoTIFF of L1C DN")
+    request.add_argument("--s1", type=Path, default=None, help="its S1 patch: 2-band GeoTIFF (VV, VH) in dB "
+                                                                "(SAR models)")
+    request.add_argument("--out", type=Path, required=True, help="the JSON file to write (e.g. request.json)")
+    request.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    request.set_defaults(handler=cmd_serving_request)
 
     importer = commands.add_parser(
         "import-published", help="a checkpoint of the published code (+ conf.json) -> a run directory")

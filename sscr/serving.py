@@ -41,7 +41,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, REQUEST_LIMIT_
 from torch import nn
 
 from sscr import integrity, tracking
-from sscr.bands import S1_CHANNELS, S2_CHANNELS
+from sscr.bands import S1_CHANNELS, S1_DB_RANGE, S2_CHANNELS, S2_DN_MAX
 from sscr.checkpoint import BEST_CHECKPOINT, CheckpointError, build_from_checkpoint
 from sscr.config import DEFAULT_MASK_KIND
 from sscr.fsutil import atomic_path
@@ -441,7 +441,7 @@ def _mask_kind_of(state: dict[str, Any]) -> str | None:
 
 
 def _load_mlflow_model(uri: str) -> LoadedModel:
-    tracking.configure()
+    tracking.configure(tracking.require_store(uri))  # before MLflow, which would create an empty mlflow.db
     where = f"tracking store {tracking.redact(tracking.tracking_uri())}"
     with tempfile.TemporaryDirectory(prefix="sscr-model-") as directory:
         try:
@@ -490,7 +490,7 @@ def serve(uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1)
     stored ``pyfunc_model.py``; the server then loads that checked copy, not the store,
     behind :class:`RequestGuard` (:func:`serve_command`). Returns the server's exit code.
     """
-    tracking.configure()
+    tracking.configure(tracking.require_store(uri))  # before MLflow, which would create an empty mlflow.db
     with tempfile.TemporaryDirectory(prefix="sscr-serve-") as directory:
         local = integrity.fetch_verified(uri, directory)
         print(f"sscr: {uri}: every file matches the registry's sha256 record; serving {local} on "
@@ -506,3 +506,58 @@ def serve(uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1)
             return server.wait()
         finally:
             signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------- a request body from a patch
+
+
+def request_body(cloudy_dn: np.ndarray, sar_db: np.ndarray | None = None) -> dict[str, Any]:
+    """The request of the serving contract for one patch: ``{"inputs": {"cloudy": [1][13][H][W], "sar": ...}}``.
+
+    ``cloudy_dn``: (13, H, W) L1C DN of the training convention (a SEN12MS-CR patch; for
+    baseline >= 04.00 remove the offset first) -> reflectance DN / 10000 in [0, 1];
+    ``sar_db``: (2, H, W) VV, VH in dB -> (dB + 25) / 25 after clipping to [-25, 0] dB, NaN
+    (no SAR) sent as null. Values are rounded to what they carry (4 decimals of reflectance
+    are whole DN; 6 of SAR), which keeps the JSON small. Checked with :func:`check_request`.
+    """
+    cloudy = np.round(np.clip(np.asarray(cloudy_dn, np.float64), 0, S2_DN_MAX) / S2_DN_MAX, 4)[None]
+    inputs: dict[str, Any] = {"cloudy": cloudy}
+    if sar_db is not None:
+        low, high = S1_DB_RANGE
+        sar = np.round((np.clip(np.asarray(sar_db, np.float64), low, high) - low) / (high - low), 6)[None]
+        inputs["sar"] = sar
+    check_request(inputs, use_sar=sar_db is not None)
+
+    def nested(array: np.ndarray) -> list:
+        return np.where(np.isnan(array), None, array).tolist()  # NaN -> null: standard JSON
+
+    return {"inputs": {key: nested(value) for key, value in inputs.items()}}
+
+
+def write_request(out: str | Path, s2: str | Path, s1: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write the request body for the patch ``s2`` (13-band cloudy GeoTIFF of DN) and ``s1`` (2-band dB) to ``out``.
+
+    Refused: patches of different sizes, a patch above the request limit, and an existing
+    ``out`` unless ``overwrite``. Written atomically.
+    """
+    import json
+
+    from sscr.data.io import read_raster  # here, not at the top: the served model's environment has no rasterio
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists: remove it, choose another --out, or pass --overwrite")
+    cloudy_dn, cloudy_info = read_raster(s2, S2_CHANNELS, "S2 cloudy")
+    sar_db = None
+    if s1 is not None:
+        sar_db, sar_info = read_raster(s1, S1_CHANNELS, "S1")
+        if (sar_info.width, sar_info.height) != (cloudy_info.width, cloudy_info.height):
+            raise ValueError(f"S1 {s1} is {sar_info.width} x {sar_info.height} px but S2 {s2} "
+                             f"{cloudy_info.width} x {cloudy_info.height}: pass the two files of one patch")
+    try:
+        body = request_body(cloudy_dn, sar_db)
+    except RequestError as err:
+        raise ValueError(f"{s2}: {err._reason}") from None
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(body, separators=(",", ":")), encoding="utf-8")
+    return out

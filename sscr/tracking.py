@@ -86,6 +86,52 @@ def configure(uri: str | None = None) -> str:
     return uri
 
 
+class NoTrackingStore(ValueError):
+    """A model URI needs an MLflow store that is not there (reading must not create an empty one)."""
+
+
+def require_store(purpose: str, uri: str | None = None) -> str:
+    """The tracking URI to read ``purpose`` (e.g. ``models:/sscr@champion``) from; refuse one that is not there.
+
+    Reading a registered model from a store that does not exist would make MLflow create an
+    empty ``mlflow.db`` (and then not find the model); a server that does not answer would
+    be retried for minutes. Checked: SQLite files, ``file:`` stores and local paths must
+    exist, an HTTP(S) server must answer its ``/health``. Other databases are left to MLflow.
+    """
+    uri = uri or tracking_uri()
+    shown = redact(uri)
+    origin = ("the store named by MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI")
+              else f"MLFLOW_TRACKING_URI is not set, so the default {DEFAULT_TRACKING_URI} in the working directory is used")
+    fix = ("run from the project directory that holds mlflow.db, or set MLFLOW_TRACKING_URI to the store the model "
+           "was registered in (e.g. MLFLOW_TRACKING_URI=sqlite:////path/to/project/mlflow.db or http://host:5000)")
+    parts = urllib.parse.urlsplit(uri)
+    missing = None
+    if parts.scheme == "sqlite":
+        from sqlalchemy.engine import make_url
+
+        database = make_url(uri).database
+        if database and database != ":memory:" and not database.startswith("file:") and not Path(database).is_file():
+            missing = database
+    elif parts.scheme in ("", "file"):
+        path = urllib.parse.unquote(parts.path) if parts.scheme == "file" else uri
+        if not Path(path).is_dir():
+            missing = path
+    elif parts.scheme in ("http", "https"):
+        import requests
+
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        base = urllib.parse.urlunsplit(parts._replace(netloc=host)).rstrip("/")
+        try:
+            requests.get(f"{base}/health", timeout=10).raise_for_status()
+        except requests.RequestException as err:
+            raise NoTrackingStore(f"{purpose} needs an MLflow tracking store, and the server {shown} ({origin}) does "
+                                  f"not answer ({type(err).__name__}): start it, or {fix}") from None
+    if missing is not None:
+        raise NoTrackingStore(f"{purpose} needs an MLflow tracking store, and there is none: {missing} does not "
+                              f"exist ({origin}); {fix}")
+    return uri
+
+
 def local_artifact_root(uri: str) -> Path:
     """Where a database store without an artifact server keeps artifacts: ``mlartifacts/`` beside the database.
 

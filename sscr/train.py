@@ -472,6 +472,20 @@ def validation_due(cfg: TrainConfig, epoch: int) -> bool:
     return (epoch > cfg.val_after and epoch % cfg.val_every == 0) or epoch == cfg.epochs
 
 
+def validation_line(epoch: int, epochs: int, val: dict[str, float], best_epoch: int, select_best: str) -> str:
+    """One line of validation scores, as training prints them when it validates."""
+    def number(key: str, digits: int) -> str:
+        value = val.get(key, math.nan)
+        return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+
+    line = (f"validation {epoch}/{epochs}: PSNR {number('PSNR', 2)} dB, SSIM {number('SSIM', 4)}, "
+            f"SAM {number('SAM', 2)} deg, MAE {number('MAE', 4)}, val loss {number('loss', 5)}; inside clouds "
+            f"PSNR {number('cloudy_PSNR', 2)} dB, SSIM {number('cloudy_SSIM', 4)}")
+    if best_epoch == epoch:
+        line += f" (best so far by {select_best.replace('_', ' ')})"
+    return line
+
+
 def is_better(val: dict[str, float], best: dict[str, float], select_best: str) -> bool:
     """Whether validation metrics ``val`` beat the best so far by ``train.select_best``.
 
@@ -628,6 +642,9 @@ def _train(
             row = _train_epoch(session, epoch, progress)
             if rank == 0:
                 val = _end_epoch(session, epoch, row, logger)
+                if val is not None and progress:
+                    print(validation_line(epoch, params.train.epochs, val, int(session.best["epoch"]),
+                                          params.train.select_best), flush=True)
                 if on_epoch_end is not None and val is not None:
                     stopped = bool(on_epoch_end(epoch, val))
             if session.world > 1:

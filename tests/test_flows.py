@@ -293,3 +293,49 @@ def test_two_pipeline_runs_in_a_row_each_train_with_their_own_params(prefect_api
         assert "differ from the committed params.yaml" in artifacts["sscr-mlflow-run"].data
     assert "`model.use_sar=false`" in {a.key: a for a in read_artifacts(first.state_details.flow_run_id)}[
         "sscr-mlflow-run"].data
+
+
+def test_prefect_cli_lists_inspects_and_runs_the_served_deployments(prefect_api, tiny_clone, tmp_path):
+    """Issue 22: `prefect deployment ls` failed with HTTP 422 from Prefect's own server (FastAPI >= 0.151 validates
+    the client's explicit null paging); `ls`, `inspect` and `run` as a user runs them on `python -m flows.deploy`.
+
+    Served from a project with an empty MLflow store, the `promote` run fails with its one-line reason: the run
+    reached the served deployment and ran the flow's code, whatever the module's other tests registered.
+    """
+    from prefect import get_client
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(tiny_clone / "params.yaml", project / "params.yaml")
+    env = flow_env(PREFECT_API_URL=prefect_api, PREFECT_HOME=str(tmp_path / "prefect"),
+                   PREFECT_RUNNER_POLL_FREQUENCY="2")
+    prefect = str(Path(sys.executable).parent / "prefect")
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen([sys.executable, "-m", "flows.deploy", "--only", "promote", "--project-dir",
+                                   str(project)], cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=env,
+                                  start_new_session=True)
+    try:
+        wait_for_deployment("promote/sscr", server, log)
+        listed = subprocess.run([prefect, "deployment", "ls"], env=env, capture_output=True, text=True, timeout=120)
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert "promote/sscr" in listed.stdout
+        inspected = subprocess.run([prefect, "deployment", "inspect", "promote/sscr"], env=env, capture_output=True,
+                                   text=True, timeout=120)
+        assert inspected.returncode == 0, inspected.stdout + inspected.stderr
+        assert "'name': 'sscr'" in inspected.stdout and str(project) in inspected.stdout
+        started = subprocess.run([prefect, "deployment", "run", "promote/sscr", "--watch", "--watch-interval", "2"],
+                                 env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        server.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=30)
+        stop_group(server)
+    output = started.stdout + started.stderr
+    assert "Created flow run" in started.stdout, output
+    run_id = started.stdout.split("UUID:")[1].split()[0]
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+    assert state.is_final() and not state.is_completed(), state
+    assert started.returncode != 0, output  # the CLI reports the failed run by its exit status
+    assert "no registered versions of 'sscr'; run `sscr register` first" in log.read_text(), log.read_text()[-3000:]
