@@ -542,7 +542,8 @@ def write_request(out: str | Path, s2: str | Path, s1: str | Path | None = None,
     """
     import json
 
-    from sscr.data.io import read_raster  # here, not at the top: the served model's environment has no rasterio
+    # here, not at the top: the served model's environment has no rasterio
+    from sscr.data.io import read_raster
 
     out = Path(out)
     if out.exists() and not overwrite:
