@@ -29,6 +29,8 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from sscr import stores
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 #: Tag of a training run: the SHA-256 of its best checkpoint (updated whenever it improves). A checkpoint
 #: carries no run id (it would make every retrain a different file), so this tag is how evaluation and
@@ -51,11 +53,16 @@ def tracking_uri() -> str:
     """The tracking URI in use: ``MLFLOW_TRACKING_URI`` if set, else ``mlflow.db`` in the working directory.
 
     The default is made absolute so that a process that changes directory
-    (or MLflow's per-URI store cache) never mixes two stores.
+    (or MLflow's per-URI store cache) never mixes two stores. A relative SQLite path
+    is the project's: under DVC (``DVC_ROOT``, which ``dvc exp run --temp`` and DVC's
+    queue point at the project, not at their temporary copy) it is resolved there, so an
+    experiment's runs and versions land in the project's store, not in a copy deleted
+    after the run.
     """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{(Path.cwd() / uri.removeprefix('sqlite:///')).resolve()}"
+        base = Path(os.environ.get("DVC_ROOT") or Path.cwd())
+        uri = f"sqlite:///{(base / uri.removeprefix('sqlite:///')).resolve()}"
     return uri
 
 
@@ -74,9 +81,15 @@ def configure(uri: str | None = None) -> str:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    if uri not in _CHECKED:
+        stores.check_sqlite(uri, "the MLflow tracking store")  # a damaged store is refused before any write
+        _CHECKED.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+_CHECKED: set[str] = set()
 
 
 def local_artifact_root(uri: str) -> Path:
