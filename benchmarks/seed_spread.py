@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-only", action="store_true", help="train the seeds, score nothing")
     parser.add_argument("--out", type=Path, default=None, help="report file")
     args = parser.parse_args(argv)
+    args.out = args.out.resolve() if args.out else None  # before the chdir below
     mode = mode_of(args.quick, args.smoke)
     seeds = args.seeds or ([1, 2] if mode == "smoke" else [1, 2, 3])
     overrides: dict[str, Any] = {}
@@ -97,9 +100,66 @@ def main(argv: list[str] | None = None) -> None:
     report(runs, mode, args, argv)
 
 
+def score_seed(params: Any) -> dict[str, Any]:
+    """Test metrics (the README's) and validation scores per image (promotion's evidence) of one seed's model.
+
+    ``sscr.evaluate.evaluate``, as the ``evaluate`` stage runs it, writes both.
+    """
+    from sscr.config import record_dir
+    from sscr.evaluate import evaluate
+    from sscr.evidence import SCORES_FILE, SplitScores
+
+    metrics = evaluate(params, progress=False)
+    records = record_dir(params)
+    return {"validation": SplitScores.read(records / SCORES_FILE), "metrics": metrics,
+            "run": json.loads((records / "run.json").read_text()), "sha256": metrics["checkpoint_sha256"]}
+
+
 def report(runs: dict[int, Any], mode: str, args: argparse.Namespace, argv: list[str] | None) -> None:
-    """Score every seed and write the report (completed below)."""
-    raise NotImplementedError
+    """Score every seed, put every pair through rule 1, write the report."""
+    from sscr.evidence import compare
+
+    scored = {seed: score_seed(params) for seed, params in runs.items()}
+    first = next(iter(runs.values()))
+    lines = [f"# Seed-to-seed spread ({mode})", "", f"`{command_line(NAME, argv)}`", "", machine_line(), "",
+             f"{first.model.name}, loss {first.loss.name}, {first.train.epochs} epochs, everything else as "
+             "params.yaml; only train.rdm_seed differs. Validation: the split promotion decides on, PSNR per image "
+             "(sscr.validation); test: the split the README reports.", "",
+             "| seed | best epoch | validation PSNR | test PSNR | test PSNR inside clouds | test SAM inside clouds | "
+             "checkpoint sha256 |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for seed, result in scored.items():
+        metrics = result["metrics"]
+        lines.append(f"| {seed} | {result['run']['best_epoch']} | {result['validation'].mean:.4f} | "
+                     f"{metrics['test']['PSNR']:.4f} | {metrics['test_cloudy']['PSNR']:.4f} | "
+                     f"{metrics['test_cloudy']['SAM']:.2f} | {result['sha256'][:12]} |")
+    values = {
+        "validation PSNR": [r["validation"].mean for r in scored.values()],
+        "test PSNR": [r["metrics"]["test"]["PSNR"] for r in scored.values()],
+        "test PSNR inside clouds": [r["metrics"]["test_cloudy"]["PSNR"] for r in scored.values()],
+    }
+    lines += ["", "| over the seeds | min | max | range (max - min) | standard deviation |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for label, column in values.items():
+        lines.append(f"| {label} | {min(column):.4f} | {max(column):.4f} | {max(column) - min(column):.4f} | "
+                     f"{statistics.stdev(column):.4f} |")
+    spread = max(values["validation PSNR"]) - min(values["validation PSNR"])
+    lines += ["", f"Seed-to-seed range of the validation PSNR: **{spread:.3f} dB**. Rule 1 with "
+              f"registry.min_gain = {first.registry.min_gain:g} dB (params.yaml) on every ordered pair of seeds "
+              "(candidate against champion, the same configuration):", "",
+              "| candidate | champion | mean difference | 95% interval | rule 1 |", "| --- | --- | ---: | --- | --- |"]
+    promoted = 0
+    for one, other in itertools.permutations(scored, 2):
+        comparison = compare(scored[one]["validation"], scored[other]["validation"], first.registry.min_gain,
+                             first.registry.confidence)
+        promoted += comparison.better
+        low, high = comparison.interval
+        lines.append(f"| seed {one} | seed {other} | {comparison.mean_difference:+.4f} | [{low:+.4f}, {high:+.4f}] | "
+                     f"{'promote' if comparison.better else 'challenger'} |")
+    lines += ["", f"{promoted} of {len(scored) * (len(scored) - 1)} seed-only differences would have moved "
+              "@champion under rule 1."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    write_report(text, results_path(NAME, mode, args.out))
 
 
 if __name__ == "__main__":

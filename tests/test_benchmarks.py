@@ -26,6 +26,7 @@ BENCHMARKS = [
     "inference_speedup",
     "mask_resolution",
     "mask_stamp",
+    "seed_spread",
 ]
 NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+( ?(s|ms|MiB|MB/s|GB/s|GFLOP/s|%))?$")
 
@@ -222,6 +223,17 @@ def test_mask_stamp_smoke(tmp_path, cache):
     assert all(is_number(row["ms / file"]) and is_number(row["/ recompute"]) for row in rows), rows
     assert rows[-1]["/ recompute"] == "1.00000"
     assert rows[1]["SEN12MS-CR, 1 core"].endswith(" min")
+
+
+def test_seed_spread_smoke(tmp_path, cache):
+    text = run_benchmark("seed_spread", tmp_path / "seed_spread.md", cache)
+    seeds, spread, pairs = tables(text)
+    assert [row["seed"] for row in seeds] == ["1", "2"]
+    for row in seeds:
+        assert all(is_number(row[column]) for column in ("validation PSNR", "test PSNR", "test PSNR inside clouds"))
+    assert [row["over the seeds"] for row in spread] == ["validation PSNR", "test PSNR", "test PSNR inside clouds"]
+    assert [(row["candidate"], row["champion"]) for row in pairs] == [("seed 1", "seed 2"), ("seed 2", "seed 1")]
+    assert all(row["rule 1"] in ("promote", "challenger") for row in pairs)
 
 
 #: Benchmarks that need a checkout of the published code (github.com/RSIR25/sscr), which CI does not have.
