@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tests/tiny.py sizes")
     parser.add_argument("--smoke", action="store_true", help="CI: tiny sizes, 2 seeds, 1 epoch")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="train.rdm_seed values (default 1 2 3)")
-    parser.add_argument("--train-only", action="store_true", help="train the seeds, score nothing")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="train.epochs for every seed (default: params.yaml's; a shorter run on a loaded machine)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train the seeds, score nothing (run one process per seed, then once without it)")
     parser.add_argument("--out", type=Path, default=None, help="report file")
     args = parser.parse_args(argv)
     args.out = args.out.resolve() if args.out else None  # before the chdir below
@@ -85,11 +88,16 @@ def main(argv: list[str] | None = None) -> None:
         overrides = tiny_overrides()
     if mode == "smoke":
         overrides = deep_update(overrides, {"train": {"epochs": 1}})
+    if args.epochs is not None:
+        overrides = deep_update(overrides, {"train": {"epochs": args.epochs}})
     os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
     base = sample_on_disk("default" if mode == "full" else "tiny", overrides)
-    work = cache_dir() / NAME / mode
+    work = cache_dir() / NAME / (mode if args.epochs is None else f"{mode}-{args.epochs}epochs")
     work.mkdir(parents=True, exist_ok=True)
-    os.chdir(work)  # the throw-away MLflow store (mlflow.db) lives here
+    os.chdir(work)  # the throw-away MLflow store (mlflow.db) lives here, one per process that trains
+    if args.train_only and len(seeds) == 1:
+        (work / f"store{seeds[0]}").mkdir(exist_ok=True)
+        os.chdir(work / f"store{seeds[0]}")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     runs = {seed: seed_params(base, seed, work, overrides) for seed in seeds}
     for seed, params in runs.items():

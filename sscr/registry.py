@@ -47,7 +47,7 @@ import numpy as np
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sscr import integrity
+from sscr import integrity, stores
 from sscr.config import RegistryConfig, flatten, parse_params
 from sscr.evidence import SCORES_FILE, Comparison, EvidenceError, SplitScores, compare, rule_text
 from sscr.fsutil import check_writable, sha256_file, write_text
@@ -258,6 +258,7 @@ def promote(model_name: str, version: str | int, alias: str = "champion", metric
     if force is not None and not force.strip():
         raise RegistryError("--force needs a --reason: say why the rule is overridden (it is recorded with the "
                             "decision)")
+    stores.check_writable(tracking_uri(), "the MLflow tracking store")  # a decision is written: refuse early
     with promotion_lock():
         candidate = get_version(model_name, version)
         _require_file_record(model_name, candidate)
@@ -484,7 +485,7 @@ def register_evaluated(run_json: str | Path, metrics_json: str | Path, model_nam
     failure leaves the registry as it was.
     """
     registry = registry or RegistryConfig(model_name=model_name, alias=alias, metric=metric)
-    configure()
+    stores.check_writable(configure(), "the MLflow tracking store")
     run_json, metrics_json = Path(run_json), Path(metrics_json)
     run = json.loads(run_json.read_text())
     checkpoint = Path(run.get("checkpoint") or run_json.parent / "model_best.pt")

@@ -80,6 +80,18 @@ def check_sqlite(url: str, what: str) -> None:
                          "Restore it from a backup, or move it away to start a new store")
 
 
+def check_writable(url: str, what: str) -> None:
+    """Refuse a read-only SQLite store before a write is attempted (:class:`StoreError`); other URLs pass."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    for place in (path, path.parent) if path.exists() else (path.parent,):
+        if place.exists() and not os.access(place, os.W_OK):  # also False on a read-only mount, even for root
+            raise StoreError(f"{what} {path} is read-only for this user ({place} is not writable): make the file "
+                             "and its directory writable (chmod u+w), or point the store elsewhere; nothing was "
+                             "written")
+
+
 def one_line(err: BaseException, what: str, where: str) -> str | None:
     """One line for an SQLite error of a store anywhere in ``err``'s chain (as MLflow, SQLAlchemy and Optuna wrap it)."""
     seen: set[int] = set()
