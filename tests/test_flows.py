@@ -101,6 +101,7 @@ def test_readme_sequence_experiments_stay_experiments(prefect_api, tiny_clone, t
     from test_pipeline import dvc, git
 
     from sscr import registry, tracking
+    from sscr.config import load_params
     from sscr.evidence import compare
 
     # README command 1: version 1, @champion by rule 1 (trained with the committed params, no champion yet).
@@ -166,8 +167,9 @@ def test_readme_sequence_experiments_stay_experiments(prefect_api, tiny_clone, t
     promoted = subprocess.run([sys.executable, "-m", "sscr.cli", "promote"], cwd=tiny_clone, capture_output=True,
                               text=True, timeout=300, env=flow_env())
     assert promoted.returncode == 0, promoted.stderr[-3000:]
+    rule = load_params(tiny_clone / "params.yaml").registry
     expected = compare(registry.validation_scores("sscr", versions["3"]),
-                       registry.validation_scores("sscr", versions["1"]), min_gain=0.0).better  # TINY: margin 0
+                       registry.validation_scores("sscr", versions["1"]), rule.min_gain, rule.confidence).better
     champion = str(client.get_model_version_by_alias("sscr", "champion").version)
     assert champion == ("3" if expected else "1"), promoted.stdout
     last = registry.decisions("sscr", "3")[-1]
