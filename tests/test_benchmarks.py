@@ -234,6 +234,7 @@ def test_seed_spread_smoke(tmp_path, cache):
     assert [row["over the seeds"] for row in spread] == ["validation PSNR", "test PSNR", "test PSNR inside clouds"]
     assert [(row["candidate"], row["champion"]) for row in pairs] == [("seed 1", "seed 2"), ("seed 2", "seed 1")]
     assert all(row["rule 1"] in ("promote", "challenger") for row in pairs)
+    assert all(row["the interval alone (margin 0)"] in ("promote", "challenger") for row in pairs)
 
 
 #: Benchmarks that need a checkout of the published code (github.com/RSIR25/sscr), which CI does not have.
