@@ -458,7 +458,10 @@ def experiment_reason(trained: Mapping[str, Any] | None, committed: Mapping[str,
         return "a model without its training params (conf.json)"
     if committed is None:
         return "a model of params that are not committed (no params.yaml in git HEAD)"
-    ours, theirs = _training_params(trained), _training_params(committed)
+    try:
+        ours, theirs = _training_params(trained), _training_params(committed)
+    except ValueError as err:  # ConfigError included: a record of another version of the schema
+        return f"a model whose params cannot be compared with the committed params.yaml ({err})"
     differing = sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key))
     if not differing:
         return None

@@ -92,6 +92,7 @@ def git_status(clone: Path) -> str:
                           check=True).stdout
 
 
+@pytest.mark.timeout(3600)  # a repro, an experiment, a flow run with parameters: three tiny trainings
 def test_readme_sequence_experiments_stay_experiments(prefect_api, tiny_clone, tmp_path, monkeypatch):
     """Issue 19's "done when": command 1, the README's experiment line, a Prefect run with parameters (served and run
     through the API), then `sscr promote`: @champion exactly where rule 1 puts it, the workspace untouched by the
