@@ -57,15 +57,15 @@ def seed_params(base: Any, seed: int, work: Path, overrides: dict[str, Any]) -> 
     return parse_params(raw, "params.yaml + seed_spread overrides")
 
 
-def train_seed(params: Any) -> Path:
-    """Train (unless its run record is there already); the best checkpoint."""
+def train_seed(params: Any) -> bool:
+    """Train, unless its run record and checkpoint are there already (then False: reused)."""
     from sscr.config import record_dir, run_dir
     from sscr.train import train
 
-    checkpoint = run_dir(params) / "model_best.pt"
-    if not (record_dir(params) / "run.json").exists() or not checkpoint.exists():
-        train(params, progress=False)
-    return checkpoint
+    if (record_dir(params) / "run.json").exists() and (run_dir(params) / "model_best.pt").exists():
+        return False
+    train(params, progress=False)
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,12 +100,14 @@ def main(argv: list[str] | None = None) -> None:
         os.chdir(work / f"store{seeds[0]}")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     runs = {seed: seed_params(base, seed, work, overrides) for seed in seeds}
+    reused = []
     for seed, params in runs.items():
         print(f"seed {seed}: training ...", flush=True)
-        train_seed(params)
+        if not train_seed(params):
+            reused.append(seed)
     if args.train_only:
         return
-    report(runs, mode, args, argv)
+    report(runs, mode, args, argv, reused)
 
 
 def score_seed(params: Any) -> dict[str, Any]:
@@ -123,7 +125,8 @@ def score_seed(params: Any) -> dict[str, Any]:
             "run": json.loads((records / "run.json").read_text()), "sha256": metrics["checkpoint_sha256"]}
 
 
-def report(runs: dict[int, Any], mode: str, args: argparse.Namespace, argv: list[str] | None) -> None:
+def report(runs: dict[int, Any], mode: str, args: argparse.Namespace, argv: list[str] | None,
+           reused: list[int]) -> None:
     """Score every seed, put every pair through rule 1, write the report."""
     from sscr.evidence import compare
 
@@ -132,7 +135,9 @@ def report(runs: dict[int, Any], mode: str, args: argparse.Namespace, argv: list
     lines = [f"# Seed-to-seed spread ({mode})", "", f"`{command_line(NAME, argv)}`", "", machine_line(), "",
              f"{first.model.name}, loss {first.loss.name}, {first.train.epochs} epochs, everything else as "
              "params.yaml; only train.rdm_seed differs. Validation: the split promotion decides on, PSNR per image "
-             "(sscr.validation); test: the split the README reports.", "",
+             "(sscr.validation); test: the split the README reports."
+             + (f" Seeds {', '.join(map(str, reused))} were trained earlier (reused from the cache: "
+                f"`... --seeds S --train-only`, one process per seed)." if reused else ""), "",
              "| seed | best epoch | validation PSNR | test PSNR | test PSNR inside clouds | test SAM inside clouds | "
              "checkpoint sha256 |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for seed, result in scored.items():
