@@ -99,9 +99,13 @@ def one_line(err: BaseException, what: str, where: str) -> str | None:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         text = str(current).lower()
-        for phrase, problem, fix in _PROBLEMS:
-            if phrase in text:
-                return f"{what} {where} {problem}: {fix}"
+        module = type(current).__module__
+        # Only the database layers' own errors: a "malformed" input file elsewhere is no store problem.
+        if isinstance(current, sqlite3.Error) or module.startswith("sqlalchemy") or (
+                module.startswith(("mlflow", "optuna")) and "sqlite3." in text):
+            for phrase, problem, fix in _PROBLEMS:
+                if phrase in text:
+                    return f"{what} {where} {problem}: {fix}"
         current = current.__cause__ or current.__context__
     return None
 

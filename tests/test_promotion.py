@@ -322,3 +322,19 @@ def test_read_only_store_is_one_line(in_workspace, tmp_path):
     line = _one_line(result)
     assert f"{store / 'mlflow.db'} is read-only" in line or "cannot be opened" in line, line
     assert (store / "mlflow.db").read_bytes() == before
+
+
+def test_only_database_errors_read_as_store_failures():
+    """A "malformed" input file elsewhere is not reported as a damaged store; SQLite's own errors are, wrapped or not."""
+    from sscr.stores import one_line
+
+    assert one_line(ValueError("malformed GeoTIFF header in x.tif"), "the MLflow tracking store", "mlflow.db") is None
+    try:
+        try:
+            raise sqlite3.OperationalError("database is locked")
+        except sqlite3.Error as err:
+            raise RuntimeError("the store failed") from err
+    except RuntimeError as wrapped:
+        line = one_line(wrapped, "the MLflow tracking store", "mlflow.db")
+    assert line == ("the MLflow tracking store mlflow.db is locked by another process (a write in progress, or a "
+                    "process that holds the lock): wait for it to finish or stop it, then retry")
