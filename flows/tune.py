@@ -4,8 +4,9 @@ The study is the DVC stage ``tune`` (``tune/dvc.yaml``, outside the default
 pipeline), run with ``dvc repro --single-item tune/dvc.yaml`` after the data
 and mask stages, so ``tune/dvc.lock`` records it. The stage writes
 ``tune.best_params``; the flow reads it and runs the ``pipeline`` flow with
-those values as overrides, which retrains, evaluates and registers the best
-configuration (promoted if it beats the champion).
+those values as overrides: a DVC experiment (``dvc exp run --temp``) that retrains,
+evaluates and registers the best configuration as ``@challenger``; ``sscr promote`` or
+the ``promote`` flow then decides by rule 1.
 """
 
 from __future__ import annotations
