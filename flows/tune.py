@@ -64,7 +64,7 @@ def tune(
         cloudmasks(project)
         study(project)
         best = best_params(project)
-        result: dict[str, Any] = {"best_overrides": best}
-        if retrain:
-            result["pipeline"] = pipeline(project_dir=str(project), overrides=best)
-        return result
+    result: dict[str, Any] = {"best_overrides": best}
+    if retrain:  # after params.yaml is back: the experiment differs from the workspace by the best params only
+        result["pipeline"] = pipeline(project_dir=str(project), overrides=best)
+    return result
