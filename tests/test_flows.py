@@ -221,7 +221,7 @@ exec "{Path(sys.executable).parent / 'sscr'}" "$@"
     assert download_runs[0].run_count == 2 and download_runs[0].state.is_completed()
 
 
-def test_tune_flow_retrains_the_best_and_promote_flow_keeps_the_champion(prefect_api, tiny_clone, monkeypatch):
+def test_tune_flow_retrains_the_best_as_a_challenger_and_promote_flow_decides_by_rule_one(prefect_api, tiny_clone, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from flows.promote import promote
