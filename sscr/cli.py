@@ -209,22 +209,29 @@ def cmd_register(args: argparse.Namespace, params: Params) -> None:
     records = record_dir(params)
     decision = register_evaluated(
         args.run_json or records / "run.json", args.metrics or records / "metrics.json",
-        registry.model_name, registry.alias, registry.metric, out=args.out,
+        registry.model_name, registry.alias, registry.metric, out=args.out, registry=registry,
+        params_file=args.params,
     )
-    print(f"registered {decision.model_name} v{decision.version}: "
-          f"{'promoted to' if decision.promoted else 'not promoted to'} @{registry.alias} ({decision.reason})")
+    print(f"registered {decision.line()}")
 
 
 def cmd_promote(args: argparse.Namespace, params: Params) -> None:
     from sscr import tracking
-    from sscr.registry import newest_version, promote
+    from sscr.registry import default_candidate, promote
 
     registry = params.registry
+    if args.force and args.reason is None:
+        raise ValueError("--force needs --reason TEXT: why the rule is overridden (recorded with the decision)")
+    if args.reason is not None and not args.force:
+        raise ValueError("--reason goes with --force; without --force rule 1 decides and records its evidence")
     tracking.configure()
-    version = args.version or newest_version(registry.model_name)
-    decision = promote(registry.model_name, version, registry.alias, registry.metric)
-    print(f"{decision.model_name} v{decision.version}: {'promoted' if decision.promoted else 'kept'} "
-          f"({decision.reason})")
+    version = args.version or default_candidate(registry.model_name, registry.challenger)
+    decision = promote(registry.model_name, version, registry.alias, registry.metric,
+                       challenger_alias=registry.challenger, min_gain=registry.min_gain,
+                       confidence=registry.confidence,
+                       action="sscr promote --force" if args.force else "sscr promote",
+                       force=args.reason if args.force else None)
+    print(decision.line())
 
 
 def cmd_tune(args: argparse.Namespace, params: Params) -> int:
@@ -441,9 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--out", type=Path, default=Path("results/register.json"), help="decision file")
     register.set_defaults(handler=cmd_register)
 
-    promote = commands.add_parser("promote", help="move @champion to a version if it beats the champion")
+    promote = commands.add_parser(
+        "promote", help="move @champion to a version if it beats the champion beyond noise on validation (rule 1)")
     _add_common(promote)
-    promote.add_argument("--version", default=None, help="model version (default: the newest)")
+    promote.add_argument("--version", default=None, help="model version (default: the @challenger, else the newest)")
+    promote.add_argument("--force", action="store_true", help="move @champion whatever rule 1 says (needs --reason)")
+    promote.add_argument("--reason", default=None, help="why --force overrides the rule (recorded on the version)")
     promote.set_defaults(handler=cmd_promote)
 
     tune = commands.add_parser(
@@ -582,6 +592,16 @@ def os_error_line(err: OSError) -> str:
     return f"{where + ': ' if where else ''}{what}{f' ({code})' if code else ''}{'; ' + fix if fix else ''}"
 
 
+def _store_line(err: BaseException, args: argparse.Namespace, params: Params | None) -> str | None:
+    """One line for a locked, read-only or damaged store (Optuna's for `sscr tune`, else MLflow's), else None."""
+    from sscr.stores import mlflow_store, one_line, store_name
+
+    if args.command == "tune" and type(err).__module__.startswith(("optuna", "sqlalchemy")):
+        storage = getattr(args, "storage", None) or (params.tune.storage if params else "")
+        return one_line(err, "the Optuna storage", store_name(storage))
+    return one_line(err, "the MLflow tracking store", mlflow_store())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sscr`` console script."""
     parser = build_parser()
@@ -605,6 +625,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         # Our own errors, bad inputs and file-system failures are reported in one line that names the file
         # and the fix; anything else is a bug and keeps its traceback.
+        store = _store_line(err, args, locals().get("params"))
+        if store:
+            print(f"sscr: error: {store}", file=sys.stderr)
+            return 1
         if isinstance(err, ValueError) or type(err).__module__.startswith("sscr."):
             print(f"sscr: error: {err}", file=sys.stderr)
             return 1

@@ -292,11 +292,14 @@ class TuneConfig(_Group):
 
 
 class RegistryConfig(_Group):
-    """Model registry: name, alias and the metric that decides promotion."""
+    """Model registry: name, aliases and rule 1 (``sscr.registry``): what beats the champion beyond noise."""
 
     model_name: str = "sscr"
     alias: str = "champion"
-    metric: str = "PSNR"
+    challenger: str = "challenger"   # the alias of a version that does not beat the champion beyond noise
+    metric: Literal["PSNR"] = "PSNR"   # scored per validation image (sscr.validation)
+    min_gain: float = Field(default=0.0, ge=0.0)   # dB: no smaller than the measured seed-to-seed spread
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)   # of the paired bootstrap interval
 
 
 class Params(_Group):

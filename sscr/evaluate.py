@@ -8,6 +8,8 @@ season; UCE/AUCE for variance-predicting models. Writes ``metrics.json``
 tracked by git), PNG panels, the PSNR-by-coverage figure and optional GeoTIFF
 exports into ``evaluate.out_dir``, and logs all of it to the MLflow run that
 trained the checkpoint (found by its SHA-256), leaving that run's status as it is.
+It also scores every validation image (``val_images.json``, :mod:`sscr.validation`):
+promotion decides on the validation split, the test split is for reporting.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from sscr.checkpoint import build_from_checkpoint, load_checkpoint
 from sscr.config import EvaluateConfig, Params, parse_params, read_json_config, record_dir, run_dir
 from sscr.data.dataset import build_dataset, model_inputs
 from sscr.data.io import denormalize_s2, write_raster
+from sscr.evidence import SCORES_FILE
 from sscr.fsutil import atomic_path, remove_stale_temporaries, sha256_file, write_text
 from sscr.metrics import MetricAccumulator, cloud_metrics, flat_metrics
 from sscr.models import for_inference
 from sscr.quality import mlflow_tags, quality_check
+from sscr.validation import SUMMARY_FILE, headline_metrics, score_split
 
 REGIONS = ("all", "cloudy", "clear")
 #: The figure of PSNR inside clouds by coverage bin, in ``evaluate.out_dir`` (a DVC image plot).
@@ -134,6 +138,7 @@ def evaluate(
         raise ValueError(f"no {cfg.split} samples under {params.data.root}")
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=params.train.num_workers)
     run = _predict_split(model, loader, cfg, out_dir, device, progress)
+    validation = score_split(model, params, checkpoint_sha256, device=device)  # what promotion decides on
 
     model_summary, baseline_summary = run.model.summary(), run.baseline.summary()
     metrics: dict[str, Any] = {}
@@ -163,6 +168,8 @@ def evaluate(
     write_text(records / "quality.md", quality.markdown())
     _write_json(records / "quality.json", quality.as_dict())
     _write_json(records / "metrics.json", metrics)
+    validation.write(records / SCORES_FILE)
+    _write_json(records / SUMMARY_FILE, headline_metrics(metrics, validation))
     _write_csv(records / "coverage_bins.csv", bins)
     _write_csv(records / "seasons.csv", seasons)
     figure = _write_coverage_figure(bins, out_dir / COVERAGE_FIGURE)
@@ -337,7 +344,8 @@ def _log(checkpoint_sha256: str, run_id: str | None, metrics: dict[str, Any], re
     stamp = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(key, value, stamp, 0)
                                       for key, value in flat_metrics(metrics, prefix="test_").items()])
-    for name in ("metrics.json", "quality.md", "quality.json", "coverage_bins.csv", "seasons.csv"):
+    for name in ("metrics.json", "quality.md", "quality.json", "coverage_bins.csv", "seasons.csv", SCORES_FILE,
+                 SUMMARY_FILE):
         client.log_artifact(run_id, str(records / name), "evaluation")
     for key, value in {**mlflow_tags(metrics["quality"]), **tracking.device_tags(device, tracking.EVALUATE_DEVICE_TAG)}.items():
         client.set_tag(run_id, key, value)

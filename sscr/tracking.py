@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 # MLflow is imported inside the functions that use it: the training and inference code that imports this
 # module then runs where MLflow is not installed (a GPU node; benchmarks/gpu_check.py), as long as it logs nothing.
 
+from sscr import stores
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 #: Tag of a training run: the SHA-256 of its best checkpoint (updated whenever it improves). A checkpoint
 #: carries no run id (it would make every retrain a different file), so this tag is how evaluation and
@@ -56,12 +58,20 @@ def tracking_uri() -> str:
     """The tracking URI in use: ``MLFLOW_TRACKING_URI`` if set, else ``mlflow.db`` in the working directory.
 
     The default is made absolute so that a process that changes directory
-    (or MLflow's per-URI store cache) never mixes two stores.
+    (or MLflow's per-URI store cache) never mixes two stores. A relative SQLite path
+    is the project's: under DVC (``DVC_ROOT``, which ``dvc exp run --temp`` and DVC's
+    queue point at the project, not at their temporary copy) it is resolved there, so an
+    experiment's runs and versions land in the project's store, not in a copy deleted
+    after the run.
     """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{(Path.cwd() / uri.removeprefix('sqlite:///')).resolve()}"
+        base = Path(os.environ.get("DVC_ROOT") or Path.cwd())
+        uri = f"sqlite:///{(base / uri.removeprefix('sqlite:///')).resolve()}"
     return uri
+
+
+_CHECKED: set[str] = set()  # store URIs already checked for damage in this process
 
 
 def configure(uri: str | None = None) -> str:
@@ -81,6 +91,9 @@ def configure(uri: str | None = None) -> str:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    if uri not in _CHECKED:
+        stores.check_sqlite(uri, "the MLflow tracking store")  # a damaged store is refused before any write
+        _CHECKED.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -130,6 +143,7 @@ def require_store(purpose: str, uri: str | None = None) -> str:
         raise NoTrackingStore(f"{purpose} needs an MLflow tracking store, and there is none: {missing} does not "
                               f"exist ({origin}); {fix}")
     return uri
+
 
 
 def local_artifact_root(uri: str) -> Path:

@@ -574,7 +574,9 @@ def run_label(params: Params, prefix: str | None = None) -> str:
     """
     parts = [prefix] if prefix else []
     parts += [params.model.name, params.loss.name, "sar" if params.model.use_sar else "nosar"]
-    parts += [os.environ[key] for key in ("DVC_EXP_NAME", "SSCR_FLOW_RUN") if os.environ.get(key)]
+    for key in ("DVC_EXP_NAME", "SSCR_FLOW_RUN"):  # a Prefect run with parameters is the DVC experiment of its name
+        if os.environ.get(key) and os.environ[key] not in parts:
+            parts.append(os.environ[key])
     return "-".join(parts)
 
 

@@ -60,6 +60,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from sscr import stores
 from sscr.config import Params, TuneConfig, apply_override, parse_params, read_config_text, safe_yaml
 from sscr.fsutil import write_text
 
@@ -106,6 +107,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
+        stores.check_sqlite(url, "the Optuna storage")  # a damaged file is refused before Optuna writes to it
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     import sqlalchemy.exc

@@ -28,6 +28,7 @@ BENCHMARKS = [
     "inference_speedup",
     "mask_resolution",
     "mask_stamp",
+    "seed_spread",
 ]
 NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+( ?(s|ms|MiB|MB/s|GB/s|GFLOP/s|%))?$")
 
@@ -254,6 +255,18 @@ def test_gpu_check_dry_run(tmp_path, cache):
     assert [row["what"].split(",")[0] for row in tiles] == ["sscr_lite", "multisarv2"]
     assert all(row["status"] == "ok" and "1 tile(s)" in row["result"] for row in tiles)
     assert not (REPO / "benchmarks" / "results" / "gpu_check_dry_run.md").exists()
+
+
+def test_seed_spread_smoke(tmp_path, cache):
+    text = run_benchmark("seed_spread", tmp_path / "seed_spread.md", cache)
+    seeds, spread, pairs = tables(text)
+    assert [row["seed"] for row in seeds] == ["1", "2"]
+    for row in seeds:
+        assert all(is_number(row[column]) for column in ("validation PSNR", "test PSNR", "test PSNR inside clouds"))
+    assert [row["over the seeds"] for row in spread] == ["validation PSNR", "test PSNR", "test PSNR inside clouds"]
+    assert [(row["candidate"], row["champion"]) for row in pairs] == [("seed 1", "seed 2"), ("seed 2", "seed 1")]
+    assert all(row["rule 1"] in ("promote", "challenger") for row in pairs)
+    assert all(row["the interval alone (margin 0)"] in ("promote", "challenger") for row in pairs)
 
 
 #: Benchmarks that need a checkout of the published code (github.com/RSIR25/sscr), which CI does not have.
