@@ -130,13 +130,15 @@ def require_store(purpose: str, uri: str | None = None) -> str:
         if not Path(path).is_dir():
             missing = path
     elif parts.scheme in ("http", "https"):
-        import requests
+        # urllib, not requests: the served model's code imports only what its requirements install
+        from urllib.request import urlopen
 
         host = parts.hostname + (f":{parts.port}" if parts.port else "")
         base = urllib.parse.urlunsplit(parts._replace(netloc=host)).rstrip("/")
         try:
-            requests.get(f"{base}/health", timeout=10).raise_for_status()
-        except requests.RequestException as err:
+            with urlopen(f"{base}/health", timeout=10):  # an HTTP error status raises too
+                pass
+        except (OSError, ValueError) as err:
             raise NoTrackingStore(f"{purpose} needs an MLflow tracking store, and the server {shown} ({origin}) does "
                                   f"not answer ({type(err).__name__}): start it, or {fix}") from None
     if missing is not None:

@@ -53,7 +53,10 @@ def flow_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for_deployment(name: str, server: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+def wait_for_deployment(name: str, server: subprocess.Popen, log: Path, timeout: float = 240,
+                        project: Path | None = None) -> None:
+    """Wait until ``name`` is served; with ``project``, until it is the deployment serving that directory
+    (an earlier test on the same Prefect server may have left a deployment of the same name)."""
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -62,11 +65,13 @@ def wait_for_deployment(name: str, server: subprocess.Popen, log: Path, timeout:
         while True:
             assert server.poll() is None, f"serving stopped:\n{log.read_text()[-3000:]}"
             try:
-                client.read_deployment_by_name(name)
-                return
+                deployment = client.read_deployment_by_name(name)
+                if project is None or str(project) in str(deployment.model_dump()):
+                    return
             except ObjectNotFound:
-                assert time.monotonic() < deadline, f"{name} not served after {timeout} s:\n{log.read_text()[-3000:]}"
-                time.sleep(1)
+                pass
+            assert time.monotonic() < deadline, f"{name} not served after {timeout} s:\n{log.read_text()[-3000:]}"
+            time.sleep(1)
 
 
 def flow_run_filter(flow_run_id):
@@ -357,7 +362,7 @@ def test_prefect_cli_lists_inspects_and_runs_the_served_deployments(prefect_api,
                                    str(project)], cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=env,
                                   start_new_session=True)
     try:
-        wait_for_deployment("promote/sscr", server, log)
+        wait_for_deployment("promote/sscr", server, log, project=project)
         listed = subprocess.run([prefect, "deployment", "ls"], env=env, capture_output=True, text=True, timeout=120)
         assert listed.returncode == 0, listed.stdout + listed.stderr
         assert "promote/sscr" in listed.stdout
