@@ -10,6 +10,7 @@ import rasterio
 import torch
 from affine import Affine
 
+import sscr.data.scene_masks as scene_masks
 import sscr.infer as infer
 from sscr.bands import S1_BANDS, S2_BANDS
 from sscr.data.io import PatchError, normalize_s1, normalize_s2, write_raster
@@ -134,11 +135,11 @@ def test_mask_is_computed_per_tile_from_its_dn_and_aligned(scene, tmp_path, monk
     """sscr passes clear pixels through (mean = mask * decoded + (1 - mask) * cloudy): mask 0 -> output = input."""
     calls = []
 
-    def pixelwise_mask(dn: np.ndarray, kind: str, choice) -> np.ndarray:
+    def pixelwise_mask(dn: np.ndarray, kind: str, choice, threads=None) -> np.ndarray:
         calls.append((kind, choice.source, dn.shape))
         return (dn[:, 1] > 3000.5).astype(np.float32)  # B2 reflectance: bright = cloud
 
-    monkeypatch.setattr(infer, "tile_masks", pixelwise_mask)
+    monkeypatch.setattr(scene_masks, "tile_masks", pixelwise_mask)
     torch.manual_seed(0)
     model = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True).eval()
     out, mask_out = tmp_path / "clear.tif", tmp_path / "mask.tif"
@@ -389,7 +390,8 @@ def test_no_mask_is_computed_for_networks_without_a_mask_input(scene, unet, tmp_
     def no_mask_expected(*args, **kwargs):
         raise AssertionError("a cloud mask was computed for a network that takes none")
 
-    monkeypatch.setattr(infer, "tile_masks", no_mask_expected)
+    monkeypatch.setattr(scene_masks, "tile_masks", no_mask_expected)
+    monkeypatch.setattr(scene_masks.SceneMasker, "__init__", no_mask_expected)
     mask = tmp_path / "mask.tif"
     report = infer_scene(unet, scene["s2"], scene["s1"], tmp_path / "clear.tif", mask_path=mask, tile=TILE,
                          overlap=OVERLAP, mask="s2cloudless-10m", progress=False)
