@@ -525,3 +525,56 @@ def test_one_command_from_an_l1c_product_and_s1_to_a_cog_leaves_nothing_else(tmp
     assert main(["ensemble", str(inputs / "a.tif"), str(inputs / "b.tif"), "--out-mean", "mean.tif",
                  "--out-var", "var.tif"]) == 0
     assert sorted(path.name for path in ensemble_dir.iterdir()) == ["mean.tif", "var.tif"]
+
+
+# ---------------------------------------------------------------- speed: the same output, less work
+
+
+@pytest.mark.parametrize(("height", "width", "kind"), [(301, 421, "s2cloudless_map"), (100, 421, "s2cloudless_mask")],
+                         ids=["irregular-edges", "shorter-than-a-tile"])
+def test_scene_masker_gives_every_tile_its_own_mask_classifying_each_pixel_once(scene, height, width, kind):
+    """s2cloudless at 10 m shared by the tiles of a scene: each tile's mask equals tile_masks' bit for bit (edges,
+    padded tiles and a tile left out included), and each scene pixel is classified once."""
+    from sscr.data.scene_masks import MaskChoice, SceneMasker, pad_to, tile_masks
+
+    with rasterio.open(scene["s2"]) as src:
+        dn = src.read()[:, :height, :width]
+    tiling = SceneTiling.plan(width, height, TILE, OVERLAP, align=4)
+    choice = MaskChoice("s2cloudless-10m")
+    masker = SceneMasker(kind, choice, width, threads=1)
+    tiles = [(row, col) for row in range(tiling.y.count) for col in range(tiling.x.count)]
+    left_out = tiles[len(tiles) // 2]  # as a tile of no data is: its neighbours classify what they share with it
+    covered = np.zeros((height, width), bool)
+    for row, col in tiles:
+        if (row, col) == left_out:
+            continue
+        rows, cols = tiling.y.read_span(row), tiling.x.read_span(col)
+        covered[rows[0]: rows[1], cols[0]: cols[1]] = True
+        tile = pad_to(dn[:, rows[0]: rows[1], cols[0]: cols[1]], (tiling.y.tile, tiling.x.tile))
+        shared = masker(tile[None], [(rows, cols)])
+        np.testing.assert_array_equal(shared, tile_masks(tile[None], kind, choice))
+        assert shared.shape == (1, tiling.y.tile, tiling.x.tile)
+    assert masker.classified == covered.sum() < tiling.tiles * TILE * TILE / 1.2  # each pixel once
+    assert not covered.all()  # the left-out tile's own pixels were not classified
+
+
+def test_the_fast_path_writes_the_plain_paths_outputs_byte_for_byte(scene, tmp_path):
+    """A shared 10 m mask, a second reading thread and LightGBM on every core change nothing in the outputs."""
+    from sscr.infer import PLAIN, SceneSpeed
+
+    torch.manual_seed(0)
+    model = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True).eval()
+    outputs = {}
+    for name, speed in (("plain", PLAIN), ("fast", SceneSpeed(mask_threads=2))):
+        out, mask = tmp_path / name / "clear.tif", tmp_path / name / "mask.tif"
+        report = infer_scene(model, scene["s2"], scene["s1"], out, mask_path=mask, tile=TILE, overlap=OVERLAP,
+                             mask_kind="s2cloudless_map", mask="s2cloudless-10m", speed=speed, progress=False)
+        with rasterio.open(out) as prediction, rasterio.open(mask) as used:
+            outputs[name] = (prediction.read(), used.read(), report)
+    (plain, plain_mask, slow), (fast, fast_mask, quick) = outputs["plain"], outputs["fast"]
+    np.testing.assert_array_equal(fast, plain)
+    np.testing.assert_array_equal(fast_mask, plain_mask)
+    assert 0 < (plain_mask > 50).mean() < 1  # the scene has clouds and clear land
+    assert (slow.pixels_classified, quick.pixels_classified) == (0, WIDTH * HEIGHT)
+    assert {"read", "mask", "forward", "blend", "write", "cog"} <= set(quick.stage_seconds)
+    assert "wait" in quick.stage_seconds and "wait" not in slow.stage_seconds  # the second thread did the reading
