@@ -531,10 +531,10 @@ def _run(model: nn.Module, scene: Any, sar_inputs: SceneInputs | None, outputs: 
         except BaseException as err:
             for dataset in staged.values():
                 dataset.close()
+            full = next((paths[key] for key in specs if disk_full(paths[key].parent)), None)  # before freeing any
             for key in specs:
                 remove_stale_staging(paths[key])  # staging, temporary COG and GDAL's temporary overviews
-            full = next((paths[key] for key in specs if disk_full(paths[key].parent)), None)
-            if full is not None and isinstance(err, Exception) and not isinstance(err, OSError):
+            if full is not None and isinstance(err, Exception) and getattr(err, "errno", None) != errno.ENOSPC:
                 # GDAL reports a full disk as "Write failed"; say what it is, naming the output
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(full)) from err
             raise
@@ -604,12 +604,18 @@ def _check_paths(use_sar: bool, inputs: SceneInputs, outputs: SceneOutputs, choi
                 raise ValueError(f"{first} and {second} are the same file {named[first]}: give each output its own path")
 
 
+def check_batch_size(batch_size: int | None) -> None:
+    """Refuse a batch size below 1, naming ``sscr infer``'s option (before a model is loaded for nothing)."""
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1 (tiles per forward pass), got {batch_size}; "
+                         "leave it out for the default (1 on CPU, 4 on a GPU)")
+
+
 def _batch_size(model: nn.Module, batch_size: int | None) -> int:
     """Tiles per forward pass: as asked, else 1 on CPU and 4 on a GPU."""
+    check_batch_size(batch_size)
     if batch_size is None:
         batch_size = 1 if next(model.parameters()).device.type == "cpu" else 4
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1 (tiles per forward pass), got {batch_size}")
     return batch_size
 
 
@@ -824,6 +830,7 @@ def _stream_tiles(model: nn.Module, readers: _Readers, tiling: SceneTiling, stag
                     for key, data in layers.items():
                         staged[key].write(data, window=window)
                 bar.update(1)
+            faults.checkpoint("infer.tile")  # tests interrupt or kill the run here, amid its tiles
     return skipped
 
 

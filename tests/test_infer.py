@@ -578,3 +578,88 @@ def test_the_fast_path_writes_the_plain_paths_outputs_byte_for_byte(scene, tmp_p
     assert (slow.pixels_classified, quick.pixels_classified) == (0, WIDTH * HEIGHT)
     assert {"read", "mask", "forward", "blend", "write", "cog"} <= set(quick.stage_seconds)
     assert "wait" in quick.stage_seconds and "wait" not in slow.stage_seconds  # the second thread did the reading
+
+
+# ---------------------------------------------------------------- all or nothing: a full disk, signals, a killed run
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {path.name: _digest(path) for path in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def cli_run(scene, tmp_path_factory):
+    """``sscr infer`` in a subprocess on the test scene (a small cloud-gated model, prediction and mask), and the
+    outputs of one finished run (``before/``: c.tif, m.tif) to stand for the files a new run must not break."""
+    import subprocess
+    import sys
+
+    from sscr.checkpoint import save_atomic
+
+    from sandbox import subprocess_env
+
+    root = tmp_path_factory.mktemp("cli_run")
+    torch.manual_seed(0)
+    model = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True)
+    checkpoint = save_atomic({"model": model.state_dict(), "model_name": "sscr_lite",
+                              "model_config": dict(model.config), "config": {}}, root / "model_best.pt")
+
+    def command(folder: str) -> list[str]:
+        return [sys.executable, "-m", "sscr.cli", "infer", "--model", str(checkpoint), "--s2", str(scene["s2"]),
+                "--s1", str(scene["s1"]), "--out", f"{folder}/c.tif", "--mask-out", f"{folder}/m.tif",
+                "--mask-kind", "cloud_cloudshadow_mask", "--tile", str(TILE), "--overlap", str(OVERLAP),
+                "--no-progress"]
+
+    def run(folder: str, cwd: Path = root, setup: list[str] | None = None, **env: str):
+        return subprocess.run([*(setup or []), *command(folder)], cwd=cwd, env=subprocess_env(**env),
+                              capture_output=True, text=True, timeout=600)
+
+    done = run("before")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"root": root, "run": run, "command": command, "before": root / "before"}
+
+
+def _staging_sizes(cli_run) -> int:
+    """Bytes of the staging files a run leaves when it is killed after its tiles (SIGKILL at ``infer.cog``)."""
+    folder = cli_run["root"] / "killed"
+    done = cli_run["run"]("killed", SSCR_FAULT="infer.cog")
+    assert done.returncode == -9
+    staged = sorted(path.name for path in folder.iterdir())
+    assert staged == [".c.tif.staging.tif", ".m.tif.staging.tif"], staged
+    return sum(path.stat().st_size for path in folder.iterdir())
+
+
+@pytest.mark.parametrize("when", ["tiles", "cog"])
+def test_a_full_disk_changes_no_output_and_says_so_in_one_line(cli_run, tmp_path, when):
+    """Issue 21 row 6: prediction and mask of one run are replaced together or not at all; nothing else is left."""
+    import shutil
+
+    from sandbox import can_mount
+
+    if not can_mount(tmp_path):
+        pytest.skip("needs root and mount namespaces (unshare -m) for a real full file system")
+    before = cli_run["before"]
+    kept = sum(path.stat().st_size for path in before.iterdir())
+    # "tiles": no room for the staging files; "cog": room for them, not for the COGs beside them
+    room = 8 * 1024 + (_staging_sizes(cli_run) if when == "cog" else 0)
+    size_k = (kept + room) // 1024 + 8
+    shutil.copytree(before, tmp_path / "old")
+    # inside a private mount namespace: a small tmpfs holding the previous outputs; what it holds afterwards is
+    # listed and copied out before the namespace (and the tmpfs) goes
+    # "cog": a first run killed after its tiles shows that they fit (its staging files, left behind, are removed by
+    # the second run); the second run then fails in the COG conversion
+    first = 'SSCR_FAULT=infer.cog "$@"; echo $? > killed.txt; ' if when == "cog" else ""
+    script = (f"mkdir -p full after && mount -t tmpfs -o size={size_k}k tmpfs full && cp old/* full/ && {first}"
+              '"$@"; code=$?; ls -A full > left.txt; cp full/* after/; exit $code')
+    done = cli_run["run"]("full", cwd=tmp_path, setup=["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                                       script, "sh"])
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("sscr:")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines[0].startswith("sscr: error: full/") and "No space left on device (ENOSPC)" in lines[0]
+    assert "free space" in lines[0] and "--out" in lines[0]
+    assert (tmp_path / "left.txt").read_text().split() == ["c.tif", "m.tif"]  # no staging, no partial COG
+    assert _digests(tmp_path / "after") == _digests(before)  # both outputs as the previous run left them
+    if when == "cog":
+        assert (tmp_path / "killed.txt").read_text().strip() == str(128 + 9)  # the tiles fitted: killed at the COGs
+        assert "removed full/.c.tif.staging.tif, left by an interrupted run" in done.stderr

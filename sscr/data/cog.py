@@ -25,7 +25,9 @@ Tags (:func:`output_tags`) record the model, its version and what was done to th
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +41,7 @@ from rasterio.windows import Window
 from sscr.bands import S2_BANDS
 from sscr.data.regrid import Grid
 from sscr.data.sentinel2 import NODATA_DN, Radiometry
-from sscr.fsutil import atomic_path, temporary_path
+from sscr.fsutil import atomic_path, disk_full, temporary_path
 
 COG_BLOCKSIZE = 512
 COMPRESS = "DEFLATE"
@@ -182,11 +184,16 @@ def finish_cogs(layers: Sequence[tuple[str | Path, LayerSpec]], tags: Mapping[st
             staging = _staging_path(Path(path))
             with rasterio.open(staging, "r+") as dataset:
                 _describe(dataset, spec, tags)
-            rasterio.shutil.copy(
-                staging, partial, driver="COG", BLOCKSIZE=blocksize, COMPRESS=COMPRESS, PREDICTOR="YES",
-                OVERVIEWS="IGNORE_EXISTING", OVERVIEW_RESAMPLING=spec.overview_resampling.upper(),
-                BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS",
-            )
+            try:
+                rasterio.shutil.copy(
+                    staging, partial, driver="COG", BLOCKSIZE=blocksize, COMPRESS=COMPRESS, PREDICTOR="YES",
+                    OVERVIEWS="IGNORE_EXISTING", OVERVIEW_RESAMPLING=spec.overview_resampling.upper(),
+                    BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS",
+                )
+            except Exception as err:
+                if disk_full(partial.parent):  # name the output whose conversion ran out of space
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+                raise
             staging.unlink()
     return paths
 
