@@ -663,3 +663,69 @@ def test_a_full_disk_changes_no_output_and_says_so_in_one_line(cli_run, tmp_path
     if when == "cog":
         assert (tmp_path / "killed.txt").read_text().strip() == str(128 + 9)  # the tiles fitted: killed at the COGs
         assert "removed full/.c.tif.staging.tif, left by an interrupted run" in done.stderr
+
+
+@pytest.mark.parametrize(("signum", "point"), [("SIGTERM", "infer.tile"), ("SIGINT", "infer.cog")],
+                         ids=["sigterm-amid-tiles", "sigint-before-cogs"])
+def test_a_signal_leaves_no_staging_file_and_one_line(cli_run, tmp_path, signum, point):
+    """Issue 21 row 7: stopped amid its tiles or with its staging files done, a run removes them, changes no
+    output, says so in one line and exits 128 + the signal's number."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from sandbox import subprocess_env
+
+    folder = tmp_path / "out"
+    shutil.copytree(cli_run["before"], folder)
+    before = _digests(folder)
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    process = subprocess.Popen(cli_run["command"]("out"), cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                               env=subprocess_env(SSCR_FAULT=f"pause:{point}", SSCR_FAULT_DIR=str(faults)))
+    try:
+        deadline = time.monotonic() + 300
+        while not (faults / "paused").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "the run never reached the fault point"
+            time.sleep(0.1)
+        assert any(path.name.endswith(".staging.tif") for path in folder.iterdir())  # caught with its files open
+        process.send_signal(getattr(signal, signum))
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    number = getattr(signal, signum).value
+    assert process.returncode == 128 + number, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (f"sscr: infer interrupted ({signum}): out/c.tif and the other "
+                                               "outputs are as they were before, no partial file left")
+    assert _digests(folder) == before  # c.tif and m.tif as they were, and nothing else
+
+
+def test_a_killed_runs_leftovers_are_removed_by_the_next_run(cli_run, tmp_path):
+    """Issue 21 row 7: SIGKILL leaves staging files (and, amid the COG conversion, GDAL's temporary overviews);
+    the next run writing those outputs removes them, says which, and leaves only its outputs."""
+    folder = tmp_path / "out"
+    killed = cli_run["run"]("out", cwd=tmp_path, SSCR_FAULT="infer.cog")
+    assert killed.returncode == -9
+    (folder / ".c.tif.partial").write_bytes(b"half a COG")  # what a kill amid the conversion leaves as well
+    (folder / ".c.tif.partial.ovr.tmp").write_bytes(b"GDAL's overviews")
+    left = sorted(path.name for path in folder.iterdir())
+    assert left == [".c.tif.partial", ".c.tif.partial.ovr.tmp", ".c.tif.staging.tif", ".m.tif.staging.tif"]
+    done = cli_run["run"]("out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(path.name for path in folder.iterdir()) == ["c.tif", "m.tif"]
+    for name in left:
+        assert f"removed out/{name}, left by an interrupted run" in done.stderr
+
+
+def test_batch_size_zero_names_the_infer_option(tmp_path, capsys):
+    """Issue 21 row 11: ``sscr infer --batch-size 0`` is refused naming --batch-size, not train.batch_size."""
+    from sscr.cli import main
+
+    code = main(["infer", "--model", str(tmp_path / "none.pt"), "--s2", str(tmp_path / "s2.tif"), "--out",
+                 str(tmp_path / "c.tif"), "--batch-size", "0"])
+    error = capsys.readouterr().err.strip()
+    assert code == 1 and error == ("sscr: error: --batch-size must be at least 1 (tiles per forward pass), got 0; "
+                                   "leave it out for the default (1 on CPU, 4 on a GPU)")
+    assert list(tmp_path.iterdir()) == []
