@@ -372,7 +372,7 @@ class SceneSpeed:
 
 
 PLAIN = SceneSpeed(share_mask=False, prefetch=False, mask_threads=None)
-"""The path before the speed-ups: a mask per tile, one thread (for comparisons)."""
+"""The path before the speed-ups: a mask per tile, no second thread (for comparisons)."""
 
 
 def infer_scene(

@@ -729,3 +729,23 @@ def test_batch_size_zero_names_the_infer_option(tmp_path, capsys):
     assert code == 1 and error == ("sscr: error: --batch-size must be at least 1 (tiles per forward pass), got 0; "
                                    "leave it out for the default (1 on CPU, 4 on a GPU)")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_shared_probability_holds_one_band_of_rows_whatever_the_scene_height(monkeypatch):
+    """Memory stays bounded: across a 10980 px wide, 3000 px tall scene the shared s2cloudless probability holds at
+    most one tile row's read rows (a cheap stand-in classifier: the buffers are what is measured)."""
+    from sscr.data import scene_masks
+    from sscr.data.scene_masks import MaskChoice, SceneMasker
+
+    monkeypatch.setattr(scene_masks, "_probability", lambda pixels, threads: pixels[1] / 10000.0)
+    width, height = 10980, 3000
+    tiling = SceneTiling.plan(width, height, 256, 32, align=4)
+    masker = SceneMasker("s2cloudless_map", MaskChoice("s2cloudless-10m"), width, threads=1)
+    tile = np.full((1, 13, 256, 256), 1000, np.uint16)
+    held = 0
+    for row in range(tiling.y.count):
+        for col in (0, 1, tiling.x.count - 1):  # enough columns to move through the rows
+            masker(tile, [(tiling.y.read_span(row), tiling.x.read_span(col))])
+            held = max(held, masker.scene.probability.shape[0])
+    assert held == 256 and masker.scene.probability.shape == masker.scene.known.shape == (256, width)
+    assert masker.scene.probability.nbytes + masker.scene.known.nbytes < 16 * 2**20  # 13.7 MB at 10980 px
