@@ -32,7 +32,7 @@ Results: a markdown table on stdout and in ``benchmarks/results/scene_inference_
 
 ``--profile`` (``scene_inference_profile.md``; ``--quick``: 512 px) runs the default
 (``sscr_lite``, s2cloudless at 10 m) at 1024 px on the plain path (a mask per tile, no
-second thread: :data:`sscr.infer.PLAIN`) and on the fast one (:class:`sscr.infer.SceneSpeed`),
+second thread, every tile through the model: :data:`sscr.infer.PLAIN`) and on the fast one (:class:`sscr.infer.SceneSpeed`),
 round-robin, and for the project's CPU-sized ``sscr_lite`` (``params.yaml``: widths 16, 32,
 64) too; it tables the time of each stage (mask, read, forward, blend, write, COG
 conversion) and compares the outputs of the two paths (max abs difference, PSNR).
@@ -119,6 +119,8 @@ class Run:
     """``fast`` (:class:`sscr.infer.SceneSpeed` defaults) or ``plain`` (:data:`sscr.infer.PLAIN`)."""
     stage_seconds: dict[str, float] | None = None
     pixels_classified: int = 0
+    tiles_passed_through: int = 0
+    """Tiles clear throughout, not run through the model (their output is their input)."""
     load: tuple[float, float] = (0.0, 0.0)
     """1-minute load average when the run started and when it ended."""
     output: str | None = None
@@ -279,6 +281,7 @@ def worker(size: int, model_key: str, mask: str, smoke: bool = False, batch: int
                 "speed": speed,
                 "stage_seconds": report.stage_seconds,
                 "pixels_classified": report.pixels_classified,
+                "tiles_passed_through": report.tiles_passed_through,
                 "load": [load_before, os.getloadavg()[0]],
                 "output": str(out_path) if keep else None,
             }
@@ -399,15 +402,17 @@ def memory_runs(run, budget_minutes: float, notes: list[str]) -> list[Run]:
 def stage_table(runs: list[Run]) -> list[str]:
     """Seconds per stage of each run, and each stage's share of the run's wall time."""
     lines = [
-        "| model | path | time | s / tile | " + " | ".join(STAGES) + " | pixels classified | load (start, end) |",
-        "| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in STAGES) + " | ---: | --- |",
+        "| model | path | time | s / tile | " + " | ".join(STAGES)
+        + " | pixels classified | tiles passed through | load (start, end) |",
+        "| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in STAGES) + " | ---: | ---: | --- |",
     ]
     for run in runs:
         stages = run.stage_seconds or {}
         cells = [f"{stages[stage]:.1f} s ({100 * stages[stage] / run.seconds:.0f}%)" if stage in stages else "-"
                  for stage in STAGES]
         lines.append(f"| {run.model} | {run.speed} | {run.seconds:.1f} s | {run.seconds / run.tiles:.2f} | "
-                     + " | ".join(cells) + f" | {run.pixels_classified:,} | {run.load[0]:.1f}, {run.load[1]:.1f} |")
+                     + " | ".join(cells) + f" | {run.pixels_classified:,} | {run.tiles_passed_through} | "
+                     f"{run.load[0]:.1f}, {run.load[1]:.1f} |")
     return lines
 
 
@@ -443,7 +448,8 @@ def profile(argv: list[str] | None, quick: bool, repeats: int, out: Path | None)
         "network and mask: `sscr_lite` (its own default widths 32, 64, 128) and `sscr_lite_cpu` (the widths "
         "`params.yaml` trains, 16, 32, 64), s2cloudless at 10 m. Plain path: a mask per tile, no second thread "
         "(`sscr.infer.PLAIN`, the path before); fast path: `sscr.infer.SceneSpeed()` (each pixel classified "
-        "once, the next batch read and its mask computed in a second thread); LightGBM gets 2 threads on both "
+        "once, the next batch read and its mask computed in a second thread, tiles clear throughout passed "
+        "through without a forward pass); LightGBM gets 2 threads on both "
         "(`SSCR_S2CLOUDLESS_THREADS`, which the benchmark sets; `sscr infer` now uses torch's thread count when "
         f"it is unset, where it used 1). {repeats} round(s), the order alternating; "
         "each run a fresh process; the fastest run of each shown. Stage seconds are busy time per stage; with "

@@ -58,7 +58,7 @@ from sscr.data.scene_masks import MaskChoice, SceneMasker, open_mask_file, pad_t
 from sscr.data.sentinel1 import open_s1
 from sscr.data.sentinel2 import open_s2
 from sscr.fsutil import disk_full
-from sscr.predict import predict_tensors
+from sscr.predict import passed_through, passes_through, predict_tensors
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +296,8 @@ class SceneReport:
     """Seconds per stage (:class:`StageClock`): read, mask, forward, blend, write, cog, and wait with prefetch."""
     pixels_classified: int = 0
     """Pixels s2cloudless classified at 10 m (each scene pixel at most once; 0 for other mask sources)."""
+    tiles_passed_through: int = 0
+    """Tiles clear throughout (by the mask), whose output is their input: not run through the model."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for JSON and logs."""
@@ -356,12 +358,16 @@ class SceneSpeed:
     overlapping tile (:class:`sscr.data.scene_masks.SceneMasker`: the same masks bit for bit).
     ``prefetch``: a second thread reads the next batch and computes its mask while the model
     runs. ``mask_threads``: LightGBM threads of s2cloudless (None: ``SSCR_S2CLOUDLESS_THREADS``
-    if set, else torch's thread count).
+    if set, else torch's thread count). ``skip_clear``: a tile whose output the model says
+    is its input throughout, from the mask alone (``sscr_lite`` where the mask is clear,
+    :func:`sscr.predict.passes_through`), is not run through the model: the same output, bit
+    for bit, at the cost of its mask.
     """
 
     share_mask: bool = True
     prefetch: bool = True
     mask_threads: int | None = None
+    skip_clear: bool = True
 
     def threads(self) -> int:
         """LightGBM threads for s2cloudless."""
@@ -371,7 +377,7 @@ class SceneSpeed:
         return max(1, int(value)) if value.isdigit() else torch.get_num_threads()
 
 
-PLAIN = SceneSpeed(share_mask=False, prefetch=False, mask_threads=None)
+PLAIN = SceneSpeed(share_mask=False, prefetch=False, mask_threads=None, skip_clear=False)
 """The path before the speed-ups: a mask per tile, no second thread (for comparisons)."""
 
 
@@ -467,7 +473,7 @@ def infer_scene(
         mask_path=outputs.mask, tile=tile, overlap=report["overlap"], batch_size=batch_size,
         mask_kind=choice.kind if choice else None, mask_source=choice.source.describe() if choice else None,
         stage_seconds={stage: round(value, 3) for stage, value in clock.seconds.items()},
-        pixels_classified=report["classified"],
+        pixels_classified=report["classified"], tiles_passed_through=report["passed"],
     )
 
 
@@ -520,8 +526,8 @@ def _run(model: nn.Module, scene: Any, sar_inputs: SceneInputs | None, outputs: 
             for key, spec in specs.items():
                 staged[key] = create_staging(paths[key], grid, spec, tiling.block_shape)
             readers = _Readers(s2, s1, mask_file)
-            skipped = _stream_tiles(model, readers, tiling, staged, scene.radiometry, var_bands, batch_size,
-                                    masker, speed, clock, progress)
+            skipped, passed = _stream_tiles(model, readers, tiling, staged, scene.radiometry, var_bands,
+                                            batch_size, masker, speed, clock, progress)
             for dataset in staged.values():
                 dataset.close()
             faults.checkpoint("infer.cog")  # tests stop or kill the run here: tiles done, no COG yet
@@ -540,7 +546,7 @@ def _run(model: nn.Module, scene: Any, sar_inputs: SceneInputs | None, outputs: 
             raise
     return {"size": (grid.width, grid.height), "tiles": tiling.tiles, "skipped": skipped,
             "overlap": max(tiling.x.overlap, tiling.y.overlap),
-            "classified": masker.classified if masker is not None else 0}
+            "classified": masker.classified if masker is not None else 0, "passed": passed}
 
 
 def _check_s1_covers(s1: Any, scene: Any) -> None:
@@ -751,14 +757,19 @@ class _TileReader:
 
 
 def _predict_batch(model: nn.Module, cloudy_dn: np.ndarray, db: np.ndarray | None, mask: np.ndarray | None,
-                   var_bands: int) -> np.ndarray:
-    """Normalise and predict a batch of tiles -> (B, 13 + var_bands (+ 1 mask), h, w) float32."""
-    cloudy = normalize_s2(cloudy_dn)
-    sar = normalize_s1(db) if db is not None else None
-    out = predict_tensors(
-        model, torch.from_numpy(cloudy), torch.from_numpy(sar) if sar is not None else None,
-        torch.from_numpy(mask) if mask is not None else None,
-    )
+                   var_bands: int, skip_clear: bool = False) -> tuple[np.ndarray, bool]:
+    """Normalise and predict a batch of tiles -> ((B, 13 + var_bands (+ 1 mask), h, w) float32, skipped).
+
+    ``skipped``: the model was not run, the batch passes through it unchanged (``skip_clear``).
+    """
+    cloudy = torch.from_numpy(normalize_s2(cloudy_dn))
+    mask_tensor = torch.from_numpy(mask) if mask is not None else None
+    skipped = skip_clear and not var_bands and passes_through(model, cloudy, mask_tensor)
+    if skipped:
+        out = passed_through(cloudy)
+    else:
+        sar = normalize_s1(db) if db is not None else None
+        out = predict_tensors(model, cloudy, torch.from_numpy(sar) if sar is not None else None, mask_tensor)
     parts = [out["mean"]]
     if var_bands:
         if "var" not in out or out["var"].shape[1] != var_bands:
@@ -767,18 +778,19 @@ def _predict_batch(model: nn.Module, cloudy_dn: np.ndarray, db: np.ndarray | Non
         parts.append(out["var"])
     if mask is not None:
         parts.append(torch.from_numpy(np.asarray(mask, np.float32))[:, None])
-    return torch.cat(parts, dim=1).cpu().numpy()
+    return torch.cat(parts, dim=1).cpu().numpy(), skipped
 
 
 def _stream_tiles(model: nn.Module, readers: _Readers, tiling: SceneTiling, staged: dict[str, Any],
                   radiometry: Any, var_bands: int, batch_size: int, masker: SceneMasker | None,
-                  speed: SceneSpeed, clock: StageClock, progress: bool) -> int:
+                  speed: SceneSpeed, clock: StageClock, progress: bool) -> tuple[int, int]:
     """Read, predict and blend every tile in row-major order, writing each final region as it completes.
 
     The mask the model was fed is blended like the prediction (s2cloudless' smoothing makes
     tile edges differ). With ``speed.prefetch`` the next batch is read (and its mask
     computed) in a second thread while this one runs the model. Returns the number of
-    tiles skipped because they hold only no-data.
+    tiles skipped because they hold only no-data, and of those passed through unchanged
+    (``speed.skip_clear``).
     """
     bands = len(S2_BANDS)
     masked = masker is not None or readers.mask_file is not None
@@ -786,7 +798,7 @@ def _stream_tiles(model: nn.Module, readers: _Readers, tiling: SceneTiling, stag
     blender = StreamingBlender(tiling, channels)
     reader = _TileReader(readers, tiling, masker, clock)
     batches = _tile_batches(tiling, batch_size)
-    skipped = 0
+    skipped = passed = 0
     with (tqdm(total=tiling.tiles, desc="scene tiles", unit="tile", disable=not progress) as bar,
           ThreadPoolExecutor(1, thread_name_prefix="sscr-tile-reader") as pool):
         pending = pool.submit(reader, next(batches, None)) if speed.prefetch else None
@@ -805,9 +817,12 @@ def _stream_tiles(model: nn.Module, readers: _Readers, tiling: SceneTiling, stag
             predicted = {}
             if run:
                 with clock("forward"):
-                    outputs = _predict_batch(model, batch.dn[run], batch.db[run] if batch.db is not None else None,
-                                             batch.mask[run] if batch.mask is not None else None, var_bands)
+                    outputs, clear = _predict_batch(model, batch.dn[run],
+                                                    batch.db[run] if batch.db is not None else None,
+                                                    batch.mask[run] if batch.mask is not None else None, var_bands,
+                                                    speed.skip_clear)
                 predicted = dict(zip(run, outputs, strict=True))
+                passed += len(run) if clear else 0
             for i, (row, col) in enumerate(batch.tiles):
                 rows, cols = batch.spans[i]
                 with clock("blend"):
@@ -831,7 +846,7 @@ def _stream_tiles(model: nn.Module, readers: _Readers, tiling: SceneTiling, stag
                         staged[key].write(data, window=window)
                 bar.update(1)
             faults.checkpoint("infer.tile")  # tests interrupt or kill the run here, amid its tiles
-    return skipped
+    return skipped, passed
 
 
 def _no_data(dn: np.ndarray) -> np.ndarray:

@@ -749,3 +749,33 @@ def test_the_shared_probability_holds_one_band_of_rows_whatever_the_scene_height
             held = max(held, masker.scene.probability.shape[0])
     assert held == 256 and masker.scene.probability.shape == masker.scene.known.shape == (256, width)
     assert masker.scene.probability.nbytes + masker.scene.known.nbytes < 16 * 2**20  # 13.7 MB at 10980 px
+
+
+def test_tiles_clear_throughout_skip_the_model_and_keep_its_output(scene, tmp_path):
+    """sscr_lite passes clear pixels (probability 0, isolated detections) through unchanged: a tile clear throughout
+    is not run through the model, and every output byte is the one the model would have written."""
+    from sscr.infer import PLAIN, SceneSpeed
+
+    cloud = np.zeros((1, HEIGHT, WIDTH), np.float32)
+    cloud[:, :, 260:] = 0.9  # the right part cloudy, the left clear ...
+    cloud[:, 40:42, 50:52] = 0.95  # ... but for a 2 x 2 px detection far from any cloud (a bright roof)
+    mask_file = write_raster(tmp_path / "mask.tif", cloud, CRS, TRANSFORM)
+    torch.manual_seed(0)
+    model = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True).eval()
+    outputs = {}
+    for name, speed in (("plain", PLAIN), ("fast", SceneSpeed())):
+        out = tmp_path / name / "clear.tif"
+        report = infer_scene(model, scene["s2"], scene["s1"], out, tile=TILE, overlap=OVERLAP, mask=str(mask_file),
+                             speed=speed, progress=False)
+        with rasterio.open(out) as dataset:
+            outputs[name] = (dataset.read(), report)
+    (plain, slow), (fast, quick) = outputs["plain"], outputs["fast"]
+    np.testing.assert_array_equal(fast, plain)
+    tiling = SceneTiling.plan(WIDTH, HEIGHT, TILE, OVERLAP, align=model.size_multiple)
+    clear_columns = sum(1 for col in range(tiling.x.count) if tiling.x.read_span(col)[1] <= 260)
+    assert clear_columns >= 2 and quick.tiles_passed_through == clear_columns * tiling.y.count
+    assert slow.tiles_passed_through == 0
+    with rasterio.open(scene["s2"]) as src:
+        cloudy = np.clip(src.read().astype(np.int64), 1, 10000)
+    assert (plain[:, :, :200] == cloudy[:, :, :200]).all()  # what was skipped is the input, as the model says
+    assert (np.abs(plain[:, :, 300:].astype(np.int64) - cloudy[:, :, 300:]) > 1).mean() > 0.5  # the rest was not
