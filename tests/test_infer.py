@@ -779,3 +779,30 @@ def test_tiles_clear_throughout_skip_the_model_and_keep_its_output(scene, tmp_pa
         cloudy = np.clip(src.read().astype(np.int64), 1, 10000)
     assert (plain[:, :, :200] == cloudy[:, :, :200]).all()  # what was skipped is the input, as the model says
     assert (np.abs(plain[:, :, 300:].astype(np.int64) - cloudy[:, :, 300:]) > 1).mean() > 0.5  # the rest was not
+
+
+def test_passes_through_marks_exactly_pixels_whose_output_is_the_input():
+    """The rule sscr_lite gives for skipping: every pixel it marks has mean == clip(cloudy) bit for bit in a real
+    forward pass, and a mask with a real cloud body is not marked clear throughout."""
+    from sscr.predict import passes_through
+
+    torch.manual_seed(0)
+    model = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True).eval()
+    rng = np.random.default_rng(0)
+    cloudy = torch.from_numpy(rng.uniform(0, 1.2, (1, 13, 64, 64)).astype(np.float32))
+    sar = torch.from_numpy(rng.uniform(0, 1, (1, 2, 64, 64)).astype(np.float32))
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 10:12, 10:12] = 0.9  # isolated
+    mask[:, 30:50, 30:50] = 0.8  # a cloud body, with a blurred skirt
+    mask[:, 28:52, 28:52] = torch.maximum(mask[:, 28:52, 28:52], torch.tensor(0.2))
+    marked = model.passes_through(mask)[0, 0]
+    mean = predict_tensors(model, cloudy, sar, mask)["mean"][0]
+    assert marked[10, 10] and not marked[40, 40] and 0.5 < marked.float().mean() < 0.95
+    assert torch.equal(mean[:, marked], cloudy[0].clamp(0, 1)[:, marked])
+    assert (mean[:, ~marked] != cloudy[0].clamp(0, 1)[:, ~marked]).float().mean() > 0.9
+    assert not passes_through(model, cloudy, mask)
+    clear = mask.clone()
+    clear[:, 20:60, 20:60] = 0.0  # only the isolated detection left
+    assert passes_through(model, cloudy, clear)
+    variance = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_mask=True, variance="diag").eval()
+    assert not passes_through(variance, cloudy, clear)  # its variance is needed: it always runs
