@@ -94,6 +94,7 @@ PROFILE_SIZE, PROFILE_QUICK_SIZE = 1024, 512
 RESULTS_PROFILE = HERE / "results" / "scene_inference_profile.md"
 RESULTS_WHOLE_TILE = HERE / "results" / "scene_inference_whole_tile.md"
 STAGES = ("mask", "read", "forward", "blend", "write", "cog", "wait")
+PROFILE_MODELS = ("sscr_lite", "sscr_lite_cpu")
 """Stages of :attr:`sscr.infer.SceneReport.stage_seconds`, in table order."""
 
 
@@ -428,25 +429,27 @@ def compare_outputs(first: Path, second: Path) -> dict[str, float]:
             "equal": float((difference == 0).mean())}
 
 
-def profile(argv: list[str] | None, quick: bool, repeats: int, out: Path | None) -> int:
+def profile(argv: list[str] | None, quick: bool, repeats: int, out: Path | None,
+            models: tuple[str, ...] = PROFILE_MODELS) -> int:
     """The default's stage times, plain path against fast path, round-robin, and the two paths' outputs compared."""
     size = PROFILE_QUICK_SIZE if quick else PROFILE_SIZE
     load = os.getloadavg()[0]
     runs: dict[tuple[str, str], list[Run]] = {}
     for round_index in range(repeats):
-        for model_key in ("sscr_lite", "sscr_lite_cpu"):
+        for model_key in models:
             order = ("plain", "fast") if round_index % 2 == 0 else ("fast", "plain")
             for speed in order:
                 runs.setdefault((model_key, speed), []).append(
                     measure(size, model_key, "default", speed=speed, keep=round_index == 0))
     best = {key: min(each, key=lambda run: run.seconds) for key, each in runs.items()}
     lines = [
-        f"# Full-scene inference: where the default's time goes ({size} x {size} px)",
+        f"# Full-scene inference: where the time goes ({size} x {size} px; {', '.join(models)})",
         "",
         f"`{command_line(NAME, argv)}`, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores (load average {load:.1f} at start, shared with other jobs). `sscr infer`'s default "
-        "network and mask: `sscr_lite` (its own default widths 32, 64, 128) and `sscr_lite_cpu` (the widths "
-        "`params.yaml` trains, 16, 32, 64), s2cloudless at 10 m. Plain path: a mask per tile, no second thread "
+        "network and mask: `sscr_lite` (its own default widths 32, 64, 128; `sscr_lite_cpu`: the widths "
+        "`params.yaml` trains, 16, 32, 64) with s2cloudless at 10 m; `multisarv2` and `uncrtaints` take no mask. "
+        "Plain path: a mask per tile, no second thread "
         "(`sscr.infer.PLAIN`, the path before); fast path: `sscr.infer.SceneSpeed()` (each pixel classified "
         "once, the next batch read and its mask computed in a second thread, tiles clear throughout passed "
         "through without a forward pass); LightGBM gets 2 threads on both "
@@ -458,7 +461,7 @@ def profile(argv: list[str] | None, quick: bool, repeats: int, out: Path | None)
         *stage_table([best[key] for key in sorted(best)]),
         "",
     ]
-    for model_key in ("sscr_lite", "sscr_lite_cpu"):
+    for model_key in models:
         plain, fast = best[(model_key, "plain")], best[(model_key, "fast")]
         all_plain = [run.seconds for run in runs[(model_key, "plain")]]
         all_fast = [run.seconds for run in runs[(model_key, "fast")]]
@@ -466,8 +469,8 @@ def profile(argv: list[str] | None, quick: bool, repeats: int, out: Path | None)
         kept_plain = next(run for run in kept if run.speed == "plain")
         kept_fast = next(run for run in kept if run.speed == "fast")
         same = compare_outputs(Path(kept_plain.output), Path(kept_fast.output))
-        masks = compare_outputs(Path(kept_plain.output).with_name(f"mask_{Path(kept_plain.output).name}"),
-                                Path(kept_fast.output).with_name(f"mask_{Path(kept_fast.output).name}"))
+        mask_files = [Path(run.output).with_name(f"mask_{Path(run.output).name}") for run in (kept_plain, kept_fast)]
+        masks = compare_outputs(*mask_files) if all(path.exists() for path in mask_files) else None
         lines += [
             f"- {model_key}: fast / plain time {fast.seconds:.1f} / {plain.seconds:.1f} s = "
             f"**{fast.seconds / plain.seconds:.2f}** (all runs: plain {', '.join(f'{v:.0f}' for v in all_plain)} s; "
@@ -475,7 +478,8 @@ def profile(argv: list[str] | None, quick: bool, repeats: int, out: Path | None)
             f"{fast.pixels_classified:,} px on the fast path against {plain.tiles} tiles x {TILE}^2 = "
             f"{plain.tiles * TILE * TILE:,} on the plain one. Outputs, fast against plain: prediction max abs "
             f"difference {same['max_abs_dn']:.0f} DN, {100 * same['equal']:.2f}% of values equal, PSNR "
-            f"{same['psnr_db']:.1f} dB; mask used {100 * masks['equal']:.2f}% equal.",
+            f"{same['psnr_db']:.1f} dB" + (f"; mask used {100 * masks['equal']:.2f}% equal." if masks else
+                                            " (the network takes no mask)."),
             f"- {model_key} at this rate: a whole {SENTINEL2_TILE} px tile ({tiles_of(SENTINEL2_TILE)} tiles) in "
             f"about {fast.seconds / fast.tiles * tiles_of(SENTINEL2_TILE) / 60:.0f} min on the fast path "
             f"({plain.seconds / plain.tiles * tiles_of(SENTINEL2_TILE) / 60:.0f} min plain).",
@@ -547,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="sscr_lite", choices=sorted(MODELS),
                         help="--whole-tile: the network (default sscr_lite, its own default widths)")
     parser.add_argument("--repeats", type=int, default=2, help="--profile: rounds of the round-robin")
+    parser.add_argument("--models", default=",".join(PROFILE_MODELS),
+                        help="--profile: comma-separated networks (e.g. multisarv2,uncrtaints: no mask)")
     parser.add_argument(
         "--worker", nargs=5, metavar=("SIZE", "MODEL", "MASK", "SMOKE", "BATCH"), help=argparse.SUPPRESS
     )
@@ -558,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         worker(int(size), model_key, mask, bool(int(smoke)), int(batch) or None, args.speed, args.keep)
         return 0
     if args.profile:
-        return profile(argv, args.quick, args.repeats, args.out)
+        return profile(argv, args.quick, args.repeats, args.out, tuple(args.models.split(",")))
     if args.whole_tile:
         return whole_tile(argv, args.model, args.out)
 
