@@ -7,6 +7,7 @@
     python -m benchmarks.scene_inference --batch 4  # 4 tiles per forward pass instead of the CPU default 1
     python -m benchmarks.scene_inference --profile  # where the default's time goes; the fast path against the plain one
     python -m benchmarks.scene_inference --whole-tile  # the default on a whole 10980 px tile, fast path, one run
+    python -m benchmarks.scene_inference --cog      # the staging file's codec: write + COG conversion, 2048 px
 
 Synthetic scenes (cloudy S2, 13 bands uint16 DN, and S1, 2 bands float32 dB, as
 tiled GeoTIFFs in UTM) are written once under ``benchmarks/.cache/`` (or
@@ -38,7 +39,9 @@ round-robin, and for the project's CPU-sized ``sscr_lite`` (``params.yaml``: wid
 conversion) and compares the outputs of the two paths (max abs difference, PSNR).
 ``--whole-tile`` (``scene_inference_whole_tile.md``) runs the fast path once on a whole
 10980 px tile and once at 2048 px, for the time and the peak-memory ratio, recording the
-load average at start and end.
+load average at start and end. ``--cog`` (``scene_inference_cog.md``) writes a 2048 px
+13-band staging file by the inference's windows with each candidate codec and converts it
+to the COG, round-robin, and checks that the COGs hold the same pixels.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import cache_dir, command_line
+from benchmarks._common import cache_dir, command_line, median
 
 NAME = "scene_inference"
 HERE = Path(__file__).resolve().parent
@@ -93,6 +96,9 @@ DEFAULT_SIZE, QUICK_SIZE = 2048, 1024
 PROFILE_SIZE, PROFILE_QUICK_SIZE = 1024, 512
 RESULTS_PROFILE = HERE / "results" / "scene_inference_profile.md"
 RESULTS_WHOLE_TILE = HERE / "results" / "scene_inference_whole_tile.md"
+RESULTS_COG = HERE / "results" / "scene_inference_cog.md"
+STAGING_CODECS = {"deflate level 1 (before)": {"compress": "deflate", "zlevel": 1},
+                  "zstd level 1 (now)": {"compress": "zstd", "zstd_level": 1}, "none": {}}
 STAGES = ("mask", "read", "forward", "blend", "write", "cog", "wait")
 PROFILE_MODELS = ("sscr_lite", "sscr_lite_cpu")
 """Stages of :attr:`sscr.infer.SceneReport.stage_seconds`, in table order."""
@@ -517,6 +523,71 @@ def whole_tile(argv: list[str] | None, model_key: str, out: Path | None) -> int:
     return 0
 
 
+def staging_codecs(argv: list[str] | None, repeats: int, out: Path | None) -> int:
+    """Write + COG conversion of a 2048 px prediction-sized staging file per codec, round-robin; same pixels."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from sscr.data.cog import finish_cog, prediction_spec
+    from sscr.data.regrid import Grid
+    from sscr.data.sentinel2 import Radiometry
+
+    size, block = 2048, (TILE - OVERLAP) // 16 * 16
+    s2_path, _ = scene_paths(size)
+    with rasterio.open(s2_path) as src:
+        dn, grid = src.read(), Grid(src.crs, src.transform, src.width, src.height)
+    spec = prediction_spec(Radiometry())
+    folder = CACHE / "cog_codecs"
+    folder.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
+    results: dict[str, list[tuple[float, float, int, int]]] = {name: [] for name in STAGING_CODECS}
+    names = list(STAGING_CODECS)
+    for round_index in range(repeats):
+        for name in names[round_index % len(names):] + names[: round_index % len(names)]:
+            out_path = folder / f"{names.index(name)}.tif"
+            staging = out_path.with_name(f".{out_path.name}.staging.tif")
+            started = time.perf_counter()
+            with rasterio.open(staging, "w", driver="GTiff", width=size, height=size, count=13, dtype="uint16",
+                               crs=grid.crs, transform=grid.transform, nodata=0, tiled=True, blockxsize=block,
+                               blockysize=block, BIGTIFF="IF_SAFER", **STAGING_CODECS[name]) as dataset:
+                for row in range(0, size, block):
+                    for col in range(0, size, block):
+                        height, width = min(block, size - row), min(block, size - col)
+                        dataset.write(dn[:, row: row + height, col: col + width], window=Window(col, row, width, height))
+            written = time.perf_counter() - started
+            staged = staging.stat().st_size
+            started = time.perf_counter()
+            finish_cog(out_path, spec)
+            results[name].append((written, time.perf_counter() - started, staged, out_path.stat().st_size))
+    pixels = []
+    for index in range(len(names)):
+        with rasterio.open(folder / f"{index}.tif") as dataset:
+            pixels.append(dataset.read())
+    same = all(np.array_equal(pixels[0], other) for other in pixels[1:])
+    lines = [
+        "# Full-scene inference: the staging file's codec",
+        "",
+        f"`{command_line(NAME, argv)}`, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, load average "
+        f"{load:.1f} at start (shared with other jobs). A 2048 px, 13-band uint16 staging GeoTIFF written by "
+        f"{block} px windows (as `sscr infer` writes its prediction), then `sscr.data.cog.finish_cog` (DEFLATE, "
+        f"predictor, overviews); {repeats} rounds round-robin, medians. The synthetic scene's DN are noisy, so "
+        "compression ratios are lower than on real scenes; the times are what matter.",
+        "",
+        "| staging codec | write | COG conversion | both | staging size | COG size |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, values in results.items():
+        write = median([v[0] for v in values])
+        convert = median([v[1] for v in values])
+        lines.append(f"| {name} | {write:.2f} s | {convert:.2f} s | {median([v[0] + v[1] for v in values]):.2f} s | "
+                     f"{values[0][2] / 2**20:.0f} MiB | {values[0][3] / 2**20:.0f} MiB |")
+    lines += ["", f"- the three COGs hold the same pixels: {'yes' if same else 'NO'}", ""]
+    for path in folder.iterdir():
+        path.unlink()
+    write_results(lines, out or RESULTS_COG)
+    return 0
+
+
 def write_results(lines: list[str], path: Path) -> None:
     """Print the report and write it."""
     text = "\n".join(lines)
@@ -550,7 +621,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the default, fast path, on a whole {SENTINEL2_TILE} px tile (and 2048 px for memory)")
     parser.add_argument("--model", default="sscr_lite", choices=sorted(MODELS),
                         help="--whole-tile: the network (default sscr_lite, its own default widths)")
-    parser.add_argument("--repeats", type=int, default=2, help="--profile: rounds of the round-robin")
+    parser.add_argument("--repeats", type=int, default=2, help="--profile, --cog: rounds of the round-robin")
+    parser.add_argument("--cog", action="store_true", help="the staging file's codec: write + COG conversion")
     parser.add_argument("--models", default=",".join(PROFILE_MODELS),
                         help="--profile: comma-separated networks (e.g. multisarv2,uncrtaints: no mask)")
     parser.add_argument(
@@ -567,6 +639,8 @@ def main(argv: list[str] | None = None) -> int:
         return profile(argv, args.quick, args.repeats, args.out, tuple(args.models.split(",")))
     if args.whole_tile:
         return whole_tile(argv, args.model, args.out)
+    if args.cog:
+        return staging_codecs(argv, max(args.repeats, 3), args.out)
 
     load = os.getloadavg()[0]
     notes: list[str] = []
