@@ -11,8 +11,11 @@ as soon as no later tile touches it. What stays in memory between tiles is one t
 accumulator, the strip of ``overlap`` columns it shares with the next tile of its row,
 and the strip of ``overlap`` rows a tile row shares with the next row (see
 :meth:`SceneTiling.buffer_shapes`). Outputs are staged by windows and made COGs at the
-end (:mod:`sscr.data.cog`). Each batch of tiles goes through
+end (:mod:`sscr.data.cog`), all together or none. Each batch of tiles goes through
 :func:`sscr.predict.predict_tensors`; the model comes from :func:`sscr.serving.load_model`.
+What saves time without changing a byte of the output (s2cloudless once per pixel, a
+second reading thread, clear tiles passed through) is :class:`SceneSpeed`; where the time
+goes is :attr:`SceneReport.stage_seconds`.
 """
 
 from __future__ import annotations
@@ -378,7 +381,7 @@ class SceneSpeed:
 
 
 PLAIN = SceneSpeed(share_mask=False, prefetch=False, mask_threads=None, skip_clear=False)
-"""The path before the speed-ups: a mask per tile, no second thread (for comparisons)."""
+"""The path before the speed-ups: a mask per tile, no second thread, every tile through the model (for comparisons)."""
 
 
 def infer_scene(
