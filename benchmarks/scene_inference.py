@@ -505,9 +505,11 @@ def profile(argv: list[str] | None, quick: bool, repeats: int, out: Path | None,
             f"- {model_key}: fast / plain time {fast.seconds:.1f} / {plain.seconds:.1f} s = "
             f"**{fast.seconds / plain.seconds:.2f}**, without the second thread {single.seconds:.1f} s = "
             f"**{single.seconds / plain.seconds:.2f}** (all runs: plain {', '.join(f'{v:.0f}' for v in all_plain)} s; "
-            f"fast {', '.join(f'{v:.0f}' for v in all_fast)} s); s2cloudless classified "
-            f"{fast.pixels_classified:,} px on the fast path against {plain.tiles} tiles x {TILE}^2 = "
-            f"{plain.tiles * TILE * TILE:,} on the plain one. Outputs, fast against plain: prediction max abs "
+            f"fast {', '.join(f'{v:.0f}' for v in all_fast)} s)"
+            + (f"; s2cloudless classified {fast.pixels_classified:,} px on the fast path against {plain.tiles} tiles "
+               f"x {TILE}^2 = {plain.tiles * TILE * TILE:,} on the plain one" if fast.pixels_classified else
+               "; no mask computed")
+            + f". Outputs, fast against plain: prediction max abs "
             f"difference {same['max_abs_dn']:.0f} DN, {100 * same['equal']:.2f}% of values equal, PSNR "
             f"{same['psnr_db']:.1f} dB" + (f"; mask used {100 * masks['equal']:.2f}% equal." if masks else
                                             " (the network takes no mask)."),
