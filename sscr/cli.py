@@ -6,7 +6,9 @@ import argparse
 import errno
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -289,34 +291,54 @@ def _png_arg(text: str) -> Path:
     return path
 
 
-def cmd_infer(args: argparse.Namespace, params: Params) -> None:
-    from sscr.infer import SceneInputs, infer_scene
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM raised as Ctrl-C is, so a run cleans up the same way on both."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def cmd_infer(args: argparse.Namespace, params: Params) -> int | None:
+    from sscr.infer import SceneInputs, check_batch_size, infer_scene
     from sscr.serving import load_model
 
+    check_batch_size(args.tiles_per_pass)
     inputs = SceneInputs.of(args.s2, args.s1, s1_units=args.s1_units, s2_resampling=args.s2_resampling,
                             window=args.window, bbox=args.bbox, bbox_crs=args.bbox_crs)
-    loaded = load_model(args.model, device=args.device)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     mask_out, drawn_mask = args.mask_out, None
-    if args.quicklook and mask_out is None and getattr(loaded.model, "use_mask", False) and args.mask != "none":
-        mask_out = drawn_mask = args.out.with_name(f".{args.out.name}.quicklook-mask.tif")  # for the mask panel
     try:
+        loaded = load_model(args.model, device=args.infer_device)
+        if args.quicklook and mask_out is None and getattr(loaded.model, "use_mask", False) and args.mask != "none":
+            mask_out = drawn_mask = args.out.with_name(f".{args.out.name}.quicklook-mask.tif")  # for the mask panel
         report = infer_scene(loaded.model, inputs, None, args.out, var_path=args.var_out, mask_path=mask_out,
-                             tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                             mask_kind=args.mask_kind or loaded.mask_kind, mask=args.mask,
-                             model_source=loaded.source, model_version=loaded.version, model_files=loaded.files,
-                             progress=not args.no_progress)
+                             tile=args.tile, overlap=args.overlap, batch_size=args.tiles_per_pass,
+                             mask_kind=args.mask_kind or loaded.mask_kind, mask=args.mask, model_source=loaded.source,
+                             model_version=loaded.version, model_files=loaded.files, progress=not args.no_progress)
         if args.quicklook:
             from sscr.data.quicklook import write_quicklook
 
             write_quicklook(args.quicklook, report.out_path, args.s2, args.s1 or (), args.s1_units, report.mask_path,
                             title=f"{report.out_path.name}: {loaded.source} ({loaded.version})")
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"sscr: infer interrupted ({signal.Signals(signum).name}): {args.out} and the other outputs are as "
+              "they were before, no partial file left", file=sys.stderr)
+        return 128 + signum
     finally:
         if drawn_mask is not None:
             drawn_mask.unlink(missing_ok=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     written = report.as_dict()
     if drawn_mask is not None:
         written["mask_path"] = None  # drawn, then removed: not asked for
     print(json.dumps({**written, **({"quicklook": str(args.quicklook)} if args.quicklook else {})}, default=str))
+    return None
 
 
 def cmd_serving_request(args: argparse.Namespace, params: Params) -> None:
@@ -502,11 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "input")
     infer.add_argument("--tile", type=int, default=256, help="tile size in px")
     infer.add_argument("--overlap", type=int, default=32, help="overlap between tiles in px (blended)")
-    infer.add_argument("--batch-size", type=int, default=None,
+    infer.add_argument("--batch-size", dest="tiles_per_pass", type=int, default=None,
                        help="tiles per forward pass (default: 1 on CPU, 4 on a GPU)")
     infer.add_argument("--mask-kind", choices=["s2cloudless_mask", "s2cloudless_map", "cloud_cloudshadow_mask"],
                        default=None, help="kind of cloud mask fed to the model (default: the one it was trained with)")
-    infer.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    infer.add_argument("--device", dest="infer_device", default="auto", help="auto, cpu or cuda")
     infer.add_argument("--no-progress", action="store_true", help="no progress bar")
     infer.set_defaults(handler=cmd_infer)
 
