@@ -531,6 +531,6 @@ def register_evaluated(run_json: str | Path, metrics_json: str | Path, model_nam
     decision = promote(model_name, version, registry.alias, registry.metric, challenger_alias=registry.challenger,
                        min_gain=registry.min_gain, confidence=registry.confidence, action=action,
                        experiment=experiment)
-    if out is not None:
-        write_text(out, json.dumps(decision.as_dict(), indent=2))
+    if out is not None:  # the time of the decision stays in its registry tag: the same inputs write the same file
+        write_text(out, json.dumps({key: value for key, value in decision.as_dict().items() if key != "at"}, indent=2))
     return decision

@@ -123,6 +123,12 @@ def test_published_checkpoint_imported_evaluated_and_registered(in_published, tm
     assert main(["register", "--params", str(params_file), "--run-json", str(run / "run.json"),
                  "--metrics", str(run / "metrics.json"), "--out", str(tmp_path / "register.json"),
                  "--set", "registry.model_name=published"]) == 0
+    # an imported checkpoint's params are not the committed ones: it waits as @challenger until a person promotes it
+    assert json.loads((tmp_path / "register.json").read_text())["outcome"] == "challenger"
+    assert "sscr promote --version 1" in capsys.readouterr().out
+    assert main(["promote", "--params", str(params_file), "--version", "1",
+                 "--set", "registry.model_name=published"]) == 0
+    assert "published v1: @champion" in capsys.readouterr().out
 
     client = MlflowClient()
     logged = client.get_run(info["run_id"])

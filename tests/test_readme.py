@@ -140,7 +140,7 @@ def test_readme_blocks_run_as_written_on_a_fresh_clone(tmp_path):
                ("download", "cloudmasks", "train", "evaluate", "register"))
     assert "validation 1/2: PSNR" in output("dvc repro")  # training prints its validation scores
     assert "Data and pipelines are up to date" in output("dvc repro", 1)
-    assert "test_cloudy" in output("dvc metrics show") and (clone / "dvc_plots/index.html").is_file()
+    assert "cloudy_PSNR" in output("dvc metrics show") and (clone / "dvc_plots/index.html").is_file()
     refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=clone,
                           capture_output=True, text=True, check=True).stdout.split()
     # refs/exps/<baseline commit>/<name>; the Prefect run saved its own, pipeline-<flow run>; exec/ is DVC's
