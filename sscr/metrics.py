@@ -287,6 +287,7 @@ def cloud_metrics(target: Tensor, pred: Tensor, mask: Tensor, reduce: bool = Fal
     clouds = _cloud_pixels(mask, batch, height, width, target.device)
     regions = {"all": None, "cloudy": clouds, "clear": ~clouds}
     if cloudy is not None:
+        cloudy = torch.as_tensor(cloudy).to(target.device).reshape(target.shape)  # one image: (C, H, W) -> (1, ...)
         regions["shadow"] = shadow_region(cloudy, target, clouds)
         regions["ring"] = cloud_ring(clouds)
     return {name: _package(_reduce_maps(maps, pixels), single, reduce) for name, pixels in regions.items()}
@@ -314,14 +315,16 @@ def cloud_ring(mask: Any, width: int = RING_WIDTH) -> Tensor:
 def shadow_region(cloudy: Tensor, target: Tensor, mask: Any) -> Tensor:
     """Cloud shadows, from the cloudy image and its clear target: bool (B, H, W).
 
-    A pixel is shadow when it is not cloud (mask < 0.5) and the cloudy image is markedly darker
-    there than the target: the ratio of their means over B2, B3, B4, B8 and B11 (visible, NIR,
-    SWIR: a shadow darkens them all) is below :data:`SHADOW_DARKENING` times the same ratio's
-    :data:`SHADOW_REFERENCE_QUANTILE` quantile over the image's clear pixels (the two dates differ
-    in illumination and phenology everywhere; a shadow differs from that). Dark targets (mean
-    below :data:`SHADOW_MIN_REFLECTANCE`: water, where the ratio is noise) are left out, and a
-    3 x 3 opening removes single pixels. Computable on any pair (real or synthetic); the
-    generator's own shadow truth is not needed.
+    A pixel is shadow when the cloudy image is markedly darker there than the target: the ratio
+    of their means over B2, B3, B4, B8 and B11 (visible, NIR, SWIR: a shadow darkens them all) is
+    below :data:`SHADOW_DARKENING` times the same ratio's :data:`SHADOW_REFERENCE_QUANTILE`
+    quantile over the image's clear pixels (mask < 0.5; the two dates differ in illumination and
+    phenology everywhere, a shadow differs from that). A cloud brightens, so cloud pixels are
+    never shadow, and a shadow the mask covers (``s2cloudless_shadow_map``) is still one: the
+    region does not depend on what the mask detected. Dark targets (mean below
+    :data:`SHADOW_MIN_REFLECTANCE`: water, where the ratio is noise) are left out, and a 3 x 3
+    opening removes single pixels. Computable on any pair (real or synthetic); the generator's
+    own shadow truth is not needed.
     """
     target, cloudy = _as_batch(target, cloudy)
     target, cloudy = target.double(), cloudy.double()
@@ -330,12 +333,13 @@ def shadow_region(cloudy: Tensor, target: Tensor, mask: Any) -> Tensor:
     bands = list(SHADOW_BANDS)
     target_mean = target[:, bands].mean(dim=1)
     ratio = cloudy[:, bands].mean(dim=1) / target_mean.clamp_min(1e-3)
-    valid = ~clouds & (target_mean >= SHADOW_MIN_REFLECTANCE)
+    valid = target_mean >= SHADOW_MIN_REFLECTANCE
+    clear = valid & ~clouds
     shadow = torch.zeros_like(valid)
     for i in range(batch):
-        if valid[i].sum() < 16:
+        if clear[i].sum() < 16:
             continue
-        reference = torch.quantile(ratio[i][valid[i]], SHADOW_REFERENCE_QUANTILE)
+        reference = torch.quantile(ratio[i][clear[i]], SHADOW_REFERENCE_QUANTILE)
         shadow[i] = valid[i] & (ratio[i] < SHADOW_DARKENING * reference)
     # opening: erode then dilate with a 3 x 3 square (max-pooling pads with -inf: the border erodes nothing)
     eroded = -F.max_pool2d(-shadow[:, None].double(), 3, stride=1, padding=1)

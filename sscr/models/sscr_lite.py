@@ -22,10 +22,11 @@ from the mean clear-land spectrum (:data:`sscr.bands.CLEAR_LAND_TOA`) rather tha
 0.5 in every band. The output is a blend of the decoded image and the cloudy input,
 ``mean = gate * decoded + (1 - gate) * cloudy``, so clear pixels pass through and the
 capacity goes under clouds. The gate is learned, ``sigmoid(1x1 conv of [decoded, cloud])``,
-and starts as ``sigmoid(12 (cloud - 0.3))``: 3 % on clear pixels, 92 % at probability 0.5,
-all but 1 above. It saturates where the blurred probability map still covers cloud, so cloud
-edges are replaced, not kept in part (no white halo), and it can learn to correct what the
-mask misses (shadows). Detections away from every cloud body (narrower than
+and starts as ``sigmoid(12 (cloud - 0.3) + 6 (near - 0.6))``, ``near`` the highest probability
+within 4 px: 0.1 % far from clouds, 86-99 % at probability 0.5, all but 1 inside. It saturates where the
+blurred probability map still covers cloud, so cloud edges are replaced, not kept in part (no white
+halo), it sees how close a pixel is to a cloud, so it can open over the haze beyond the map's edge
+(no pale rim), and it can learn to correct what the mask misses. Detections away from every cloud body (narrower than
 :data:`ISOLATED_OPENING` px and more than :data:`ISOLATED_MARGIN` px from any wider
 detection: mostly bright roofs, soil or snow that the cloud detector flags) keep the input
 exactly, and so do pixels whose probability is exactly 0 (a binary mask's clear pixels: what
@@ -64,9 +65,18 @@ GATE_MASK_WEIGHT = 4.0
 """Initial gate logit = 4 * cloud - 2: about 12 % SAR on clear pixels, 88 % under clouds (then learned)."""
 OUTPUT_GATE_SLOPE = 12.0
 OUTPUT_GATE_CENTRE = 0.3
-"""Initial output gate = sigmoid(12 (cloud - 0.3)): 0.03 at probability 0, 0.92 at 0.5, 0.9998 at 1.
-Centred below the 0.5 that makes a pixel count as cloud, because the probability map is blurred: a cloud's
-edge pixels have 0.3-0.9 and are still cloud."""
+"""Initial output gate = sigmoid(12 (cloud - 0.3) + 6 (near - 0.6)): 0.001 far from clouds, 0.86-0.99 at
+probability 0.5 (near 0.5-1), 0.99998 inside. Centred below the 0.5 that makes a pixel count as cloud, because the
+probability map is blurred: a cloud's edge pixels have 0.3-0.9 and are still cloud."""
+NEAR_CLOUD_RADIUS = 4
+"""The gate also sees ``near``, the highest probability within this many px (a 9 x 9 max-pool): a cloud's haze
+reaches past the blurred map's 0.5 contour (benchmarks/results/realism.md, cloud edges), and a gate that only
+sees the probability there blends that haze into the output as a pale rim."""
+NEAR_GATE_WEIGHT = 6.0
+NEAR_GATE_CENTRE = 0.6
+"""Initial weight of ``near`` in the gate logit, and its centre: at probability 0, 4 px from a cloud body (near 1)
+the gate starts at sigmoid(12 * -0.3 + 6 * 0.4) = 0.23, at probability 0.1 with near 0.9 at 0.35 (learned from
+there)."""
 CLOUD_THRESHOLD = 0.5
 """Probability from which a pixel is a detection (as the metrics' cloud mask, ``sscr.metrics.MASK_THRESHOLD``)."""
 ISOLATED_OPENING = 3
@@ -208,21 +218,23 @@ class SSCRLite(CloudRemovalModel):
         )
         self.decode = nn.ModuleList(make_block(block_type, decoder_widths[i], "group") for i in range(levels - 1))
         self.heads = OutputHeads(decoder_widths[0], self.variance, self.scale_by)
-        # the output gate: decoded vs cloudy input, from the decoder features (and the cloud probability)
-        self.blend = nn.Conv2d(decoder_widths[0] + int(self.use_mask), 1, 1)
+        # the output gate: decoded vs cloudy input, from the decoder features (and the cloud probability and the
+        # highest probability nearby)
+        self.blend = nn.Conv2d(decoder_widths[0] + 2 * int(self.use_mask), 1, 1)
 
         init_weights(self)
         self._init_outputs()
 
     def _init_outputs(self) -> None:
-        """The mean head starts at the clear-land spectrum; the output gate at ``sigmoid(12 (cloud - 0.3))``."""
+        """The mean head starts at the clear-land spectrum; the gate at ``sigmoid(12 (cloud - 0.3) + 6 (near - 0.6))``."""
         init_output_conv(self.blend)
         land = torch.tensor([CLEAR_LAND_TOA[band] for band in S2_BANDS])
         with torch.no_grad():
             self.heads.conv.bias[:S2_CHANNELS] = torch.logit(land)
             if self.use_mask:
-                self.blend.weight[:, -1] = OUTPUT_GATE_SLOPE
-                self.blend.bias.fill_(-OUTPUT_GATE_SLOPE * OUTPUT_GATE_CENTRE)
+                self.blend.weight[:, -2] = OUTPUT_GATE_SLOPE
+                self.blend.weight[:, -1] = NEAR_GATE_WEIGHT
+                self.blend.bias.fill_(-OUTPUT_GATE_SLOPE * OUTPUT_GATE_CENTRE - NEAR_GATE_WEIGHT * NEAR_GATE_CENTRE)
 
     def forward(
         self, cloudy: torch.Tensor, sar: torch.Tensor | None = None, mask: torch.Tensor | None = None
@@ -257,7 +269,12 @@ class SSCRLite(CloudRemovalModel):
 
         out = self.heads(decoded)
         # clear pixels pass through, capacity goes under clouds
-        gate_in = decoded if cloud is None else torch.cat((decoded, cloud.to(decoded.dtype)), 1)
+        if cloud is None:
+            gate_in = decoded
+        else:
+            size = 2 * NEAR_CLOUD_RADIUS + 1
+            near = F.max_pool2d(cloud, size, stride=1, padding=NEAR_CLOUD_RADIUS)
+            gate_in = torch.cat((decoded, cloud.to(decoded.dtype), near.to(decoded.dtype)), 1)
         gate = torch.sigmoid(self.blend(gate_in).float())
         if cloud is not None:
             # a probability of exactly 0 (a clear pixel of a binary mask, a user's "no cloud here") and an

@@ -192,11 +192,27 @@ def test_sscr_lite_gate_starts_steep_in_the_cloud_probability():
     batch = make_batch()
     batch["mask"] = torch.linspace(0, 1, SIZE).expand(2, 1, SIZE, SIZE).contiguous()  # every probability
     _, gate = _gate_of(model, batch)
-    expected = torch.sigmoid(12 * (batch["mask"] - 0.3))
+    near = torch.nn.functional.max_pool2d(batch["mask"], 9, stride=1, padding=4)  # the highest probability within 4 px
+    expected = torch.sigmoid(12 * (batch["mask"] - 0.3) + 6 * (near - 0.6))
     torch.testing.assert_close(gate, expected, atol=0.05, rtol=0)
     assert gate[..., 0].max() < 0.08 and gate[..., -1].min() > 0.99  # clear: kept; cloud: replaced
     # a blurred cloud edge at probability 0.5 is already replaced almost entirely: no halo of cloud kept
     assert gate[..., SIZE // 2].min() > 0.85
+
+
+def test_sscr_lite_gate_opens_wider_near_a_cloud_than_far_from_it():
+    # the haze beyond a cloud's 0.5 contour: at the same low probability, a pixel 3 px from a cloud body starts
+    # with a far more open gate than one far from every cloud (no pale rim of blended haze)
+    torch.manual_seed(0)
+    model = build_model("sscr_lite").eval()
+    batch = make_batch()
+    mask = torch.zeros(2, 1, SIZE, SIZE)
+    mask[..., :, : SIZE // 4] = 1.0  # a cloud over the left quarter
+    mask[..., :, SIZE // 4:] = 0.05  # a faint skirt everywhere else
+    batch["mask"] = mask
+    _, gate = _gate_of(model, batch)
+    beside, far = gate[..., SIZE // 4 + 3], gate[..., -1]
+    assert beside.min() > 5 * far.max() and far.max() < 0.01
 
 
 def test_sscr_lite_starts_from_the_clear_land_spectrum():
