@@ -6,7 +6,7 @@
     python -m benchmarks.realism --before FILE.json  # add the columns of an earlier run (before a change)
     python -m benchmarks.realism --checkpoint results/sscr/model_best.pt   # + the model on the real pairs
 
-The real patches are the public ones of :mod:`benchmarks.real_patches` (fetched into the git-ignored
+The real patches are the public ones of :mod:`benchmarks._real_patches` (fetched into the git-ignored
 cache; ``--mirror`` copies them from local git mirrors). Both sides go through the same code:
 
 - **clear S2 by land cover**: every clear-sky pixel is classed from its own spectrum (snow: NDSI > 0.4
@@ -345,7 +345,7 @@ def _table(rows: list[tuple[str, list[str]]], header: list[str]) -> list[str]:
 
 def report(results: dict[str, Any], before: dict[str, Any] | None, command: str, mode: str) -> str:
     """The markdown report."""
-    from benchmarks.real_patches import DATASET_LICENCE, provenance_table
+    from benchmarks._real_patches import DATASET_LICENCE, provenance_table
 
     columns = _columns(results, before)
     names = [name for name, _ in columns]
@@ -427,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if mode == "smoke":
         real_pairs, source = synthetic_pairs(2, size, seed=1), "smoke: synthetic stand-ins, seed 1"
     else:
-        from benchmarks.real_patches import fetch
+        from benchmarks._real_patches import fetch
 
         real_pairs, source = load_real(fetch(mirror=args.mirror)), "public copies, see the table below"
     results: dict[str, Any] = {"real": measure(real_pairs), "real_source": source,

@@ -1,7 +1,7 @@
 """Real SEN12MS-CR patches from public GitHub repositories: where each comes from, and fetching them.
 
-    python -m benchmarks.real_patches                      # download into benchmarks/.cache/real/sen12mscr
-    python -m benchmarks.real_patches --mirror /work/.mirror   # copy from local git mirrors instead
+    python -m benchmarks._real_patches                      # download into benchmarks/.cache/real/sen12mscr
+    python -m benchmarks._real_patches --mirror /work/.mirror   # copy from local git mirrors instead
 
 SEN12MS-CR (Ebel et al., IEEE TGRS 2020, https://mediatum.ub.tum.de/1554803) is published under
 CC-BY 4.0; the archives cannot be downloaded on the build machines. A few of its patches sit, as the
