@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shutil
 import subprocess
 import urllib.request
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks._common import cache_dir
+from sscr.fsutil import atomic_path
 
 #: repository -> (commit every file below was read at, the repository's licence)
 REPOSITORIES: dict[str, tuple[str, str]] = {
@@ -215,9 +215,8 @@ def fetch(root: Path | None = None, mirror: Path | None = None,
             raise ValueError(f"{patch.repo}@{patch.commit[:12]}:{patch.path} has SHA-256 {_sha256(data)}, "
                              f"expected {patch.sha256}: not the file this benchmark measured")
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
-        partial.write_bytes(data)
-        shutil.move(partial, target)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
     return root
 
 
