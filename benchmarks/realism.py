@@ -5,6 +5,7 @@
     python -m benchmarks.realism --smoke             # CI: 64 px, synthetic stand-ins for the real files
     python -m benchmarks.realism --before FILE.json  # add the columns of an earlier run (before a change)
     python -m benchmarks.realism --checkpoint results/sscr/model_best.pt   # + the model on the real pairs
+    python -m benchmarks.realism --checkpoint results/sscr/model_best.pt --model-only   # realism_model.md only
 
 The real patches are the public ones of :mod:`benchmarks._real_patches` (fetched into the git-ignored
 cache; ``--mirror`` copies them from local git mirrors). Both sides go through the same code:
@@ -320,7 +321,8 @@ def score_model(checkpoint: Path, pairs: Sequence[Pair]) -> dict[str, dict[str, 
         target, cloudy_t = torch.from_numpy(pair.clear.astype(np.float32))[None], torch.from_numpy(cloudy)
         for name, image in (("model", pred["mean"]), ("cloudy input", cloudy_t)):
             scored[name].add_batch(cloud_metrics(target, image, torch.from_numpy(mask), cloudy=cloudy_t))
-    return {name: acc.mean() for name, acc in scored.items()} | {"mask": {"kind": kind}}
+    return {name: acc.mean() for name, acc in scored.items()} | {"mask": {"kind": kind},
+                                                                 "counts": scored["model"].count()}
 
 
 # ---------------------------------------------------------------- report
@@ -395,20 +397,41 @@ def report(results: dict[str, Any], before: dict[str, Any] | None, command: str,
     lines += _table(rows, ["statistic", *names]) + [""]
 
     if "model" in results:
-        scored = results["model"]
-        lines += [f"## The model on the real pairs ({results['checkpoint']})", "",
-                  f"{real['n_clear']} real pairs with a clear target; mask `{scored['mask']['kind']}` computed from "
-                  "the cloudy image; no S1 for these pairs (the model gets none: NaN, normalised to 0). "
-                  "Mean over images of each image's metric on the region (an image without pixels in a region "
-                  "is left out of that region's mean).", ""]
-        rows = []
-        for key, label in (("PSNR", "PSNR overall (dB)"), ("SAM", "SAM overall (deg)"),
-                           ("cloudy/PSNR", "PSNR inside clouds (dB)"), ("cloudy/SAM", "SAM inside clouds (deg)"),
-                           ("shadow/PSNR", "PSNR in cloud shadows (dB)"),
-                           ("ring/PSNR", "PSNR in the 5 px ring around clouds (dB)"),
-                           ("clear/PSNR", "PSNR on clear pixels (dB)")):
-            rows.append((label, [_fmt(scored["model"].get(key), 2), _fmt(scored["cloudy input"].get(key), 2)]))
-        lines += _table(rows, ["metric", "model", "cloudy input"]) + [""]
+        lines += _model_table(results["model"], results["checkpoint"], real["n_clear"])
+    return "\n".join(lines) + "\n"
+
+
+def _model_table(scored: dict[str, Any], checkpoint: str | Path, pairs: int) -> list[str]:
+    lines = [f"## The model on the real pairs ({checkpoint})", "",
+             f"{pairs} real pairs with a clear target (every cloudy/clear pair fetched); mask "
+             f"`{scored['mask']['kind']}` computed from the cloudy image; no S1 in the public copies of these pairs (the model gets none: NaN, "
+             "normalised to 0 as the data set's loader does). Mean over images of each image's metric on the region "
+             "(an image without pixels in a region is left out of that region's mean; images per region in the last "
+             "column).", ""]
+    rows = []
+    for key, label in (("PSNR", "PSNR overall (dB)"), ("SAM", "SAM overall (deg)"),
+                       ("cloudy/PSNR", "PSNR inside clouds (dB)"), ("cloudy/SAM", "SAM inside clouds (deg)"),
+                       ("shadow/PSNR", "PSNR in cloud shadows (dB)"),
+                       ("ring/PSNR", "PSNR in the 5 px ring around clouds (dB)"),
+                       ("clear/PSNR", "PSNR on clear pixels (dB)")):
+        region = key.split("/")[0] if "/" in key else None
+        count = scored.get("counts", {}).get(f"{region}/PSNR" if region else "PSNR")
+        rows.append((label, [_fmt(scored["model"].get(key), 2), _fmt(scored["cloudy input"].get(key), 2),
+                             "-" if count is None else str(count)]))
+    return lines + _table(rows, ["metric", "model", "cloudy input", "images"]) + [""]
+
+
+def model_report(scored: dict[str, Any], checkpoint: Path, pairs: Sequence[Pair], source: str, command: str,
+                 mode: str) -> str:
+    """The report of ``--model-only``: where the pairs come from and the model against the cloudy input."""
+    from benchmarks._real_patches import DATASET_LICENCE, provenance_table
+
+    n_pairs = sum(p.cloudy is not None and p.clear is not None for p in pairs)
+    lines = [f"# The model on real SEN12MS-CR pairs ({mode})", "", f"`{command}`", "", machine_line(), "",
+             f"Real pairs: {source}. Imagery: {DATASET_LICENCE}.", ""]
+    if not source.startswith("smoke"):
+        lines += [provenance_table(), ""]
+    lines += _model_table(scored, checkpoint, n_pairs)
     return "\n".join(lines) + "\n"
 
 
@@ -421,6 +444,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--mirror", type=Path, default=None, help="git mirrors to fetch the real patches from")
     parser.add_argument("--before", type=Path, default=None, help="JSON of an earlier run: its synthetic column")
     parser.add_argument("--checkpoint", type=Path, default=None, help="score this model on the real pairs")
+    parser.add_argument("--model-only", action="store_true",
+                        help="with --checkpoint: only score the model (report realism_model.md), no statistics")
     args = parser.parse_args(argv)
     mode = mode_of(args.quick, args.smoke)
     size = 64 if mode == "smoke" else 256
@@ -430,6 +455,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         from benchmarks._real_patches import fetch
 
         real_pairs, source = load_real(fetch(mirror=args.mirror)), "public copies, see the table below"
+    if args.model_only:
+        if args.checkpoint is None:
+            parser.error("--model-only needs --checkpoint")
+        scored = score_model(args.checkpoint, real_pairs)
+        path = results_path(f"{NAME}_model", mode, args.out)
+        write_report(model_report(scored, args.checkpoint, real_pairs, source, command_line(NAME, argv), mode), path)
+        path.with_suffix(".json").write_text(json.dumps(scored, indent=1, default=float))
+        return
     results: dict[str, Any] = {"real": measure(real_pairs), "real_source": source,
                                "synthetic": measure(synthetic_pairs(SYNTH_PATCHES[mode], size))}
     if args.checkpoint is not None:
