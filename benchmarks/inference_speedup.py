@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from sscr.models import build_model, example_inputs, for_inference
 
     smoke = mode == "smoke"
-    name, kwargs = ("unet", {"encoder_widths": [8, 16]}) if smoke else ("sscr_lite", {})
+    name, kwargs = ("mask_unet", {"encoder_widths": [8, 16]}) if smoke else ("sscr_lite", {})
     tile = 64 if smoke else 256
     scene = {"full": 1024, "quick": 512, "smoke": 256}[mode]
     started = time.perf_counter()

@@ -15,10 +15,11 @@ Method:
   2 FLOPs per multiply-add, convolutions and matmuls), in eval mode and in train mode
   (``multisarv2`` runs its unused edge branch in train mode only, as published).
 - Time: wall clock of a forward (eval mode, no gradients) and of a forward + backward
-  (train mode, loss = mean of every output) on random inputs; one untimed warm-up,
-  then the median of ``--repeats`` runs. The models are timed round-robin inside the
-  same process, so a load change on a shared machine hits all of them alike; ratios
-  are to ``uncrtaints`` at the same batch size.
+  (train mode, loss = mean of every output) on random inputs; one untimed warm-up round,
+  then the median of ``--repeats`` rounds. Every (model, mode) pass runs once per round,
+  round-robin in one process with the order rotated every round
+  (:func:`benchmarks._common.interleaved`), so a load change on a shared machine hits
+  all of them alike; ratios are to ``uncrtaints`` at the same batch size.
 - Peak memory: each (model, batch, mode) runs once in a fresh subprocess; the figure is
   the rise of the process' peak resident set size over its resident size after building
   the model and its inputs, i.e. the activations, gradients and workspace of that one
@@ -36,6 +37,7 @@ Writes the markdown table to ``benchmarks/results/model_cost.md``
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing as mp
 import platform
 import resource
@@ -49,7 +51,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from benchmarks._common import command_line, mode_of, results_path, write_report
+from benchmarks._common import command_line, interleaved, mode_of, results_path, write_report
 from sscr.models import build_model, example_inputs, model_cost, select_device
 
 CONFIGS: dict[str, tuple[str, dict]] = {
@@ -57,8 +59,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "multisarv2": ("multisarv2", {}),
     "sscr_lite": ("sscr_lite", {}),
     "sscr_lite (params.yaml)": ("sscr_lite", {"encoder_widths": [16, 32, 64], "decoder_widths": [16, 32, 64]}),
-    "utae": ("utae", {}),
-    "unet": ("unet", {}),
+    "unet": ("unet", {}),  # the published U-Net (also --model utae under --pretrain), its default widths
+    "mask_unet": ("mask_unet", {}),
 }
 """Row label -> (model name, build parameters); the published networks at the seed's settings."""
 MODELS = list(CONFIGS)
@@ -222,16 +224,22 @@ def measure(
                 if isinstance(batch_rows[name].memory_mib[mode], float):
                     runnable[mode].append(name)
 
+        # Every (model, mode) in one round-robin whose order rotates each round: a load change on the shared
+        # machine hits every model alike, so the ratios hold even when the absolute times do not.
+        candidates = {}
         for mode in MODES:
-            inputs = {name: random_inputs(models[name], batch, device, size) for name in runnable[mode]}
-            for repeat in range(repeats + 1):  # the first round warms up and is not kept
-                for name in runnable[mode]:
-                    seconds = timed(models[name], inputs[name], mode, device)
-                    if repeat:
-                        batch_rows[name].times[mode].append(seconds)
-                print(f"time: batch {batch} {mode} round {repeat}/{repeats} done", flush=True)
-        del models
+            for name in runnable[mode]:
+                inputs = random_inputs(models[name], batch, device, size)
+                candidates[(name, mode)] = functools.partial(timed, models[name], inputs, mode, device)
+        print(f"time: batch {batch}, {len(candidates)} passes per round, 1 + {repeats} rounds ...", flush=True)
+        for (name, mode), seconds in interleaved(candidates, repeats=repeats, warmup=1).items():
+            batch_rows[name].times[mode] = seconds
+        del models, candidates
     return rows
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.1f}" for x in psutil.getloadavg())
 
 
 def _ratio(value: float | None, reference: float | None) -> str:
@@ -277,11 +285,12 @@ def report(
             f"Command: `{command}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {seconds / 60:.0f} min).",
             f"Machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} logical CPUs, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM; torch {torch.__version__}, device {device}, "
-            f"{threads} torch thread(s); load average at the end {', '.join(f'{x:.1f}' for x in psutil.getloadavg())}.",
+            f"{threads} torch thread(s); load average (1, 5, 15 min) at the start {args.load_start}, at the end "
+            f"{_load()}.",
             f"Inputs: 13-band S2 + 2-band S1 (+ the cloud mask for the models that take one), batch "
             f"{', '.join(str(b) for b in args.batches)}; deterministic heads (variance None). Models: "
             + "; ".join(f"{label} = `{name}` {params or 'default widths'}" for label, (name, params) in CONFIGS.items())
-            + f". Times: median of {args.repeats} runs after one warm-up.",
+            + f". Times: median of {args.repeats} round-robin rounds (order rotated every round) after one warm-up round.",
             "",
             table(rows),
             "",
@@ -317,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     device = select_device(args.device)
     threads = args.threads or torch.get_num_threads()
 
+    args.load_start = _load()
     start = time.perf_counter()
     rows = measure(args.batches, args.repeats, device, threads, args.size)
     text = report(rows, args, command_line(NAME, argv), device, threads, time.perf_counter() - start)

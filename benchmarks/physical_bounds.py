@@ -49,7 +49,7 @@ from benchmarks._common import (
 
 NAME = "physical_bounds"
 CHUNK = 8 * 2**20
-MODELS = ["sscr_lite", "uncrtaints", "utae", "unet"]
+MODELS = ["sscr_lite", "uncrtaints", "unet", "mask_unet"]
 
 
 # ---------------------------------------------------------------- the bounds, importable by other benchmarks

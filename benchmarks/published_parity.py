@@ -57,40 +57,61 @@ NAME = "published_parity"
 BATCH = 8
 
 
-def seed_argv(root: Path, width: int, res_dir: Path) -> list[str]:
-    """The seed's command line (README "The seed's command lines, one to one") at ``width``, on CPU."""
+def widths_of(width: int) -> tuple[list[int], list[int]]:
+    """(encoder, decoder) widths of this benchmark at ``width``: [w] / [w, w]."""
+    return [width], [width, width]
+
+
+SEED_WIDTHS = ([128], [128] * 5)
+"""The seed's (encoder, decoder) widths (README "The seed's command lines, one to one")."""
+
+
+def seed_argv(root: Path, widths: tuple[list[int], list[int]], res_dir: Path, device: str = "cpu",
+              batch: int = BATCH) -> list[str]:
+    """The seed's command line (README "The seed's command lines, one to one") at ``widths``, on ``device``."""
+    encoder, decoder = (",".join(str(w) for w in ws) for ws in widths)
     return ["--experiment_name", "parity", "--root3", str(root), "--model", "multisarv2", "--epochs", "20",
-            "--lr", "0.001", "--batch_size", str(BATCH), "--gamma", "1.0", "--scale_by", "10.0", "--loss", "ml",
-            "--use_sar", "--block_type", "mbconv", "--n_head", "16", "--device", "cpu", "--res_dir", str(res_dir),
+            "--lr", "0.001", "--batch_size", str(batch), "--gamma", "1.0", "--scale_by", "10.0", "--loss", "ml",
+            "--use_sar", "--block_type", "mbconv", "--n_head", "16", "--device", device, "--res_dir", str(res_dir),
             "--rdm_seed", "1", "--pretrain", "--num_workers", "0",
-            "--encoder_widths", f"[{width}]", "--decoder_widths", f"[{width},{width}]"]
+            "--encoder_widths", f"[{encoder}]", "--decoder_widths", f"[{decoder}]"]
 
 
 class Published:
-    """The published training loop, model and loader, built as ``train_reconstruct.main`` builds them."""
+    """The published training loop, model and loader, built as ``train_reconstruct.main`` builds them.
 
-    def __init__(self, checkout: Path, root: Path, width: int, work: Path) -> None:
+    With ``batches`` (batches in the published loader's format, already in memory) no loader is
+    built: the published loader needs s2cloudless, which a GPU machine may not have.
+    """
+
+    def __init__(self, checkout: Path, root: Path, widths: tuple[list[int], list[int]], work: Path,
+                 device: str = "cpu", batches: list[Any] | None = None, batch: int = BATCH) -> None:
         sys.path.insert(0, str(PROJECT / "tools"))
         import published_env
 
-        self.script = published_env.import_script(checkout, "train_reconstruct", seed_argv(root, width, work / "pub"),
-                                                  cwd=work)
-        from data.dataLoader import SEN12MSCR
+        argv = seed_argv(root, widths, work / "pub", device, batch)
+        self.script = published_env.import_script(checkout, "train_reconstruct", argv, cwd=work)
         from src import losses
         from src.learning.weight_init import weight_init
         from src.model_utils import get_model
 
         config = self.script.config
-        self.config, self.device = config, torch.device("cpu")
-        self.train_set = SEN12MSCR(str(root), split="train", region=config.region, sample_type=config.sample_type)
-        self.loader = torch.utils.data.DataLoader(self.train_set, batch_size=config.batch_size, shuffle=True,
-                                                  worker_init_fn=self.script.seed_worker,
-                                                  generator=self.script.f, num_workers=config.num_workers)
+        self.config, self.device = config, torch.device(device)
+        self.batches: list[Any] | None = batches
+        if batches is None:
+            from data.dataLoader import SEN12MSCR
+
+            self.train_set = SEN12MSCR(str(root), split="train", region=config.region,
+                                       sample_type=config.sample_type)
+            self.loader = torch.utils.data.DataLoader(self.train_set, batch_size=config.batch_size, shuffle=True,
+                                                      worker_init_fn=self.script.seed_worker,
+                                                      generator=self.script.f, num_workers=config.num_workers)
         self.model = get_model(config).to(self.device)
-        self.model.len_epoch = len(self.loader)
+        self.model.len_epoch = len(self.loader) if batches is None else len(batches)
+        self.samples = len(self.train_set) if batches is None else sum(len(b["target"]["S2"]) for b in batches)
+        """Samples per epoch."""
         self.model.netG.apply(weight_init)
         self.model.criterion = losses.get_loss(config)
-        self.batches: list[Any] | None = None
         self.epoch = 0
 
     def preload(self) -> None:
@@ -112,22 +133,26 @@ class Published:
                                 mode="train", epoch=self.epoch, device=self.device)
         finally:
             torch.utils.deterministic.fill_uninitialized_memory = ours
-        return len(self.train_set)
+        return self.samples
 
 
 class Ours:
-    """Our training session (``sscr train --pretrain`` with the same flags), one ``_train_epoch`` at a time."""
+    """Our training session (``sscr train --pretrain`` with the same flags), one ``_train_epoch`` at a time.
 
-    def __init__(self, params_root: Any, width: int, work: Path, precomputed_masks: bool) -> None:
+    ``overrides`` (dotted keys) change the seed's flags, e.g. ``train.amp`` or another ``model.name``.
+    """
+
+    def __init__(self, params_root: Any, widths: tuple[list[int], list[int]], work: Path, precomputed_masks: bool,
+                 device: str = "cpu", overrides: dict[str, Any] | None = None, name: str = "") -> None:
         params = params_root.model_copy(deep=True)
-        overrides = dict(PUBLISHED_PROTOCOL)
-        overrides.update({
-            "model.name": "multisarv2", "model.encoder_widths": [width], "model.decoder_widths": [width, width],
+        folder = name or ("ours" if precomputed_masks else "ours_fly")
+        overrides = {**PUBLISHED_PROTOCOL, **{
+            "model.name": "multisarv2", "model.encoder_widths": widths[0], "model.decoder_widths": widths[1],
             "model.block_type": "mbconv", "model.n_head": 16, "model.scale_by": 10.0, "model.use_sar": True,
             "loss.name": "ml", "train.lr": 1e-3, "train.gamma": 1.0, "train.batch_size": BATCH, "train.rdm_seed": 1,
-            "train.device": "cpu", "train.num_workers": 0, "train.experiment_name": "parity",
-            "train.res_dir": str(work / ("ours" if precomputed_masks else "ours_fly")),
-        })
+            "train.device": device, "train.num_workers": 0, "train.experiment_name": "parity",
+            "train.res_dir": str(work / folder),
+        }, **(overrides or {})}
         if not precomputed_masks:
             overrides["masks.dir"] = str(work / "no-masks")  # no coverage table: masks computed per sample
         raw = params.model_dump(mode="json")
@@ -138,16 +163,28 @@ class Ours:
 
         self.session = training._start(parse_params(raw, "benchmark"), resume=False)
         self.epoch = 0
-        self.original_set = self.session.train_set
+        self.original_set, self.original_sampler = self.session.train_set, self.session.sampler
+        self.preloaded: tuple[_InMemory, Any] | None = None
 
-    def preload(self) -> None:
-        """Keep one epoch's items in memory (for the loop-only timing): the view's crops/flips are off here."""
-        self.session.train_set = _InMemory([self.original_set[i] for i in range(len(self.original_set))])
+    def preload(self, items: list[Any] | None = None) -> None:
+        """Keep one epoch's items in memory (for the loop-only timing): the view's crops/flips are off here.
+
+        ``items``: these instead of the train split's (e.g. the same items repeated, for a longer epoch).
+        """
+        if items is None:
+            items = [self.original_set[i] for i in range(len(self.original_set))]
+        memory, sampler = _InMemory(items), self.original_sampler
+        if len(items) != len(self.original_set):  # the epoch's permutation must cover these items
+            sampler = torch.utils.data.distributed.DistributedSampler(
+                memory, num_replicas=self.session.world, rank=self.session.rank, shuffle=True,
+                seed=self.session.params.train.rdm_seed)
+        self.preloaded = (memory, sampler)
 
     def run_epoch(self, preloaded: bool = False) -> int:
-        """One ``_train_epoch`` of our training; returns the number of samples."""
+        """One ``_train_epoch`` of our training (on the preloaded items with ``preloaded``); returns its samples."""
         self.epoch += 1
-        self.session.train_set = self.session.train_set if preloaded else self.original_set
+        self.session.train_set, self.session.sampler = (
+            self.preloaded if preloaded else (self.original_set, self.original_sampler))
         training._train_epoch(self.session, self.epoch, progress=False)
         return len(self.session.train_set)
 
@@ -171,9 +208,9 @@ def measure(checkout: Path, width: int, repeats: int, loop_only: bool,
     params = sample_on_disk("default")
     root = Path(params.data.root)
     work = Path(tempfile.mkdtemp(prefix="published_parity-"))
-    published = Published(checkout, root, width, work)
-    ours = Ours(params, width, work, precomputed_masks=True)
-    ours_fly = Ours(params, width, work, precomputed_masks=False) if end_to_end else None
+    published = Published(checkout, root, widths_of(width), work)
+    ours = Ours(params, widths_of(width), work, precomputed_masks=True)
+    ours_fly = Ours(params, widths_of(width), work, precomputed_masks=False) if end_to_end else None
     samples: dict[str, int] = {}
 
     def timed(name: str, runner: Any, preloaded: bool = False) -> Any:

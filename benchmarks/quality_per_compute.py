@@ -58,7 +58,7 @@ from benchmarks._common import (
 )
 
 NAME = "quality_per_compute"
-MODELS = ["sscr_lite", "multisarv2", "uncrtaints", "utae", "unet"]
+MODELS = ["sscr_lite", "multisarv2", "uncrtaints", "unet", "mask_unet"]
 SMOKE_MODELS = ["sscr_lite"]
 MIN_EPOCHS = 5
 """A backbone trains at its default widths only if at least this many epochs fit in the budget."""
@@ -70,17 +70,19 @@ CPU_WIDTHS: dict[str, dict[str, Any]] = {
     "multisarv2": {"encoder_widths": [32], "decoder_widths": [32] * 5, "n_head": None, "d_model": None},
     # the others at half their default widths (sscr_lite: the widths params.yaml trains it with)
     "sscr_lite": {"encoder_widths": [16, 32, 64], "decoder_widths": [16, 32, 64], "n_head": None, "d_model": None},
-    "utae": {
+    # the published U-Net (--model unet, and utae under --pretrain)
+    "unet": {
         "encoder_widths": [32, 32, 32, 64],
         "decoder_widths": [16, 16, 32, 64],
         "n_head": None,
         "d_model": None,
     },
-    "unet": {"encoder_widths": [16, 32, 64, 128], "decoder_widths": None, "n_head": None, "d_model": None},
+    "mask_unet": {"encoder_widths": [16, 32, 64, 128], "decoder_widths": None, "n_head": None, "d_model": None},
 }
 
-PUBLISHED_LOSSES = {"multisarv2": "ml", "uncrtaints": "l1"}
-"""The published networks train with their published loss (the only ones the published code runs with them);
+PUBLISHED_LOSSES = {"multisarv2": "ml", "uncrtaints": "l1", "unet": "l2", "utae": "l2"}
+"""The published networks train with their published loss (the only ones the published code runs with them;
+the published script trains ``unet`` and ``utae`` with ``l2`` whatever ``--loss`` says);
 the others with ``params.yaml``'s (``structure``, which is this project's own and reads ``sscr_lite``'s head)."""
 SINGLE_WIDTH = {"multisarv2", "uncrtaints"}
 """Networks whose blocks all keep one width (at full resolution)."""

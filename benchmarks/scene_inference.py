@@ -5,6 +5,9 @@
     python -m benchmarks.scene_inference --memory   # peak RSS: 2048 px against a whole Sentinel-2 tile (10980 px)
     python -m benchmarks.scene_inference --smoke    # CI: 256 and 512 px, tiny U-Net, mask off
     python -m benchmarks.scene_inference --batch 4  # 4 tiles per forward pass instead of the CPU default 1
+    python -m benchmarks.scene_inference --profile  # where the default's time goes; the fast path against the plain one
+    python -m benchmarks.scene_inference --whole-tile  # the default on a whole 10980 px tile, fast path, one run
+    python -m benchmarks.scene_inference --cog      # the staging file's codec: write + COG conversion, 2048 px
 
 Synthetic scenes (cloudy S2, 13 bands uint16 DN, and S1, 2 bands float32 dB, as
 tiled GeoTIFFs in UTM) are written once under ``benchmarks/.cache/`` (or
@@ -27,6 +30,18 @@ px) with a tiny model, whose buffers and I/O are the same as the default model's
 Results: a markdown table on stdout and in ``benchmarks/results/scene_inference_defaults.md``
 (``scene_inference_defaults_quick.md`` for ``--quick``, ``scene_inference.md`` for ``--memory``,
 ``scene_inference_smoke.md`` for ``--smoke``; ``--out`` writes elsewhere).
+
+``--profile`` (``scene_inference_profile.md``; ``--quick``: 512 px) runs the default
+(``sscr_lite``, s2cloudless at 10 m) at 1024 px on the plain path (a mask per tile, no
+second thread, every tile through the model: :data:`sscr.infer.PLAIN`) and on the fast one (:class:`sscr.infer.SceneSpeed`),
+round-robin, and for the project's CPU-sized ``sscr_lite`` (``params.yaml``: widths 16, 32,
+64) too; it tables the time of each stage (mask, read, forward, blend, write, COG
+conversion) and compares the outputs of the two paths (max abs difference, PSNR).
+``--whole-tile`` (``scene_inference_whole_tile.md``) runs the fast path once on a whole
+10980 px tile and once at 2048 px, for the time and the peak-memory ratio, recording the
+load average at start and end. ``--cog`` (``scene_inference_cog.md``) writes a 2048 px
+13-band staging file by the inference's windows with each candidate codec and converts it
+to the COG, round-robin, and checks that the COGs hold the same pixels.
 """
 
 from __future__ import annotations
@@ -46,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import cache_dir, command_line
+from benchmarks._common import cache_dir, command_line, median
 
 NAME = "scene_inference"
 HERE = Path(__file__).resolve().parent
@@ -70,12 +85,45 @@ MODELS = {
     "multisarv2": {},  # the published SSCR network as published; takes no mask
     "uncrtaints": {},  # UnCRtainTS as the seed trains it; takes no mask
     "tiny-unet": {"encoder_widths": [8, 16]},  # for the memory comparison when the default model is too slow
+    "sscr_lite_cpu": {"encoder_widths": [16, 32, 64], "decoder_widths": [16, 32, 64]},  # params.yaml's model
 }
-MODEL_NAMES = {"sscr_lite": "sscr_lite", "multisarv2": "multisarv2", "uncrtaints": "uncrtaints", "tiny-unet": "unet"}
+MODEL_NAMES = {"sscr_lite": "sscr_lite", "multisarv2": "multisarv2", "uncrtaints": "uncrtaints", "tiny-unet": "mask_unet",
+               "sscr_lite_cpu": "sscr_lite"}
 DEFAULTS = [("sscr_lite", "default"), ("sscr_lite", "s2cloudless-60m"), ("multisarv2", "default"),
             ("uncrtaints", "default")]
 """(model, --mask) pairs of the defaults run: each network as `sscr infer` runs it, and sscr_lite's faster mask."""
 DEFAULT_SIZE, QUICK_SIZE = 2048, 1024
+PROFILE_SIZE, PROFILE_QUICK_SIZE = 1024, 512
+RESULTS_PROFILE = HERE / "results" / "scene_inference_profile.md"
+RESULTS_WHOLE_TILE = HERE / "results" / "scene_inference_whole_tile.md"
+RESULTS_COG = HERE / "results" / "scene_inference_cog.md"
+STAGING_CODECS = {"deflate level 1 (before)": {"compress": "deflate", "zlevel": 1},
+                  "zstd level 1 (now)": {"compress": "zstd", "zstd_level": 1}, "none": {}}
+STAGES = ("mask", "read", "forward", "blend", "write", "cog", "wait")
+PROFILE_MODELS = ("sscr_lite", "sscr_lite_cpu")
+
+
+def _plain() -> object:  # sscr.infer is imported in the worker only
+    from sscr.infer import PLAIN
+
+    return PLAIN
+
+
+def _one_thread() -> object:
+    from sscr.infer import SceneSpeed
+
+    return SceneSpeed(prefetch=False)
+
+
+def _fast() -> object:
+    from sscr.infer import SceneSpeed
+
+    return SceneSpeed()
+
+
+SPEEDS = {"plain": _plain, "one-thread": _one_thread, "fast": _fast}
+"""``--speed``: the plain path, the fast path without its second thread, the fast path."""
+"""Stages of :attr:`sscr.infer.SceneReport.stage_seconds`, in table order."""
 
 
 @dataclass
@@ -96,6 +144,16 @@ class Run:
     rss_first_quarter_mib: float
     """Largest RSS sampled during the first quarter of the run: equal to the peak once memory stops growing."""
     batch: int
+    speed: str = "fast"
+    """``fast`` (:class:`sscr.infer.SceneSpeed` defaults) or ``plain`` (:data:`sscr.infer.PLAIN`)."""
+    stage_seconds: dict[str, float] | None = None
+    pixels_classified: int = 0
+    tiles_passed_through: int = 0
+    """Tiles clear throughout, not run through the model (their output is their input)."""
+    load: tuple[float, float] = (0.0, 0.0)
+    """1-minute load average when the run started and when it ended."""
+    output: str | None = None
+    """The prediction it wrote, when kept for a comparison."""
 
     @property
     def label(self) -> str:
@@ -176,8 +234,12 @@ def write_scene(
 # ---------------------------------------------------------------- one run, in a fresh process
 
 
-def worker(size: int, model_key: str, mask: str, smoke: bool = False, batch: int | None = BATCH) -> None:
-    """Run infer_scene once and print a JSON line with its report, this process's peak RSS and an RSS trace."""
+def worker(size: int, model_key: str, mask: str, smoke: bool = False, batch: int | None = BATCH,
+           speed: str = "fast", keep: bool = False) -> None:
+    """Run infer_scene once and print a JSON line with its report, this process's peak RSS and an RSS trace.
+
+    ``speed``: ``fast`` or ``plain``; ``keep``: leave the prediction (and the mask used) for a comparison.
+    """
     import threading
 
     import psutil
@@ -190,7 +252,9 @@ def worker(size: int, model_key: str, mask: str, smoke: bool = False, batch: int
     torch.manual_seed(0)
     model = for_inference(build_model(MODEL_NAMES[model_key], **MODELS[model_key]), "cpu")  # as `sscr infer` does
     s2_path, s1_path = scene_paths(size, smoke)
-    out_path = CACHE / f"out_{size}_{model_key}_{mask}.tif"
+    out_path = CACHE / f"out_{size}_{model_key}_{mask}_{speed}.tif"
+    mask_path = out_path.with_name(f"mask_{out_path.name}") if keep else None
+    load_before = os.getloadavg()[0]
     process = psutil.Process()
     rss_before = process.memory_info().rss / 2**20
     samples: list[tuple[float, float]] = []  # (seconds since start, RSS MiB), every 0.2 s
@@ -216,13 +280,16 @@ def worker(size: int, model_key: str, mask: str, smoke: bool = False, batch: int
             batch_size=batch,
             mask_kind=DEFAULT_MASK_KIND,  # what a checkpoint trained with the params.yaml defaults asks for
             mask=DEFAULT_MASK_SOURCE if mask == "default" else mask,
+            mask_path=mask_path,
             progress=False,
+            speed=SPEEDS[speed](),
         )
     finally:
         done.set()
         sampler.join()
         samples.append((time.perf_counter() - started, process.memory_info().rss / 2**20))
-        out_path.unlink(missing_ok=True)  # a 10980 px output is ~2 GB: keep the cache small
+        if not keep:
+            out_path.unlink(missing_ok=True)  # a 10980 px output is ~2 GB: keep the cache small
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     quarter = samples[-1][0] / 4
     first_quarter = max(rss for seconds, rss in samples if seconds <= quarter)
@@ -240,16 +307,23 @@ def worker(size: int, model_key: str, mask: str, smoke: bool = False, batch: int
                 "rss_before_mib": rss_before,
                 "rss_first_quarter_mib": first_quarter,
                 "batch": report.batch_size,
+                "speed": speed,
+                "stage_seconds": report.stage_seconds,
+                "pixels_classified": report.pixels_classified,
+                "tiles_passed_through": report.tiles_passed_through,
+                "load": [load_before, os.getloadavg()[0]],
+                "output": str(out_path) if keep else None,
             }
         ),
         flush=True,
     )
 
 
-def measure(size: int, model_key: str, mask: str, smoke: bool = False, batch: int | None = BATCH) -> Run:
+def measure(size: int, model_key: str, mask: str, smoke: bool = False, batch: int | None = BATCH,
+            speed: str = "fast", keep: bool = False) -> Run:
     """Run :func:`worker` in a fresh interpreter and collect its measurements."""
     scene_paths(size, smoke)  # written here, not inside the measured process
-    print(f"running {size} x {size}, model {model_key}, --mask {mask} ...", flush=True)
+    print(f"running {size} x {size}, model {model_key}, --mask {mask}, {speed} path ...", flush=True)
     env = dict(os.environ, SSCR_S2CLOUDLESS_THREADS=str(os.cpu_count() or 1))
     done = subprocess.run(
         [
@@ -262,6 +336,9 @@ def measure(size: int, model_key: str, mask: str, smoke: bool = False, batch: in
             mask,
             str(int(smoke)),
             str(batch or 0),
+            "--speed",
+            speed,
+            *(["--keep"] if keep else []),
         ],
         cwd=HERE.parent,
         env=env,
@@ -271,7 +348,8 @@ def measure(size: int, model_key: str, mask: str, smoke: bool = False, batch: in
     )
     if done.returncode != 0:
         raise RuntimeError(f"benchmark worker failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    run = Run(**json.loads(done.stdout.strip().splitlines()[-1]))
+    fields = json.loads(done.stdout.strip().splitlines()[-1])
+    run = Run(**{**fields, "load": tuple(fields.get("load", (0.0, 0.0)))})
     print(
         f"  {run.seconds:.0f} s, {run.pixels_per_second / 1e3:.1f} kpx/s, peak RSS {run.peak_rss_mib:.0f} MiB",
         flush=True,
@@ -347,6 +425,204 @@ def memory_runs(run, budget_minutes: float, notes: list[str]) -> list[Run]:
     return runs
 
 
+# ---------------------------------------------------------------- where the time goes, and the whole tile
+
+
+def stage_table(runs: list[Run]) -> list[str]:
+    """Seconds per stage of each run, and each stage's share of the run's wall time."""
+    lines = [
+        "| model | path | time | s / tile | " + " | ".join(STAGES)
+        + " | pixels classified | tiles passed through | load (start, end) |",
+        "| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in STAGES) + " | ---: | ---: | --- |",
+    ]
+    for run in runs:
+        stages = run.stage_seconds or {}
+        cells = [f"{stages[stage]:.1f} s ({100 * stages[stage] / run.seconds:.0f}%)" if stage in stages else "-"
+                 for stage in STAGES]
+        lines.append(f"| {run.model} | {run.speed} | {run.seconds:.1f} s | {run.seconds / run.tiles:.2f} | "
+                     + " | ".join(cells) + f" | {run.pixels_classified:,} | {run.tiles_passed_through} | "
+                     f"{run.load[0]:.1f}, {run.load[1]:.1f} |")
+    return lines
+
+
+def compare_outputs(first: Path, second: Path) -> dict[str, float]:
+    """Max abs difference (DN), PSNR (dB, reflectance peak 1) and the share of equal values of two predictions."""
+    import rasterio
+
+    with rasterio.open(first) as a, rasterio.open(second) as b:
+        left, right = a.read().astype(np.float64), b.read().astype(np.float64)
+    difference = np.abs(left - right)
+    mse = float(np.mean((difference / 10000.0) ** 2))
+    return {"max_abs_dn": float(difference.max()), "psnr_db": float("inf") if mse == 0 else -10 * math.log10(mse),
+            "equal": float((difference == 0).mean())}
+
+
+def profile(argv: list[str] | None, quick: bool, repeats: int, out: Path | None,
+            models: tuple[str, ...] = PROFILE_MODELS) -> int:
+    """The default's stage times, plain path against fast path, round-robin, and the two paths' outputs compared."""
+    size = PROFILE_QUICK_SIZE if quick else PROFILE_SIZE
+    load = os.getloadavg()[0]
+    runs: dict[tuple[str, str], list[Run]] = {}
+    for round_index in range(repeats):
+        for model_key in models:
+            order = ("plain", "one-thread", "fast") if round_index % 2 == 0 else ("fast", "one-thread", "plain")
+            for speed in order:
+                runs.setdefault((model_key, speed), []).append(
+                    measure(size, model_key, "default", speed=speed, keep=round_index == 0))
+    best = {key: min(each, key=lambda run: run.seconds) for key, each in runs.items()}
+    lines = [
+        f"# Full-scene inference: where the time goes ({size} x {size} px; {', '.join(models)})",
+        "",
+        f"`{command_line(NAME, argv)}`, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores (load average {load:.1f} at start, shared with other jobs). `sscr infer`'s default "
+        "network and mask: `sscr_lite` (its own default widths 32, 64, 128; `sscr_lite_cpu`: the widths "
+        "`params.yaml` trains, 16, 32, 64) with s2cloudless at 10 m; `multisarv2` and `uncrtaints` take no mask. "
+        "Plain path: a mask per tile, no second thread "
+        "(`sscr.infer.PLAIN`, the path before); fast path: `sscr.infer.SceneSpeed()` (each pixel classified "
+        "once, the next batch read and its mask computed in a second thread, tiles clear throughout passed "
+        "through without a forward pass); one-thread: the fast path without its second thread "
+        "(`SceneSpeed(prefetch=False)`: what it saves by doing less work, not by taking more threads, which on a "
+        "loaded machine also buys a larger share of the cores); LightGBM gets 2 threads on all three "
+        "(`SSCR_S2CLOUDLESS_THREADS`, which the benchmark sets; `sscr infer` now uses torch's thread count when "
+        f"it is unset, where it used 1). {repeats} round(s), the order alternating; "
+        "each run a fresh process; the fastest run of each shown. Stage seconds are busy time per stage; with "
+        "the second thread, read and mask overlap the model, and `wait` is what the tile loop waited for them.",
+        "",
+        *stage_table([best[key] for key in sorted(best)]),
+        "",
+    ]
+    for model_key in models:
+        plain, fast, single = best[(model_key, "plain")], best[(model_key, "fast")], best[(model_key, "one-thread")]
+        all_plain = [run.seconds for run in runs[(model_key, "plain")]]
+        all_fast = [run.seconds for run in runs[(model_key, "fast")]]
+        kept = [run for run in runs[(model_key, "plain")] + runs[(model_key, "fast")] if run.output]
+        kept_plain = next(run for run in kept if run.speed == "plain")
+        kept_fast = next(run for run in kept if run.speed == "fast")
+        same = compare_outputs(Path(kept_plain.output), Path(kept_fast.output))
+        mask_files = [Path(run.output).with_name(f"mask_{Path(run.output).name}") for run in (kept_plain, kept_fast)]
+        masks = compare_outputs(*mask_files) if all(path.exists() for path in mask_files) else None
+        lines += [
+            f"- {model_key}: fast / plain time {fast.seconds:.1f} / {plain.seconds:.1f} s = "
+            f"**{fast.seconds / plain.seconds:.2f}**, without the second thread {single.seconds:.1f} s = "
+            f"**{single.seconds / plain.seconds:.2f}** (all runs: plain {', '.join(f'{v:.0f}' for v in all_plain)} s; "
+            f"fast {', '.join(f'{v:.0f}' for v in all_fast)} s)"
+            + (f"; s2cloudless classified {fast.pixels_classified:,} px on the fast path against {plain.tiles} tiles "
+               f"x {TILE}^2 = {plain.tiles * TILE * TILE:,} on the plain one" if fast.pixels_classified else
+               "; no mask computed")
+            + f". Outputs, fast against plain: prediction max abs "
+            f"difference {same['max_abs_dn']:.0f} DN, {100 * same['equal']:.2f}% of values equal, PSNR "
+            f"{same['psnr_db']:.1f} dB" + (f"; mask used {100 * masks['equal']:.2f}% equal." if masks else
+                                            " (the network takes no mask)."),
+            f"- {model_key} at this rate: a whole {SENTINEL2_TILE} px tile ({tiles_of(SENTINEL2_TILE)} tiles) in "
+            f"about {fast.seconds / fast.tiles * tiles_of(SENTINEL2_TILE) / 60:.0f} min on the fast path "
+            f"({plain.seconds / plain.tiles * tiles_of(SENTINEL2_TILE) / 60:.0f} min plain).",
+        ]
+        for run in kept:
+            Path(run.output).unlink(missing_ok=True)
+            Path(run.output).with_name(f"mask_{Path(run.output).name}").unlink(missing_ok=True)
+    write_results(lines, out or RESULTS_PROFILE)
+    return 0
+
+
+def whole_tile(argv: list[str] | None, model_key: str, out: Path | None) -> int:
+    """The default on the fast path at 2048 px and on a whole 10980 px tile: time, stages, peak memory."""
+    load = os.getloadavg()
+    runs = [measure(2048, model_key, "default"), measure(SENTINEL2_TILE, model_key, "default")]
+    small, big = runs
+    lines = [
+        f"# Full-scene inference: a whole {SENTINEL2_TILE} px Sentinel-2 tile, `{model_key}`, s2cloudless at 10 m",
+        "",
+        f"`{command_line(NAME, argv)}`, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min) at "
+        "start, shared with other jobs; fast path (`sscr.infer.SceneSpeed()`), tile 256, overlap 32, one tile per "
+        "pass; each run a fresh process.",
+        "",
+        *table(runs),
+        "",
+        *stage_table(runs),
+        "",
+        f"- whole tile: **{big.seconds / 60:.1f} min** ({big.tiles} tiles, {big.seconds / big.tiles:.2f} s / tile); "
+        f"load average {big.load[0]:.1f} at its start, {big.load[1]:.1f} at its end",
+        *memory_ratios(runs),
+        "",
+    ]
+    write_results(lines, out or RESULTS_WHOLE_TILE)
+    return 0
+
+
+def staging_codecs(argv: list[str] | None, repeats: int, out: Path | None) -> int:
+    """Write + COG conversion of a 2048 px prediction-sized staging file per codec, round-robin; same pixels."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from sscr.data.cog import finish_cog, prediction_spec
+    from sscr.data.regrid import Grid
+    from sscr.data.sentinel2 import Radiometry
+
+    size, block = 2048, (TILE - OVERLAP) // 16 * 16
+    s2_path, _ = scene_paths(size)
+    with rasterio.open(s2_path) as src:
+        dn, grid = src.read(), Grid(src.crs, src.transform, src.width, src.height)
+    spec = prediction_spec(Radiometry())
+    folder = CACHE / "cog_codecs"
+    folder.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
+    results: dict[str, list[tuple[float, float, int, int]]] = {name: [] for name in STAGING_CODECS}
+    names = list(STAGING_CODECS)
+    for round_index in range(repeats):
+        for name in names[round_index % len(names):] + names[: round_index % len(names)]:
+            out_path = folder / f"{names.index(name)}.tif"
+            staging = out_path.with_name(f".{out_path.name}.staging.tif")
+            started = time.perf_counter()
+            with rasterio.open(staging, "w", driver="GTiff", width=size, height=size, count=13, dtype="uint16",
+                               crs=grid.crs, transform=grid.transform, nodata=0, tiled=True, blockxsize=block,
+                               blockysize=block, BIGTIFF="IF_SAFER", **STAGING_CODECS[name]) as dataset:
+                for row in range(0, size, block):
+                    for col in range(0, size, block):
+                        height, width = min(block, size - row), min(block, size - col)
+                        dataset.write(dn[:, row: row + height, col: col + width], window=Window(col, row, width, height))
+            written = time.perf_counter() - started
+            staged = staging.stat().st_size
+            started = time.perf_counter()
+            finish_cog(out_path, spec)
+            results[name].append((written, time.perf_counter() - started, staged, out_path.stat().st_size))
+    pixels = []
+    for index in range(len(names)):
+        with rasterio.open(folder / f"{index}.tif") as dataset:
+            pixels.append(dataset.read())
+    same = all(np.array_equal(pixels[0], other) for other in pixels[1:])
+    lines = [
+        "# Full-scene inference: the staging file's codec",
+        "",
+        f"`{command_line(NAME, argv)}`, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, load average "
+        f"{load:.1f} at start (shared with other jobs). A 2048 px, 13-band uint16 staging GeoTIFF written by "
+        f"{block} px windows (as `sscr infer` writes its prediction), then `sscr.data.cog.finish_cog` (DEFLATE, "
+        f"predictor, overviews); {repeats} rounds round-robin, medians. The synthetic scene's DN are noisy, so "
+        "compression ratios are lower than on real scenes; the times are what matter.",
+        "",
+        "| staging codec | write | COG conversion | both | staging size | COG size |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, values in results.items():
+        write = median([v[0] for v in values])
+        convert = median([v[1] for v in values])
+        lines.append(f"| {name} | {write:.2f} s | {convert:.2f} s | {median([v[0] + v[1] for v in values]):.2f} s | "
+                     f"{values[0][2] / 2**20:.0f} MiB | {values[0][3] / 2**20:.0f} MiB |")
+    lines += ["", f"- the three COGs hold the same pixels: {'yes' if same else 'NO'}", ""]
+    for path in folder.iterdir():
+        path.unlink()
+    write_results(lines, out or RESULTS_COG)
+    return 0
+
+
+def write_results(lines: list[str], path: Path) -> None:
+    """Print the report and write it."""
+    text = "\n".join(lines)
+    print("\n" + text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the measurements, print and write the markdown report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -365,14 +641,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch", type=int, default=BATCH, help="tiles per forward pass (default: infer_scene's, 1 on CPU)"
     )
+    parser.add_argument("--profile", action="store_true",
+                        help=f"stage times of the default at {PROFILE_SIZE} px ({PROFILE_QUICK_SIZE} with --quick), "
+                             "fast path against plain")
+    parser.add_argument("--whole-tile", action="store_true",
+                        help=f"the default, fast path, on a whole {SENTINEL2_TILE} px tile (and 2048 px for memory)")
+    parser.add_argument("--model", default="sscr_lite", choices=sorted(MODELS),
+                        help="--whole-tile: the network (default sscr_lite, its own default widths)")
+    parser.add_argument("--repeats", type=int, default=2, help="--profile, --cog: rounds of the round-robin")
+    parser.add_argument("--cog", action="store_true", help="the staging file's codec: write + COG conversion")
+    parser.add_argument("--models", default=",".join(PROFILE_MODELS),
+                        help="--profile: comma-separated networks (e.g. multisarv2,uncrtaints: no mask)")
     parser.add_argument(
         "--worker", nargs=5, metavar=("SIZE", "MODEL", "MASK", "SMOKE", "BATCH"), help=argparse.SUPPRESS
     )
+    parser.add_argument("--speed", default="fast", choices=sorted(SPEEDS), help=argparse.SUPPRESS)
+    parser.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         size, model_key, mask, smoke, batch = args.worker
-        worker(int(size), model_key, mask, bool(int(smoke)), int(batch) or None)
+        worker(int(size), model_key, mask, bool(int(smoke)), int(batch) or None, args.speed, args.keep)
         return 0
+    if args.profile:
+        return profile(argv, args.quick, args.repeats, args.out, tuple(args.models.split(",")))
+    if args.whole_tile:
+        return whole_tile(argv, args.model, args.out)
+    if args.cog:
+        return staging_codecs(argv, max(args.repeats, 3), args.out)
 
     load = os.getloadavg()[0]
     notes: list[str] = []

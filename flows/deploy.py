@@ -75,7 +75,7 @@ def deploy_to_pool(project_dir: Path, work_pool: str, only: Sequence[str] | None
             job_variables={"working_dir": str(project_dir), "env": {"PYTHONPATH": str(project_dir)}},
         )
         # `apply`, not `Flow.deploy`: prefect 3.8's deploy asks its server for the pool's workers with null
-        # paging, which the server refuses (HTTP 422).
+        # paging, which the server refused (HTTP 422) under FastAPI >= 0.151, now excluded in pyproject.toml.
         ids.append(str(deployment.apply()))
     return ids
 

@@ -1,24 +1,22 @@
-"""Prefect flow ``pipeline``: download -> cloudmasks -> train -> evaluate -> register, one task per DVC stage.
+"""Prefect flow ``pipeline``: download -> cloudmasks -> train -> evaluate -> register, through DVC.
 
-Each stage task runs ``dvc repro --single-item <stage>`` in the project
-directory, so DVC decides what is out of date and ``dvc.lock`` stays the
-record; the tasks run in the pipeline's order, so skipping DVC's upstream walk
-loses nothing.
+Without parameters, each stage task runs ``dvc repro --single-item <stage>`` in the
+project directory, so DVC decides what is out of date and ``dvc.lock`` stays the
+record; the tasks run in the pipeline's order, so skipping DVC's upstream walk loses
+nothing. The finished run is saved as a DVC experiment named after the flow run
+(``dvc exp save``; the workspace is not changed by that).
 
-Flow parameters (``model``, ``loss``, ``epochs``, ``use_sar`` and any
-``params.yaml`` key in ``overrides``, as ``group.key=value``) are written into
-``params.yaml`` before the first stage with the code behind
-``dvc exp run --set-param`` (``dvc.utils.hydra.apply_overrides``: comments and
-key order kept), after checking them against the params schema. The finished
-run is then saved as a DVC experiment named after the flow run
-(``dvc exp save``), so ``dvc exp show`` lists it and
-``dvc exp apply <name> && dvc repro`` reproduces it from its lock.
-
-Each flow run's parameters are its own: ``params.yaml`` is put back as it was
-before the run when the run ends (however it ends), so the next run does not
-inherit them, and the run's artifact lists every parameter that differs from
-the committed ``params.yaml`` (git ``HEAD``). The training runs it starts are
-named after it in MLflow (``SSCR_FLOW_RUN``).
+With parameters (``model``, ``loss``, ``epochs``, ``use_sar`` and any ``params.yaml``
+key in ``overrides``, as ``group.key=value``) the run is a DVC experiment: after the
+values are checked against the params schema, ``dvc exp run --temp --name
+<flow run> -S group.key=value ...`` runs the pipeline in a temporary copy of the
+project (DVC's own; the data set and masks are copied in with ``--copy-paths`` when
+they live inside the project, as DVC caches neither). The workspace, its
+``params.yaml``, ``dvc.lock`` and ``metrics/`` stay as they were; the run is in
+``dvc exp show`` under the flow run's name (``dvc exp apply <name>`` brings it into the
+workspace), and its MLflow run and registry version carry the same name
+(``DVC_EXP_NAME``). Being an experiment, it registers at most ``@challenger``
+(:mod:`sscr.registry`); ``sscr promote`` or the ``promote`` flow decides on it.
 """
 
 from __future__ import annotations
@@ -126,14 +124,14 @@ def environment(**values: str) -> Iterator[None]:
 
 def committed_params(project: Path) -> dict[str, Any]:
     """The flattened params of ``params.yaml`` as committed (git ``HEAD``); the file on disk outside git."""
-    from sscr.config import parse_params
+    from sscr.config import PARAMS_MAX_BYTES, ConfigError, parse_params, safe_yaml
 
     shown = subprocess.run(["git", "show", "HEAD:./params.yaml"], cwd=project, capture_output=True, text=True)
     if shown.returncode != 0:
         return flatten(load_params(project / "params.yaml"))
-    import yaml
-
-    return flatten(parse_params(yaml.safe_load(shown.stdout) or {}))
+    if len(shown.stdout.encode()) > PARAMS_MAX_BYTES:
+        raise ConfigError(f"params.yaml as committed is larger than {PARAMS_MAX_BYTES // 1024} KiB, the limit")
+    return flatten(parse_params(safe_yaml(shown.stdout, "params.yaml (git HEAD)") or {}, "params.yaml (git HEAD)"))
 
 
 def differing_params(project: Path, committed: dict[str, Any]) -> dict[str, Any]:
@@ -153,9 +151,17 @@ def repro(project: Path, target: str) -> bool:
 
 
 @task(cache_policy=NO_CACHE)
+def check_overrides(project: Path, overrides: list[str]) -> list[str]:
+    """Validate ``group.key=value`` overrides against the params schema (a wrong key or value names itself)."""
+    load_params(project / "params.yaml", overrides)
+    return overrides
+
+
+@task(cache_policy=NO_CACHE)
 def set_params(project: Path, overrides: list[str]) -> list[str]:
     """Write ``group.key=value`` overrides into ``params.yaml`` as ``dvc exp run -S`` does; returns them.
 
+    (The ``tune`` flow's study settings; the ``pipeline`` flow's parameters go to ``dvc exp run --temp``.)
     They are validated first (a wrong key or value names itself and nothing is
     written), and the file is read back to check DVC wrote what was meant.
     """
@@ -172,6 +178,39 @@ def set_params(project: Path, overrides: list[str]) -> list[str]:
                          "quote string values, e.g. key='\"text\"'")
     get_run_logger().info("params.yaml: %s", ", ".join(overrides))
     return overrides
+
+
+@task(cache_policy=NO_CACHE)
+def experiment(project: Path, name: str, overrides: list[str]) -> str:
+    """``dvc exp run --temp --name <name> -S ...``: every stage in a temporary copy; the workspace as it was."""
+    params = load_params(project / "params.yaml", overrides)
+    args = ["exp", "run", "--temp", "--name", name]
+    for folder in (params.data.root, params.masks.dir):
+        # Neither is in DVC's cache (450 GiB for the real data set): the copy gets them from the workspace.
+        # A data set outside the project (an absolute data.root) is read where it is.
+        if not Path(folder).is_absolute() and (project / folder).exists():
+            args += ["--copy-paths", str(folder)]
+    for override in overrides:
+        args += ["--set-param", override]
+    output = run_dvc(project, *args)
+    get_run_logger().info("dvc exp run %s:\n%s", name, "\n".join(output.splitlines()[-40:]))
+    return name
+
+
+def experiment_ref(project: Path, name: str) -> str:
+    """The git ref of DVC experiment ``name`` (``refs/exps/.../<name>``)."""
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=project,
+                          capture_output=True, text=True, check=True).stdout.split()
+    found = [ref for ref in refs if ref.rsplit("/", 1)[-1] == name]
+    if not found:
+        raise RuntimeError(f"DVC experiment {name!r} not found in {project} (`dvc exp show`)")
+    return found[-1]
+
+
+def read_at(project: Path, ref: str, path: str | Path) -> str:
+    """A file as committed in ``ref``."""
+    return subprocess.run(["git", "show", f"{ref}:{Path(path).as_posix()}"], cwd=project, capture_output=True,
+                          text=True, check=True).stdout
 
 
 # The downloader already retries dropped connections within one attempt; the task retries whole attempts
@@ -224,32 +263,70 @@ def save_experiment(project: Path, name: str) -> str | None:
 @task(cache_policy=NO_CACHE)
 def publish(project: Path, stages_run: dict[str, bool], overrides: list[str], experiment: str | None,
             committed: dict[str, Any]) -> dict[str, Any]:
-    """Prefect artifacts: the test-metrics table and the MLflow run and model version; returns their content."""
-    from mlflow.tracking import MlflowClient
-
-    from sscr import tracking
-
+    """Prefect artifacts of a workspace run: the test-metrics table, the MLflow run and version; returns them."""
     params = load_params(project / "params.yaml")
-    differing = differing_params(project, committed)
     records = project / record_dir(params)
     metrics = json.loads((records / "metrics.json").read_text())
     # run.json (tracked, reproducible) names the checkpoint; the MLflow run id is in the untracked mlflow_run.json.
     run = {**json.loads((records / "run.json").read_text()),
            **json.loads((project / run_dir(params) / MLFLOW_RUN_FILE).read_text())}
     decision = json.loads((project / REGISTER_JSON).read_text())
-    with mlflow_store(project) as uri:
-        experiment_id = MlflowClient().get_run(run["run_id"]).info.experiment_id
+    return report(project, params, metrics, run, decision, stages_run, overrides, experiment,
+                  differing_params(project, committed))
 
+
+@task(cache_policy=NO_CACHE)
+def publish_experiment(project: Path, name: str, overrides: list[str], committed: dict[str, Any]) -> dict[str, Any]:
+    """Prefect artifacts of an experiment, read from its git ref (records) and from MLflow (run, version, decision)."""
+    import yaml
+
+    from sscr import registry
+    from sscr.config import parse_params
+
+    ref = experiment_ref(project, name)
+    params = parse_params(yaml.safe_load(read_at(project, ref, "params.yaml")) or {}, f"{ref}:params.yaml")
+    records = record_dir(params)
+    metrics = json.loads(read_at(project, ref, records / "metrics.json"))
+    run = json.loads(read_at(project, ref, records / "run.json"))
+    with mlflow_store(project):
+        version = registry.version_of_checkpoint(params.registry.model_name, run["checkpoint_sha256"])
+        if version is None:
+            raise RuntimeError(f"experiment {name}: no version of {params.registry.model_name} holds its checkpoint "
+                               f"{run['checkpoint_sha256'][:12]}; its register stage did not run")
+        held = registry.get_version(params.registry.model_name, version)
+        history = registry.decisions(params.registry.model_name, version)
+    run.update(run_id=held.run_id, model_uri=held.source)
+    last = history[-1] if history else {"outcome": "champion", "reason": "holds @champion"}
+    decision = {"model_name": params.registry.model_name, "version": version, "promoted": last["outcome"] == "champion",
+                "outcome": last["outcome"], "reason": last.get("reason", "")}
+    differing = {key: value for key, value in flatten(params).items() if committed.get(key, object()) != value}
+    return report(project, params, metrics, run, decision, {"experiment": True}, overrides, name, differing)
+
+
+def report(project: Path, params: Any, metrics: dict[str, Any], run: dict[str, Any], decision: dict[str, Any],
+           stages_run: dict[str, bool], overrides: list[str], experiment: str | None,
+           differing: dict[str, Any]) -> dict[str, Any]:
+    """Create the run's artifacts (test-metrics table; MLflow run, version and decision) and return their content."""
+    from mlflow.tracking import MlflowClient
+
+    from sscr import tracking
+
+    with mlflow_store(project) as uri:
+        mlflow_run = MlflowClient().get_run(run["run_id"])
     create_markdown_artifact(metrics_table(metrics), key="sscr-test-metrics",
                              description=f"Test metrics of {params.model.name} ({project})")
     ran = ", ".join(f"{stage} {'ran' if did else 'up to date'}" for stage, did in stages_run.items())
+    alias = {"champion": f"@{params.registry.alias}", "challenger": f"@{params.registry.challenger}"}.get(
+        decision.get("outcome", "champion" if decision["promoted"] else "challenger"), "unchanged")
     summary = "\n".join([
         f"### {decision['model_name']} version {decision['version']}",
         "",
-        f"- MLflow run: `{run['run_id']}` (experiment `{run['experiment']}`, store `{tracking.redact(uri)}`)",
+        f"- MLflow run: `{run['run_id']}` `{mlflow_run.info.run_name}` (experiment `{run['experiment']}`, "
+        f"store `{tracking.redact(uri)}`)",
         f"- model: `models:/{decision['model_name']}/{decision['version']}` (logged as `{run['model_uri']}`)",
-        f"- @{params.registry.alias}: {'promoted' if decision['promoted'] else 'not promoted'} ({decision['reason']})",
-        f"- stages: {ran}",
+        f"- registry: {alias} ({decision['reason']})",
+        f"- stages: {ran}" if "experiment" not in stages_run else
+        "- stages: all, in a temporary copy (`dvc exp run --temp`): the workspace is unchanged",
         f"- overrides: {', '.join(f'`{o}`' for o in overrides) or 'none'}",
         "- parameters that differ from the committed params.yaml: "
         + (", ".join(f"`{key}={json.dumps(value)}`" for key, value in sorted(differing.items())) or "none"),
@@ -257,11 +334,13 @@ def publish(project: Path, stages_run: dict[str, bool], overrides: list[str], ex
     ])
     create_markdown_artifact(summary, key="sscr-mlflow-run", description="MLflow run and registry version")
     if uri.startswith("http"):  # a tracking server has a page for the run
-        create_link_artifact(f"{tracking.redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run['run_id']}",
-                             link_text="MLflow run", key="sscr-mlflow-link")
-    return {"run_id": run["run_id"], "model_name": decision["model_name"], "version": decision["version"],
-            "promoted": decision["promoted"], "test_PSNR": metrics["test"]["PSNR"], "stages_run": stages_run,
-            "experiment": experiment, "differing_params": differing}
+        create_link_artifact(f"{tracking.redact(uri).rstrip('/')}/#/experiments/{mlflow_run.info.experiment_id}/"
+                             f"runs/{run['run_id']}", link_text="MLflow run", key="sscr-mlflow-link")
+    return {"run_id": run["run_id"], "run_name": mlflow_run.info.run_name, "model_name": decision["model_name"],
+            "version": decision["version"], "promoted": decision["promoted"],
+            "outcome": decision.get("outcome", "champion" if decision["promoted"] else "challenger"),
+            "test_PSNR": metrics["test"]["PSNR"], "stages_run": stages_run, "experiment": experiment,
+            "differing_params": differing}
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
@@ -301,16 +380,21 @@ def pipeline(
 
     ``model``, ``loss``, ``epochs`` and ``use_sar`` set ``model.name``,
     ``loss.name``, ``train.epochs`` and ``model.use_sar``; ``overrides`` sets
-    any other key (``["train.lr=0.001", "data.source=sen12mscr"]``).
+    any other key (``["train.lr=0.001", "data.source=sen12mscr"]``). With any of them
+    the run is the DVC experiment ``pipeline-<flow run name>`` in a temporary copy
+    (``dvc exp run --temp``): the workspace stays as it was. Without, the stages run in
+    the workspace and, with ``save_as_experiment``, are saved as that experiment.
     """
     project = Path(project_dir).resolve()
     named = {"model.name": model, "loss.name": loss, "train.epochs": epochs, "model.use_sar": use_sar}
+    requested = [as_override(k, v) for k, v in named.items() if v is not None] + list(overrides or [])
     committed = committed_params(project)
     label = flow_run_label("pipeline")
-    # The run's params live in params.yaml only while it runs (DVC reads them there); then the file is put back.
-    with restored(project / "params.yaml"), environment(SSCR_FLOW_RUN=label):
-        applied = set_params(project, [as_override(k, v) for k, v in named.items() if v is not None]
-                             + list(overrides or []))
+    with environment(SSCR_FLOW_RUN=label):
+        if requested:
+            applied = check_overrides(project, requested)
+            name = experiment(project, label, applied)
+            return publish_experiment(project, name, applied, committed)
         stages_run = {
             "download": download(project),
             "cloudmasks": cloudmasks(project),
@@ -318,5 +402,5 @@ def pipeline(
             "evaluate": evaluate(project),
             "register": register(project),
         }
-        experiment = save_experiment(project, label) if save_as_experiment else None
-        return publish(project, stages_run, applied, experiment, committed)
+        saved = save_experiment(project, label) if save_as_experiment else None
+        return publish(project, stages_run, [], saved, committed)

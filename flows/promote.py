@@ -1,8 +1,11 @@
-"""Prefect flow ``promote``: move the registry alias (``@champion``) to the newest version if it is better.
+"""Prefect flow ``promote``: rule 1 on a registered version (default: the ``@challenger``), or a recorded override.
 
-The decision is :func:`sscr.registry.promote`'s, the same code the
-``register`` stage and ``sscr promote`` call: higher ``registry.metric`` wins,
-under a lock, recorded as tags on the version.
+The decision is :func:`sscr.registry.promote`'s, the same code ``sscr promote`` and
+the ``register`` stage call: ``@champion`` moves only when the version beats it
+beyond noise on the validation split (paired per-image comparison, margin
+``registry.min_gain``), else the version is ``@challenger``; ``force`` with a
+``reason`` moves ``@champion`` regardless. Each decision is appended to the
+version's history (tags ``promotion.<n>``), under a lock.
 """
 
 from __future__ import annotations
@@ -20,34 +23,45 @@ from sscr.config import load_params
 
 
 @task(cache_policy=NO_CACHE)
-def promote_version(project: Path, version: str | None) -> dict[str, Any]:
-    """Compare ``version`` (default: the newest) with the alias holder and move the alias if it is better."""
+def promote_version(project: Path, version: str | None, force: bool = False, reason: str | None = None
+                    ) -> dict[str, Any]:
+    """Decide on ``version`` (default: the ``@challenger``, else the newest) against the ``@champion``."""
     registry = load_params(project / "params.yaml").registry
+    if force and not (reason or "").strip():
+        raise ValueError("force needs a reason: why rule 1 is overridden (it is recorded with the decision)")
     with mlflow_store(project):
-        version = version or model_registry.newest_version(registry.model_name)
-        decision = model_registry.promote(registry.model_name, version, registry.alias, registry.metric)
+        version = version or model_registry.default_candidate(registry.model_name, registry.challenger)
+        decision = model_registry.promote(
+            registry.model_name, version, registry.alias, registry.metric, challenger_alias=registry.challenger,
+            min_gain=registry.min_gain, confidence=registry.confidence,
+            action="promote flow (forced)" if force else "promote flow", force=reason if force else None)
     return decision.as_dict()
 
 
 @task(cache_policy=NO_CACHE)
 def publish_decision(decision: dict[str, Any], alias: str) -> None:
-    """A markdown artifact with the decision."""
-    verb = "promoted to" if decision["promoted"] else "not promoted to"
-    champion = decision["champion_version"] or "none"
-    create_markdown_artifact("\n".join([
-        f"### {decision['model_name']} v{decision['version']} {verb} @{alias}",
-        "",
-        f"- {decision['metric']}: {decision['candidate_score']:.4f} (champion before: v{champion}, "
-        f"{decision['champion_score'] if decision['champion_score'] is not None else '-'})",
-        f"- reason: {decision['reason']}",
-    ]), key="sscr-promotion", description="Registry promotion decision")
+    """A markdown artifact with the decision and its evidence."""
+    where = {"champion": f"@{alias}", "challenger": "@challenger"}.get(decision["outcome"], "unchanged")
+    evidence = decision.get("evidence") or {}
+    lines = [f"### {decision['model_name']} v{decision['version']}: {where}", "",
+             f"- reason: {decision['reason']}",
+             f"- champion before: v{decision['champion_version'] or '-'}",
+             f"- rule: {decision['rule']}"]
+    if evidence:
+        lines.append(f"- evidence ({evidence['split']} split, {evidence['n_images']} images): mean "
+                     f"{evidence['metric']} {evidence['candidate_mean']:.4f} vs {evidence['champion_mean']:.4f} dB, "
+                     f"difference {evidence['mean_difference']:+.4f} dB, {evidence['confidence']:.0%} interval "
+                     f"[{evidence['interval'][0]:+.4f}, {evidence['interval'][1]:+.4f}], margin "
+                     f"{evidence['min_gain']} dB")
+    create_markdown_artifact("\n".join(lines), key="sscr-promotion", description="Registry promotion decision")
 
 
 @flow(name="promote", log_prints=True)
-def promote(project_dir: str = ".", version: str | None = None) -> dict[str, Any]:
-    """Promote ``version`` (default: the newest registered) of ``registry.model_name`` if it beats the champion."""
+def promote(project_dir: str = ".", version: str | None = None, force: bool = False,
+            reason: str | None = None) -> dict[str, Any]:
+    """Rule 1 on ``version`` (default: the ``@challenger``) of ``registry.model_name``; ``force`` needs a ``reason``."""
     project = Path(project_dir).resolve()
-    decision = promote_version(project, version)
+    decision = promote_version(project, version, force, reason)
     publish_decision(decision, load_params(project / "params.yaml").registry.alias)
-    print(f"{decision['model_name']} v{decision['version']}: {decision['reason']}")
+    print(f"{decision['model_name']} v{decision['version']}: {decision['outcome']} ({decision['reason']})")
     return decision

@@ -4,8 +4,9 @@ The study is the DVC stage ``tune`` (``tune/dvc.yaml``, outside the default
 pipeline), run with ``dvc repro --single-item tune/dvc.yaml`` after the data
 and mask stages, so ``tune/dvc.lock`` records it. The stage writes
 ``tune.best_params``; the flow reads it and runs the ``pipeline`` flow with
-those values as overrides, which retrains, evaluates and registers the best
-configuration (promoted if it beats the champion).
+those values as overrides: a DVC experiment (``dvc exp run --temp``) that retrains,
+evaluates and registers the best configuration as ``@challenger``; ``sscr promote`` or
+the ``promote`` flow then decides by rule 1.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def tune(
         cloudmasks(project)
         study(project)
         best = best_params(project)
-        result: dict[str, Any] = {"best_overrides": best}
-        if retrain:
-            result["pipeline"] = pipeline(project_dir=str(project), overrides=best)
-        return result
+    result: dict[str, Any] = {"best_overrides": best}
+    if retrain:  # after params.yaml is back: the experiment differs from the workspace by the best params only
+        result["pipeline"] = pipeline(project_dir=str(project), overrides=best)
+    return result

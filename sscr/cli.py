@@ -6,12 +6,22 @@ import argparse
 import errno
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sscr.config import MASK_KINDS, PUBLISHED_PROTOCOL, ConfigError, Params, load_params, record_dir
+from sscr.config import (
+    MASK_KINDS,
+    PUBLISHED_PROTOCOL,
+    ConfigError,
+    Params,
+    load_params,
+    published_model_protocol,
+    record_dir,
+)
 
 Handler = Callable[[argparse.Namespace, Params], int | None]
 
@@ -79,14 +89,38 @@ def _protocol_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def load(args: argparse.Namespace) -> Params:
-    """Params from ``--params``, then ``--pretrain``'s protocol, ``--set`` and the seed's flags, in that order."""
+    """Params from ``--params``, then ``--pretrain``'s protocol, ``--set`` and the seed's flags, in that order.
+
+    With ``--pretrain``, last, what the published script forces for the model
+    (:data:`sscr.config.PUBLISHED_MODEL_PROTOCOL`) over the seed's flags, except keys given with ``--set``.
+    """
     overrides = _protocol_overrides(args) + list(args.overrides) + _seed_overrides(args)
     if getattr(args, "root", None) is not None:
         overrides.append(f"data.root={args.root}")
-    return load_params(args.params, overrides)
+    params = load_params(args.params, overrides)
+    if not getattr(args, "pretrain", False):
+        return params
+    given = {override.split("=", 1)[0].strip(): override for override in args.overrides}
+    forced = published_model_protocol(params.model.name, set(given))
+    kept = [given[key] for key in published_model_protocol(params.model.name, set()) if key in given]
+    if forced:
+        print(f"sscr: --pretrain: the published script trains {params.model.name} with "
+              f"{', '.join(f'{key}={value}' for key, value in forced.items())} whatever its flags say, and so does "
+              "this run (--set changes it)", file=sys.stderr)
+    if forced or kept:  # the forced values over the seed's flags, and a --set of the same key over both
+        params = load_params(args.params, overrides + [f"{key}={json.dumps(value)}" for key, value in forced.items()]
+                             + kept)
+    return params
 
 
 # ---------------------------------------------------------------- handlers
+
+
+def cmd_check_params(args: argparse.Namespace, params: Params) -> None:
+    from sscr.config import PARAMS_MAX_BYTES, YAML_MAX_DEPTH, YAML_MAX_NODES, flatten
+
+    print(f"{args.params}: valid, {len(flatten(params))} parameters (limits: {PARAMS_MAX_BYTES // 1024} KiB, "
+          f"{YAML_MAX_NODES:,} YAML values with aliases expanded, {YAML_MAX_DEPTH} levels)")
 
 
 def cmd_data_synth(args: argparse.Namespace, params: Params) -> None:
@@ -102,6 +136,14 @@ def cmd_data_synth(args: argparse.Namespace, params: Params) -> None:
         seasons=params.data.seasons,
     )
     print(f"synthetic SEN12MS-CR sample: {len(pids)} triplets under {params.data.root}")
+
+
+def cmd_data_demo_scene(args: argparse.Namespace, params: Params) -> None:
+    from sscr.data.demo_scene import write_demo_scene
+
+    scene = write_demo_scene(args.out_dir, seed=args.seed, overwrite=args.overwrite)
+    print(f"demo scene (synthetic): L1C product {scene.s2}, S1 {scene.s1}; try:\n"
+          f"  sscr infer --model models:/sscr@champion --s2 {scene.s2} --s1 {scene.s1} --out {args.out_dir / 'clear.tif'}")
 
 
 def cmd_data_download(args: argparse.Namespace, params: Params) -> None:
@@ -170,22 +212,29 @@ def cmd_register(args: argparse.Namespace, params: Params) -> None:
     records = record_dir(params)
     decision = register_evaluated(
         args.run_json or records / "run.json", args.metrics or records / "metrics.json",
-        registry.model_name, registry.alias, registry.metric, out=args.out,
+        registry.model_name, registry.alias, registry.metric, out=args.out, registry=registry,
+        params_file=args.params,
     )
-    print(f"registered {decision.model_name} v{decision.version}: "
-          f"{'promoted to' if decision.promoted else 'not promoted to'} @{registry.alias} ({decision.reason})")
+    print(f"registered {decision.line()}")
 
 
 def cmd_promote(args: argparse.Namespace, params: Params) -> None:
     from sscr import tracking
-    from sscr.registry import newest_version, promote
+    from sscr.registry import default_candidate, promote
 
     registry = params.registry
+    if args.force and args.reason is None:
+        raise ValueError("--force needs --reason TEXT: why the rule is overridden (recorded with the decision)")
+    if args.reason is not None and not args.force:
+        raise ValueError("--reason goes with --force; without --force rule 1 decides and records its evidence")
     tracking.configure()
-    version = args.version or newest_version(registry.model_name)
-    decision = promote(registry.model_name, version, registry.alias, registry.metric)
-    print(f"{decision.model_name} v{decision.version}: {'promoted' if decision.promoted else 'kept'} "
-          f"({decision.reason})")
+    version = args.version or default_candidate(registry.model_name, registry.challenger)
+    decision = promote(registry.model_name, version, registry.alias, registry.metric,
+                       challenger_alias=registry.challenger, min_gain=registry.min_gain,
+                       confidence=registry.confidence,
+                       action="sscr promote --force" if args.force else "sscr promote",
+                       force=args.reason if args.force else None)
+    print(decision.line())
 
 
 def cmd_tune(args: argparse.Namespace, params: Params) -> int:
@@ -235,18 +284,72 @@ def _window_arg(text: str) -> tuple[int, int, int, int]:
     return values  # type: ignore[return-value]
 
 
-def cmd_infer(args: argparse.Namespace, params: Params) -> None:
-    from sscr.infer import SceneInputs, infer_scene
+def _png_arg(text: str) -> Path:
+    """A ``.png`` file name (so it can be neither an input nor a GeoTIFF output)."""
+    path = Path(text)
+    if path.suffix.lower() != ".png" or path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a file name ending in .png, e.g. quicklook.png, got {text!r}")
+    return path
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM raised as Ctrl-C is, so a run cleans up the same way on both."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def cmd_infer(args: argparse.Namespace, params: Params) -> int | None:
+    from sscr.infer import SceneInputs, check_batch_size, infer_scene
     from sscr.serving import load_model
 
+    check_batch_size(args.tiles_per_pass)
     inputs = SceneInputs.of(args.s2, args.s1, s1_units=args.s1_units, s2_resampling=args.s2_resampling,
                             window=args.window, bbox=args.bbox, bbox_crs=args.bbox_crs)
-    loaded = load_model(args.model, device=args.device)
-    report = infer_scene(loaded.model, inputs, None, args.out, var_path=args.var_out, mask_path=args.mask_out,
-                         tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                         mask_kind=args.mask_kind or loaded.mask_kind, mask=args.mask, model_source=loaded.source,
-                         model_version=loaded.version, model_files=loaded.files, progress=not args.no_progress)
-    print(json.dumps(report.as_dict(), default=str))
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    mask_out, drawn_mask = args.mask_out, None
+    try:
+        loaded = load_model(args.model, device=args.infer_device)
+        if args.quicklook and mask_out is None and getattr(loaded.model, "use_mask", False) and args.mask != "none":
+            mask_out = drawn_mask = args.out.with_name(f".{args.out.name}.quicklook-mask.tif")  # for the mask panel
+        report = infer_scene(loaded.model, inputs, None, args.out, var_path=args.var_out, mask_path=mask_out,
+                             tile=args.tile, overlap=args.overlap, batch_size=args.tiles_per_pass,
+                             mask_kind=args.mask_kind or loaded.mask_kind, mask=args.mask, model_source=loaded.source,
+                             model_version=loaded.version, model_files=loaded.files, progress=not args.no_progress)
+        if args.quicklook:
+            from sscr.data.quicklook import write_quicklook
+
+            write_quicklook(args.quicklook, report.out_path, args.s2, args.s1 or (), args.s1_units, report.mask_path,
+                            title=f"{report.out_path.name}: {loaded.source} ({loaded.version})")
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"sscr: infer interrupted ({signal.Signals(signum).name}): {args.out} and the other outputs are as "
+              "they were before, no partial file left", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if drawn_mask is not None:
+            drawn_mask.unlink(missing_ok=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    written = report.as_dict()
+    if drawn_mask is not None:
+        written["mask_path"] = None  # drawn, then removed: not asked for
+    print(json.dumps({**written, **({"quicklook": str(args.quicklook)} if args.quicklook else {})}, default=str))
+    return None
+
+
+def cmd_serving_request(args: argparse.Namespace, params: Params) -> None:
+    from sscr.serving import write_request
+
+    out = write_request(args.out, args.s2, args.s1, overwrite=args.overwrite)
+    print(f"request body for {args.s2}{' + ' + str(args.s1) if args.s1 else ''} -> {out} "
+          f"({out.stat().st_size / 1e6:.1f} MB); send it to a served model:\n"
+          f"  curl -sS --fail-with-body -X POST http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' "
+          f"--data-binary @{out} -o response.json")
 
 
 def cmd_serve(args: argparse.Namespace, params: Params) -> int:
@@ -258,7 +361,7 @@ def cmd_serve(args: argparse.Namespace, params: Params) -> int:
 def cmd_import_published(args: argparse.Namespace, params: Params) -> None:
     from sscr.published import import_published
 
-    result = import_published(args.checkpoint, args.out, params, config=args.config)
+    result = import_published(args.checkpoint, args.out, params, config=args.config, force=args.force)
     print(f"imported {result.model_name} (epoch {result.epoch}) from {args.checkpoint} into {result.run_dir}: "
           f"MLflow run {result.run_id}, model {result.model_uri or '(not logged)'}")
     if result.ignored or result.unknown:
@@ -268,7 +371,7 @@ def cmd_import_published(args: argparse.Namespace, params: Params) -> None:
 def cmd_export_published(args: argparse.Namespace, params: Params) -> None:
     from sscr.published import export_published
 
-    target = export_published(args.run, args.out)
+    target = export_published(args.run, args.out, force=args.force)
     print(f"published format: {target} and {target.with_name('conf.json')} (published test script: "
           f"--weight_folder {target.parent.parent} --experiment_name {target.parent.name})")
 
@@ -298,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    check = commands.add_parser(
+        "check-params", help="check a params file against the schema and the size limits (run it before `dvc`, "
+                             "whose own YAML parser has no limits, on a params.yaml from elsewhere)")
+    _add_common(check)
+    check.set_defaults(handler=cmd_check_params)
+
     data = commands.add_parser("data", help="data set: synthesise the embedded sample or download SEN12MS-CR")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synth = data_commands.add_parser("synth", help="write the synthetic SEN12MS-CR-format sample")
@@ -307,6 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--patch-size", type=int, default=None, help="patch size in px (data.patch_size)")
     synth.add_argument("--patches-per-roi", type=int, default=None, help="data.synth.patches_per_roi")
     synth.set_defaults(handler=cmd_data_synth)
+    demo = data_commands.add_parser(
+        "demo-scene", help="write a small synthetic demo scene as real products: an L1C .zip and an S1 GeoTIFF")
+    _add_common(demo)
+    demo.add_argument("--out-dir", type=Path, required=True, help="directory to write into (created if missing)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed of the synthetic scene (default 0)")
+    demo.add_argument("--overwrite", action="store_true", help="replace demo files already in --out-dir")
+    demo.set_defaults(handler=cmd_data_demo_scene)
     download = data_commands.add_parser(
         "download", help="stage `download`: synthesise (data.source: synthetic) or fetch SEN12MS-CR")
     _add_common(download)
@@ -327,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fuse S1 SAR (model.use_sar); --no-use_sar for the optical-only ablation")
     train.add_argument("--pretrain", action="store_true",
                        help="the seed's switch for single-date SEN12MS-CR training (always single-date here): "
-                            "trains with the published protocol (whole patches, no augmentation, validation "
+                            "trains with the published protocol (sscr.config.PUBLISHED_PROTOCOL: Adam with an "
+                            "exponential schedule, every whole patch once per epoch, no augmentation, validation "
                             "every epoch, best checkpoint by validation loss, float32); see README")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run of this experiment")
     train.add_argument("--pretrained", type=Path, default=None, help="checkpoint to start from (train.pretrained)")
@@ -354,9 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--out", type=Path, default=Path("results/register.json"), help="decision file")
     register.set_defaults(handler=cmd_register)
 
-    promote = commands.add_parser("promote", help="move @champion to a version if it beats the champion")
+    promote = commands.add_parser(
+        "promote", help="move @champion to a version if it beats the champion beyond noise on validation (rule 1)")
     _add_common(promote)
-    promote.add_argument("--version", default=None, help="model version (default: the newest)")
+    promote.add_argument("--version", default=None, help="model version (default: the @challenger, else the newest)")
+    promote.add_argument("--force", action="store_true", help="move @champion whatever rule 1 says (needs --reason)")
+    promote.add_argument("--reason", default=None, help="why --force overrides the rule (recorded on the version)")
     promote.set_defaults(handler=cmd_promote)
 
     tune = commands.add_parser(
@@ -397,17 +517,19 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--var-out", type=Path, default=None, help="output variance COG (variance models)")
     infer.add_argument("--mask-out", type=Path, default=None,
                        help="output COG of the cloud mask the model was fed (models that take one)")
+    infer.add_argument("--quicklook", type=_png_arg, default=None, metavar="PNG",
+                       help="also draw cloudy RGB | S1 | output RGB | cloud mask side by side into this PNG")
     infer.add_argument("--mask", default="s2cloudless-10m", metavar="SOURCE",
                        help="cloud mask for models that take one: s2cloudless-10m (default, the benchmark's), "
                             "s2cloudless-60m (faster), none, or a mask GeoTIFF; ignored by models without a mask "
                             "input")
     infer.add_argument("--tile", type=int, default=256, help="tile size in px")
     infer.add_argument("--overlap", type=int, default=32, help="overlap between tiles in px (blended)")
-    infer.add_argument("--batch-size", type=int, default=None,
+    infer.add_argument("--batch-size", dest="tiles_per_pass", type=int, default=None,
                        help="tiles per forward pass (default: 1 on CPU, 4 on a GPU)")
     infer.add_argument("--mask-kind", choices=list(MASK_KINDS),
                        default=None, help="kind of cloud mask fed to the model (default: the one it was trained with)")
-    infer.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    infer.add_argument("--device", dest="infer_device", default="auto", help="auto, cpu or cuda")
     infer.add_argument("--no-progress", action="store_true", help="no progress bar")
     infer.set_defaults(handler=cmd_infer)
 
@@ -421,6 +543,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     serve.set_defaults(handler=cmd_serve)
 
+    request = commands.add_parser(
+        "serving-request", help="write a request body for a served model (`sscr serve`) from one patch's GeoTIFFs")
+    _add_common(request)
+    request.add_argument("--s2", type=Path, required=True, help="cloudy S2 patch: 13-band GeoTIFF of L1C DN")
+    request.add_argument("--s1", type=Path, default=None, help="its S1 patch: 2-band GeoTIFF (VV, VH) in dB "
+                                                                "(SAR models)")
+    request.add_argument("--out", type=Path, required=True, help="the JSON file to write (e.g. request.json)")
+    request.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    request.set_defaults(handler=cmd_serving_request)
+
     importer = commands.add_parser(
         "import-published", help="a checkpoint of the published code (+ conf.json) -> a run directory")
     _add_common(importer)
@@ -428,14 +560,19 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--config", type=Path, default=None,
                           help="the run's conf.json (default: the one beside the checkpoint)")
     importer.add_argument("--out", type=Path, required=True,
-                          help="run directory to write (sets train.res_dir and train.experiment_name)")
+                          help="run directory to write (sets train.res_dir and train.experiment_name); one that "
+                               "holds files is refused unless --force")
+    importer.add_argument("--force", action="store_true", help="replace the run directory --out if it exists")
     importer.set_defaults(handler=cmd_import_published)
 
     exporter = commands.add_parser(
-        "export-published", help="a run of uncrtaints or multisarv2 -> model.pth.tar + conf.json, published format")
+        "export-published",
+        help="a run of a published network (uncrtaints, multisarv2, unet, utae) -> model.pth.tar + conf.json")
     _add_common(exporter)
     exporter.add_argument("run", type=Path, help="run directory (its model_best.pt) or checkpoint")
     exporter.add_argument("--out", type=Path, required=True, help="output directory")
+    exporter.add_argument("--force", action="store_true",
+                          help="replace model.pth.tar and conf.json in --out if they exist")
     exporter.set_defaults(handler=cmd_export_published)
 
     ensemble = commands.add_parser("ensemble", help="mean and epistemic variance of several models' predictions")
@@ -478,6 +615,16 @@ def os_error_line(err: OSError) -> str:
     return f"{where + ': ' if where else ''}{what}{f' ({code})' if code else ''}{'; ' + fix if fix else ''}"
 
 
+def _store_line(err: BaseException, args: argparse.Namespace, params: Params | None) -> str | None:
+    """One line for a locked, read-only or damaged store (Optuna's for `sscr tune`, else MLflow's), else None."""
+    from sscr.stores import mlflow_store, one_line, store_name
+
+    if args.command == "tune" and type(err).__module__.startswith(("optuna", "sqlalchemy")):
+        storage = getattr(args, "storage", None) or (params.tune.storage if params else "")
+        return one_line(err, "the Optuna storage", store_name(storage))
+    return one_line(err, "the MLflow tracking store", mlflow_store())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sscr`` console script."""
     parser = build_parser()
@@ -494,9 +641,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"sscr: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        # Ctrl-C: what was finished is kept (atomic writes), what was not is cleaned up on the way out; one line.
+        print(f"sscr: {err or 'interrupted (Ctrl-C)'}", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
     except Exception as err:
         # Our own errors, bad inputs and file-system failures are reported in one line that names the file
         # and the fix; anything else is a bug and keeps its traceback.
+        store = _store_line(err, args, locals().get("params"))
+        if store:
+            print(f"sscr: error: {store}", file=sys.stderr)
+            return 1
         if isinstance(err, ValueError) or type(err).__module__.startswith("sscr."):
             print(f"sscr: error: {err}", file=sys.stderr)
             return 1

@@ -7,6 +7,8 @@ so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import json
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +22,14 @@ MASK_KINDS: tuple[str, ...] = ("s2cloudless_mask", "s2cloudless_map", "cloud_clo
 DEFAULT_MASK_KIND: MaskKind = "s2cloudless_map"
 """The mask the models see unless ``masks.use`` says otherwise (and the one an old checkpoint was trained with)."""
 DEFAULT_PARAMS = Path("params.yaml")
+PARAMS_MAX_BYTES = 256 * 1024
+"""Largest params file read (``params.yaml``, ``--params``, a run's ``conf.json``): ours is 6 KB."""
+YAML_MAX_NODES = 10_000
+"""Most YAML nodes (scalars, lists, mappings) a params document may hold once its aliases are expanded; ours
+holds about 150. Counted on the composed node graph, before anything is constructed, so an anchor bomb
+(a few hundred bytes that expand to billions of values) is refused in milliseconds."""
+YAML_MAX_DEPTH = 32
+"""Deepest nesting of a params document, aliases expanded (ours: 4)."""
 OFFICIAL_BASE_URL = "https://dataserv.ub.tum.de/s/m1554803/download?path=/&files="
 
 
@@ -89,9 +99,9 @@ class ModelConfig(_Group):
     The backbones are built from these keys (minus ``name``, plus the variance the
     loss needs) as one :class:`sscr.models.BackboneConfig`. ``name`` is stored under
     its canonical spelling (``sscr`` -> ``multisarv2``). ``use_mask: null`` is the
-    backbone's default: true for ``sscr_lite``, ``unet`` and ``utae``, false for the
-    published ``uncrtaints`` and ``multisarv2``, which take no mask (``true`` is refused
-    there). ``mask_beta`` is MultiSARv2's structure-mask gate (0 = published: no gating).
+    backbone's default: true for ``sscr_lite`` and ``mask_unet``, false for the published
+    ``uncrtaints``, ``multisarv2``, ``unet`` and ``utae``, which take no mask (``true`` is
+    refused there). ``mask_beta`` is MultiSARv2's structure-mask gate (0 = published: no gating).
     """
 
     name: str = "multisarv2"
@@ -134,8 +144,10 @@ SelectBest = Literal["val_loss", "PSNR"]
 class TrainConfig(_Group):
     """Optimisation and bookkeeping of a training run (stage ``train``).
 
-    The defaults are the published protocol (:data:`PUBLISHED_PROTOCOL`); ``params.yaml``
-    holds this project's CPU-sized choices. ``crop_size``: random crops of that size
+    The defaults are the seed's command line under the published protocol (20 epochs, lr 1e-3,
+    batch 8, gamma 1; :data:`PUBLISHED_PROTOCOL` holds the published parser's own defaults for
+    flags a command line leaves out), except ``amp`` (mixed precision where CUDA runs);
+    ``params.yaml`` holds this project's CPU-sized choices. ``crop_size``: random crops of that size
     (None = whole patches); ``augment``: random horizontal and vertical flips.
     Validation runs after epoch ``e`` when ``e > val_after`` and ``e % val_every == 0``,
     and always after the last epoch (so a run always has a best checkpoint).
@@ -178,15 +190,37 @@ class TrainConfig(_Group):
 
 
 PUBLISHED_PROTOCOL: dict[str, Any] = {
-    "train.crop_size": None, "train.augment": False, "train.val_every": 1, "train.val_after": 0,
-    "train.select_best": "val_loss", "train.min_cov": 0.0, "train.max_cov": 1.0, "train.max_samples": None,
-    "train.amp": False,
+    # the optimiser: Adam, ExponentialLR stepped after every epoch; the published parser's defaults for the flags
+    # a command line leaves out (the seed's line gives --epochs 20 --lr 0.001 --batch_size 8 --gamma 1.0 --rdm_seed 1)
+    "train.schedule": "exponential", "train.epochs": 20, "train.lr": 0.01, "train.batch_size": 4, "train.gamma": 1.0,
+    "train.rdm_seed": 1,
+    # every sample of the split once per epoch, whole 256 px patches, as stored
+    "train.repeats": 1, "train.crop_size": None, "train.augment": False,
+    "train.min_cov": 0.0, "train.max_cov": 1.0, "train.max_samples": None,
+    # validation after every epoch; model.pth.tar kept when the validation loss is <= the best so far
+    "train.val_every": 1, "train.val_after": 0, "train.select_best": "val_loss",
+    # float32; MultiSARv2's structure-mask gate off (mask_beta is 0 in the published network)
+    "train.amp": False, "model.mask_beta": 0.0,
 }
-"""How the seed's script trains with ``--pretrain`` (github.com/RSIR25/sscr ``train_reconstruct.py``),
-beyond the flags its command line spells out: whole 256 px patches, no augmentation, validation
-after every epoch, the checkpoint kept when the validation loss is <= the best so far, every
-sample of the split, float32. ``sscr train --pretrain`` applies these before ``--set`` and the
-other flags (which can still change any of them)."""
+"""How the seed's script trains with ``--pretrain`` (github.com/RSIR25/sscr ``model/train_reconstruct.py``
+and ``parse_args.py``), every training choice it makes: ``sscr train --pretrain`` applies these first,
+then ``--set`` and the seed's flags (which change any of them, as the flags do in the published script),
+then :data:`PUBLISHED_MODEL_PROTOCOL`. The README's protocol table is tested against this dict."""
+
+PUBLISHED_MODEL_PROTOCOL: dict[str, dict[str, Any]] = {
+    "unet": {"loss.name": "l2", "train.batch_size": 32},
+    "utae": {"loss.name": "l2"},
+}
+"""What the published script forces for a ``--model`` whatever ``--loss`` and ``--batch_size`` say
+(``train_reconstruct.py``: ``unet`` and ``utae`` train with ``l2``, ``unet`` under ``--pretrain`` with
+batch 32). ``sscr train --pretrain`` applies it after the seed's flags; a key given with ``--set`` wins
+over both."""
+
+
+def published_model_protocol(model_name: str, given: set[str]) -> dict[str, Any]:
+    """The :data:`PUBLISHED_MODEL_PROTOCOL` of ``model_name`` without the keys in ``given`` (set with ``--set``)."""
+    forced = PUBLISHED_MODEL_PROTOCOL.get(MODEL_ALIASES.get(model_name, model_name), {})
+    return {key: value for key, value in forced.items() if key not in given}
 
 
 class EvaluateConfig(_Group):
@@ -258,11 +292,14 @@ class TuneConfig(_Group):
 
 
 class RegistryConfig(_Group):
-    """Model registry: name, alias and the metric that decides promotion."""
+    """Model registry: name, aliases and rule 1 (``sscr.registry``): what beats the champion beyond noise."""
 
     model_name: str = "sscr"
     alias: str = "champion"
-    metric: str = "PSNR"
+    challenger: str = "challenger"   # the alias of a version that does not beat the champion beyond noise
+    metric: Literal["PSNR"] = "PSNR"   # scored per validation image (sscr.validation)
+    min_gain: float = Field(default=0.0, ge=0.0)   # dB: no smaller than the measured seed-to-seed spread
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)   # of the paired bootstrap interval
 
 
 class Params(_Group):
@@ -302,6 +339,15 @@ class ConfigError(ValueError):
     """A params file or override that does not fit the schema; the message names the key."""
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error quotes what it got, never a whole document."""
+    shortener = reprlib.Repr()
+    shortener.maxlevel, shortener.maxlist, shortener.maxdict = 3, 6, 6
+    shortener.maxstring = shortener.maxother = limit
+    text = shortener.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _format_validation(err: ValidationError, source: str) -> str:
     lines = [f"{source} is not valid:"]
     for item in err.errors():
@@ -309,9 +355,113 @@ def _format_validation(err: ValidationError, source: str) -> str:
         if item["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (check the spelling; see params.yaml for the keys)")
         else:
-            got = item.get("input")
-            lines.append(f"  {key}: {item['msg']} (got {got!r})")
+            lines.append(f"  {key}: {item['msg']} (got {_short_repr(item.get('input'))})")
     return "\n".join(lines)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that refuses a document nested deeper than :data:`YAML_MAX_DEPTH` while composing it,
+    and one whose aliases expand to more than :data:`YAML_MAX_NODES` nodes before constructing it."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:  # type: ignore[override]
+        self._depth += 1
+        try:
+            if self._depth > YAML_MAX_DEPTH:
+                raise _YamlTooLarge(f"nests deeper than {YAML_MAX_DEPTH} levels; params are groups of keys, "
+                                    "a few levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
+        return super().construct_document(node)
+
+
+class _YamlTooLarge(Exception):
+    """A YAML document beyond the limits; the message says which."""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the nodes and depth of ``root`` with every alias expanded, without expanding anything.
+
+    An alias is the same node object as its anchor, so sizes are summed over the node graph with one
+    entry per distinct node (linear time); a node that contains itself is refused.
+    """
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            kids = _children(node)
+            size[key] = 1 + sum(size[id(kid)] for kid in kids)
+            depth[key] = 1 + max((depth[id(kid)] for kid in kids), default=0)
+            open_nodes.discard(key)
+            if size[key] > YAML_MAX_NODES:
+                raise _YamlTooLarge(f"expands its aliases (*name) to more than {YAML_MAX_NODES:,} values; "
+                                   "write the values out instead")
+            if depth[key] > YAML_MAX_DEPTH:
+                raise _YamlTooLarge(f"nests deeper than {YAML_MAX_DEPTH} levels once its aliases are expanded; "
+                                   "write the values out instead")
+            continue
+        if key in size:
+            continue
+        if key in open_nodes:
+            raise _YamlTooLarge("holds an alias to a node that contains it (a recursive structure); "
+                                 "write the values out instead")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((kid, False) for kid in _children(node) if id(kid) not in size)
+
+
+def safe_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load(text)`` within the limits :data:`YAML_MAX_NODES` and :data:`YAML_MAX_DEPTH`.
+
+    Raises :class:`ConfigError` naming ``source`` for invalid YAML and for a document beyond the limits
+    (an anchor bomb is refused before a single value of it is built).
+    """
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    except _YamlTooLarge as err:
+        raise ConfigError(f"{source} refused: it {err} (limits: {YAML_MAX_NODES:,} values, "
+                          f"{YAML_MAX_DEPTH} levels)") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source} is not valid YAML: {err}") from None
+    finally:
+        loader.dispose()
+
+
+def read_config_text(path: str | Path, limit: int = PARAMS_MAX_BYTES, what: str = "params file") -> str:
+    """The text of a small configuration file, refused (ConfigError naming it) beyond ``limit`` bytes.
+
+    Reads at most ``limit + 1`` bytes, so a huge file, a device or a FIFO costs no more than that.
+    """
+    path = Path(path)
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ConfigError(f"{path} is larger than {limit // 1024} KiB, the limit for a {what}: "
+                          "pass the right file (params.yaml is a few KB)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}): pass a {what}") from None
 
 
 def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
@@ -322,15 +472,26 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
         raise ConfigError(_format_validation(err, source)) from None
 
 
+def read_json_config(path: str | Path, what: str = "conf.json") -> Any:
+    """A small JSON configuration file (a run's or the published ``conf.json``), within :data:`PARAMS_MAX_BYTES`.
+
+    Invalid JSON, a file over the limit and nesting too deep for the parser are :class:`ConfigError` naming it.
+    """
+    text = read_config_text(path, what=what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests too deeply to be a {what}: pass the right file") from None
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> Params:
     """Read ``params.yaml`` (missing file = all defaults) and apply ``key.sub=value`` overrides."""
     path = Path(path)
     raw: dict[str, Any] = {}
     if path.exists() or path.is_symlink():  # a link to nowhere (or a loop) is an error, not "missing"
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        raw = safe_yaml(read_config_text(path), str(path)) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a mapping of groups, got {type(raw).__name__}")
     for override in overrides or []:
@@ -349,7 +510,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {part} is not a group")
-    node[parts[-1]] = yaml.safe_load(value)
+    node[parts[-1]] = safe_yaml(value, f"override {key.strip()}")
 
 
 def flatten(params: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:

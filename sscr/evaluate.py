@@ -9,6 +9,8 @@ season; UCE/AUCE for variance-predicting models. Writes ``metrics.json``
 tracked by git), PNG panels, the PSNR-by-coverage figure and optional GeoTIFF
 exports into ``evaluate.out_dir``, and logs all of it to the MLflow run that
 trained the checkpoint (found by its SHA-256), leaving that run's status as it is.
+It also scores every validation image (``val_images.json``, :mod:`sscr.validation`):
+promotion decides on the validation split, the test split is for reporting.
 """
 
 from __future__ import annotations
@@ -29,13 +31,15 @@ from tqdm import tqdm
 from sscr import tracking
 from sscr.bands import S2_BANDS
 from sscr.checkpoint import build_from_checkpoint, load_checkpoint
-from sscr.config import EvaluateConfig, Params, parse_params, record_dir, run_dir
+from sscr.config import EvaluateConfig, Params, parse_params, read_json_config, record_dir, run_dir
 from sscr.data.dataset import build_dataset, model_inputs
 from sscr.data.io import denormalize_s2, write_raster
+from sscr.evidence import SCORES_FILE
 from sscr.fsutil import atomic_path, remove_stale_temporaries, sha256_file, write_text
 from sscr.metrics import MetricAccumulator, cloud_metrics, flat_metrics
 from sscr.models import for_inference
 from sscr.quality import mlflow_tags, quality_check
+from sscr.validation import SUMMARY_FILE, headline_metrics, score_split
 
 REGIONS = ("all", "cloudy", "clear", "shadow", "ring")
 """Regions scored: all pixels, inside clouds, clear, cloud shadows and the ring around clouds
@@ -64,7 +68,7 @@ def resolve_inputs(params: Params, checkpoint: str | Path | None = None,
     if load_config is not None:
         load_config = Path(load_config)
         if load_config.suffix == ".json":
-            trained = parse_params(json.loads(load_config.read_text()), str(load_config))
+            trained = parse_params(read_json_config(load_config), str(load_config))
             checkpoint = checkpoint or load_config.parent / "model_best.pt"
         else:
             checkpoint = checkpoint or load_config
@@ -137,6 +141,7 @@ def evaluate(
         raise ValueError(f"no {cfg.split} samples under {params.data.root}")
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=params.train.num_workers)
     run = _predict_split(model, loader, cfg, out_dir, device, progress)
+    validation = score_split(model, params, checkpoint_sha256, device=device)  # what promotion decides on
 
     model_summary, baseline_summary = run.model.summary(), run.baseline.summary()
     metrics: dict[str, Any] = {}
@@ -166,12 +171,14 @@ def evaluate(
     write_text(records / "quality.md", quality.markdown())
     _write_json(records / "quality.json", quality.as_dict())
     _write_json(records / "metrics.json", metrics)
+    validation.write(records / SCORES_FILE)
+    _write_json(records / SUMMARY_FILE, headline_metrics(metrics, validation))
     _write_csv(records / "coverage_bins.csv", bins)
     _write_csv(records / "seasons.csv", seasons)
     figure = _write_coverage_figure(bins, out_dir / COVERAGE_FIGURE)
     if log_to_mlflow:
         _log(checkpoint_sha256, run_id, metrics, records, figure, run.panel_files,
-             params.evaluate.split, dataset.dropped)
+             params.evaluate.split, dataset.dropped, device)
     return metrics
 
 
@@ -318,7 +325,8 @@ def _write_coverage_figure(bins: list[dict[str, Any]], path: Path) -> Path | Non
 
 
 def _log(checkpoint_sha256: str, run_id: str | None, metrics: dict[str, Any], records: Path,
-         figure: Path | None, panel_files: list[Path], split: str, dropped: Mapping[str, Sequence[object]]) -> None:
+         figure: Path | None, panel_files: list[Path], split: str, dropped: Mapping[str, Sequence[object]],
+         device: torch.device) -> None:
     """Log the results to the run that trained the checkpoint, through the client: its status stays as it is.
 
     (A run killed or failed after writing this checkpoint is not marked FINISHED by being evaluated.)
@@ -340,9 +348,10 @@ def _log(checkpoint_sha256: str, run_id: str | None, metrics: dict[str, Any], re
     stamp = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(key, value, stamp, 0)
                                       for key, value in flat_metrics(metrics, prefix="test_").items()])
-    for name in ("metrics.json", "quality.md", "quality.json", "coverage_bins.csv", "seasons.csv"):
+    for name in ("metrics.json", "quality.md", "quality.json", "coverage_bins.csv", "seasons.csv", SCORES_FILE,
+                 SUMMARY_FILE):
         client.log_artifact(run_id, str(records / name), "evaluation")
-    for key, value in mlflow_tags(metrics["quality"]).items():
+    for key, value in {**mlflow_tags(metrics["quality"]), **tracking.device_tags(device, tracking.EVALUATE_DEVICE_TAG)}.items():
         client.set_tag(run_id, key, value)
     for path in panel_files:
         client.log_artifact(run_id, str(path), "evaluation/panels")

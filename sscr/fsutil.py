@@ -15,6 +15,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,37 @@ def move_into_place(source: str | Path, target: str | Path) -> Path:
     """
     target = Path(target)
     os.replace(source, target)
+    return target
+
+
+def staging_directory(target: str | Path) -> Path:
+    """A fresh, empty, hidden directory beside ``target`` to build it in (see :func:`replace_directory`).
+
+    One left by a killed earlier run (``.<name>.staging``) is removed first.
+    """
+    target = Path(target)
+    staging = target.with_name(f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def replace_directory(staging: str | Path, target: str | Path) -> Path:
+    """Put the finished directory ``staging`` in place as ``target``: all its files appear together.
+
+    A missing or empty ``target`` is replaced in one rename. An existing one (which the
+    caller was told to replace) is renamed aside first and removed after the new one is in
+    place, so ``target`` is the old set or the new one, never a mixture.
+    """
+    target = Path(target)
+    if target.is_dir() and any(target.iterdir()):
+        aside = target.with_name(f".{target.name}.replaced")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(target, aside)
+        os.replace(staging, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(staging, target)
     return target
 
 

@@ -11,21 +11,27 @@ as soon as no later tile touches it. What stays in memory between tiles is one t
 accumulator, the strip of ``overlap`` columns it shares with the next tile of its row,
 and the strip of ``overlap`` rows a tile row shares with the next row (see
 :meth:`SceneTiling.buffer_shapes`). Outputs are staged by windows and made COGs at the
-end (:mod:`sscr.data.cog`). Each batch of tiles goes through
+end (:mod:`sscr.data.cog`), all together or none. Each batch of tiles goes through
 :func:`sscr.predict.predict_tensors`; the model comes from :func:`sscr.serving.load_model`.
+What saves time without changing a byte of the output (s2cloudless once per pixel, a
+second reading thread, clear tiles passed through) is :class:`SceneSpeed`; where the time
+goes is :attr:`SceneReport.stage_seconds`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import math
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +42,26 @@ from rasterio.windows import Window
 from torch import nn
 from tqdm import tqdm
 
+from sscr import faults
 from sscr.bands import S2_BANDS
+from sscr.clouds.detect import THREADS_ENV as S2CLOUDLESS_THREADS_ENV
 from sscr.config import DEFAULT_MASK_KIND
 from sscr.data.cog import (
     create_staging,
-    discard_staging,
-    finish_cog,
+    finish_cogs,
     mask_spec,
     mask_to_percent,
     output_tags,
     prediction_spec,
+    remove_stale_staging,
     variance_spec,
 )
 from sscr.data.io import PatchError, denormalize_s2, normalize_s1, normalize_s2
-from sscr.data.scene_masks import MaskChoice, open_mask_file, read_mask, tile_masks
+from sscr.data.scene_masks import MaskChoice, SceneMasker, open_mask_file, pad_to, read_mask
 from sscr.data.sentinel1 import open_s1
 from sscr.data.sentinel2 import open_s2
-from sscr.predict import predict_tensors
+from sscr.fsutil import disk_full
+from sscr.predict import passed_through, passes_through, predict_tensors
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +295,12 @@ class SceneReport:
     """The cloud mask fed to the model (None: the model takes none, or ``--mask none``)."""
     mask_source: str | None
     """Where that mask came from: s2cloudless-10m, s2cloudless-60m or a file."""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage (:class:`StageClock`): read, mask, forward, blend, write, cog, and wait with prefetch."""
+    pixels_classified: int = 0
+    """Pixels s2cloudless classified at 10 m (each scene pixel at most once; 0 for other mask sources)."""
+    tiles_passed_through: int = 0
+    """Tiles clear throughout (by the mask), whose output is their input: not run through the model."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for JSON and logs."""
@@ -338,6 +353,37 @@ class SceneOutputs:
         return {flag: Path(path) for flag, path in pairs if path is not None}
 
 
+@dataclass(frozen=True)
+class SceneSpeed:
+    """How a scene run saves time; every choice keeps the output (the tests compare each with the plain path).
+
+    ``share_mask``: s2cloudless at 10 m classifies each scene pixel once, not once per
+    overlapping tile (:class:`sscr.data.scene_masks.SceneMasker`: the same masks bit for bit).
+    ``prefetch``: a second thread reads the next batch and computes its mask while the model
+    runs. ``mask_threads``: LightGBM threads of s2cloudless (None: ``SSCR_S2CLOUDLESS_THREADS``
+    if set, else torch's thread count). ``skip_clear``: a tile whose output the model says
+    is its input throughout, from the mask alone (``sscr_lite`` where the mask is clear,
+    :func:`sscr.predict.passes_through`), is not run through the model: the same output, bit
+    for bit, at the cost of its mask.
+    """
+
+    share_mask: bool = True
+    prefetch: bool = True
+    mask_threads: int | None = None
+    skip_clear: bool = True
+
+    def threads(self) -> int:
+        """LightGBM threads for s2cloudless."""
+        if self.mask_threads is not None:
+            return max(1, self.mask_threads)
+        value = os.environ.get(S2CLOUDLESS_THREADS_ENV, "").strip()
+        return max(1, int(value)) if value.isdigit() else torch.get_num_threads()
+
+
+PLAIN = SceneSpeed(share_mask=False, prefetch=False, mask_threads=None, skip_clear=False)
+"""The path before the speed-ups: a mask per tile, no second thread, every tile through the model (for comparisons)."""
+
+
 def infer_scene(
     model: nn.Module,
     s2_path: str | Path | SceneInputs,
@@ -356,6 +402,7 @@ def infer_scene(
     model_files: Sequence[Path] = (),
     decoded_dir: str | Path | None = None,
     progress: bool = True,
+    speed: SceneSpeed = SceneSpeed(),  # noqa: B008 - frozen
 ) -> SceneReport:
     """Remove clouds from a whole scene: cloudy S2 (+ S1) -> cloud-free S2 as a Cloud-Optimized GeoTIFF.
 
@@ -385,6 +432,10 @@ def infer_scene(
     no partial output. Memory does not depend on the scene size beyond ``overlap`` rows of
     the scene width (:meth:`SceneTiling.buffer_shapes`); JPEG 2000 bands are first
     decoded once into ``decoded_dir`` (default: beside the output; removed on success).
+    ``speed``: see :class:`SceneSpeed`; :attr:`SceneReport.stage_seconds` says where the time went.
+    Outputs are all-or-nothing as a set: all are converted under temporary names, then renamed
+    into place; a staging or temporary file that a killed run left beside an output is removed
+    first (and logged).
     """
     inputs = s2_path if isinstance(s2_path, SceneInputs) else SceneInputs.of(s2_path, s1_path)
     outputs = SceneOutputs(Path(out_path), Path(var_path) if var_path is not None else None,
@@ -400,6 +451,10 @@ def infer_scene(
 
     started = time.perf_counter()
     model.eval()
+    for path in outputs.named().values():
+        for stale in remove_stale_staging(path):
+            log.warning("removed %s, left by an interrupted run that was writing %s", stale, path)
+    clock = StageClock()
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         scene = open_s2(inputs.s2, inputs.s2_resampling, inputs.window, inputs.bbox, inputs.bbox_crs)
         _check_outputs_against(outputs, [Path(s.path) for s in scene.sources if not s.path.startswith("/vsi")])
@@ -409,7 +464,8 @@ def infer_scene(
         if decoded_dir is None:
             scene.processing.pop("s2_decoded_to", None)  # a cache removed at the end, not worth a tag
         report = _run(model, scene, inputs if use_sar else None, outputs, choice, var_bands, tile, overlap,
-                      batch_size, output_tags(model_source or type(model).__name__, model_version), progress)
+                      batch_size, output_tags(model_source or type(model).__name__, model_version), progress,
+                      speed, clock)
     if decoded_dir is None and decoded.is_dir():
         shutil.rmtree(decoded)  # a resumable cache while the run lasts; a failed run keeps it for the next
     seconds = time.perf_counter() - started
@@ -419,6 +475,8 @@ def infer_scene(
         pixels_per_second=width * height / max(seconds, 1e-9), out_path=outputs.out, var_path=outputs.var,
         mask_path=outputs.mask, tile=tile, overlap=report["overlap"], batch_size=batch_size,
         mask_kind=choice.kind if choice else None, mask_source=choice.source.describe() if choice else None,
+        stage_seconds={stage: round(value, 3) for stage, value in clock.seconds.items()},
+        pixels_classified=report["classified"], tiles_passed_through=report["passed"],
     )
 
 
@@ -440,7 +498,7 @@ def _mask_choice(model: nn.Module, mask: str | MaskChoice, mask_kind: str | None
 
 def _run(model: nn.Module, scene: Any, sar_inputs: SceneInputs | None, outputs: SceneOutputs,
          choice: _Mask | None, var_bands: int, tile: int, overlap: int, batch_size: int,
-         tags: dict[str, str], progress: bool) -> dict[str, Any]:
+         tags: dict[str, str], progress: bool, speed: SceneSpeed, clock: StageClock) -> dict[str, Any]:
     """Open the readers and the staging files, stream the tiles, then turn the staging files into COGs."""
     grid = scene.grid
     tiling = SceneTiling.plan(grid.width, grid.height, tile, overlap, int(getattr(model, "size_multiple", 1)))
@@ -463,25 +521,35 @@ def _run(model: nn.Module, scene: Any, sar_inputs: SceneInputs | None, outputs: 
                       "sscr_tiling": f"tile {tiling.x.tile} x {tiling.y.tile} px, overlap {max(tiling.x.overlap, tiling.y.overlap)} "
                                      "px, cosine blending",
                       "sscr_cloud_mask": f"{choice.kind} from {choice.source.describe()}" if choice else "none"}
+        masker = None
+        if choice is not None and mask_file is None:
+            masker = SceneMasker(choice.kind, choice.source, grid.width, speed.threads(), share=speed.share_mask)
         staged = {}
         try:
             for key, spec in specs.items():
                 staged[key] = create_staging(paths[key], grid, spec, tiling.block_shape)
             readers = _Readers(s2, s1, mask_file)
-            skipped = _stream_tiles(model, readers, tiling, staged, scene.radiometry, var_bands, batch_size,
-                                    choice, progress)
-        except BaseException:
-            for key, dataset in staged.items():
+            skipped, passed = _stream_tiles(model, readers, tiling, staged, scene.radiometry, var_bands,
+                                            batch_size, masker, speed, clock, progress)
+            for dataset in staged.values():
                 dataset.close()
-                discard_staging(paths[key])
+            faults.checkpoint("infer.cog")  # tests stop or kill the run here: tiles done, no COG yet
+            with clock("cog"):
+                # all or nothing: every COG under a temporary name first, then all renamed into place
+                finish_cogs([(paths[key], specs[key]) for key in specs], {**tags, **processing})
+        except BaseException as err:
+            for dataset in staged.values():
+                dataset.close()
+            full = next((paths[key] for key in specs if disk_full(paths[key].parent)), None)  # before freeing any
+            for key in specs:
+                remove_stale_staging(paths[key])  # staging, temporary COG and GDAL's temporary overviews
+            if full is not None and isinstance(err, Exception) and getattr(err, "errno", None) != errno.ENOSPC:
+                # GDAL reports a full disk as "Write failed"; say what it is, naming the output
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(full)) from err
             raise
-        for dataset in staged.values():
-            dataset.close()
-    # the prediction last: a prediction that exists has its variance and mask beside it
-    for key in sorted(specs, key=lambda k: k == "out"):
-        finish_cog(paths[key], specs[key], {**tags, **processing})
     return {"size": (grid.width, grid.height), "tiles": tiling.tiles, "skipped": skipped,
-            "overlap": max(tiling.x.overlap, tiling.y.overlap)}
+            "overlap": max(tiling.x.overlap, tiling.y.overlap),
+            "classified": masker.classified if masker is not None else 0, "passed": passed}
 
 
 def _check_s1_covers(s1: Any, scene: Any) -> None:
@@ -545,12 +613,18 @@ def _check_paths(use_sar: bool, inputs: SceneInputs, outputs: SceneOutputs, choi
                 raise ValueError(f"{first} and {second} are the same file {named[first]}: give each output its own path")
 
 
+def check_batch_size(batch_size: int | None) -> None:
+    """Refuse a batch size below 1, naming ``sscr infer``'s option (before a model is loaded for nothing)."""
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1 (tiles per forward pass), got {batch_size}; "
+                         "leave it out for the default (1 on CPU, 4 on a GPU)")
+
+
 def _batch_size(model: nn.Module, batch_size: int | None) -> int:
     """Tiles per forward pass: as asked, else 1 on CPU and 4 on a GPU."""
+    check_batch_size(batch_size)
     if batch_size is None:
         batch_size = 1 if next(model.parameters()).device.type == "cpu" else 4
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return batch_size
 
 
@@ -566,6 +640,29 @@ def _variance_output(model: nn.Module, outputs: SceneOutputs) -> tuple[int, Scen
 # ---------------------------------------------------------------- tiles
 
 
+class StageClock:
+    """Seconds spent per stage of a scene run (read, mask, forward, blend, write, cog, ...), from any thread.
+
+    With ``prefetch``, read and mask run in a second thread beside forward, blend and
+    write, so the stages add up to more than the wall time; ``wait`` is the time the tile
+    loop waited for the next batch to be read.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            with self._lock:
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
+
+
 @dataclass
 class _Readers:
     """The open inputs, all on the S2 grid: S2 DN, S1 dB (or None), a mask file (or None)."""
@@ -577,31 +674,32 @@ class _Readers:
 
 @dataclass
 class _TileInputs:
-    """One batch of tiles as read: DN, dB, file mask, and where each tile's logical span sits in its read window."""
+    """One batch of tiles as read, with the mask to feed each and what of each is no data."""
 
     tiles: list[tuple[int, int]]
     dn: np.ndarray  # (B, 13, h, w) uint16, the training data's convention
     db: np.ndarray | None  # (B, 2, h, w) float32, NaN where S1 has no data
-    mask: np.ndarray | None  # (B, h, w) float32 cloud probability from a mask file
+    mask: np.ndarray | None  # (B, h, w) float32 cloud probability (file or computed), None: no mask
     spans: list[tuple[slice, slice]]
+    """Where each tile's logical span sits in its read window."""
+    windows: list[tuple[tuple[int, int], tuple[int, int]]]
+    """Each tile's read window (rows, cols) on the scene, before padding to a full tile."""
+    blanks: list[np.ndarray]
+    """(h, w) True where every S2 band is 0, over each tile's logical span."""
 
 
 def _read_tile(dataset: Any, window: Window, shape: tuple[int, int]) -> np.ndarray:
     """Read a window; a read cut short by the scene edge is padded (reflect) to ``shape`` like the whole scene."""
-    data = dataset.read(window=window)
-    pad_h, pad_w = shape[0] - data.shape[-2], shape[1] - data.shape[-1]
-    if pad_h or pad_w:
-        mode = "reflect" if pad_h < data.shape[-2] and pad_w < data.shape[-1] else "edge"
-        data = np.pad(data, [(0, 0)] * (data.ndim - 2) + [(0, pad_h), (0, pad_w)], mode=mode)
-    return data
+    return pad_to(dataset.read(window=window), shape)
 
 
 def _read_batch(readers: _Readers, tiling: SceneTiling, tiles: list[tuple[int, int]]) -> _TileInputs:
-    dns, dbs, masks, spans = [], [], [], []
+    dns, dbs, masks, spans, windows = [], [], [], [], []
     shape = (tiling.y.tile, tiling.x.tile)
     for row, col in tiles:
         (ry0, ry1), (rx0, rx1) = tiling.y.read_span(row), tiling.x.read_span(col)
         window = Window(rx0, ry0, rx1 - rx0, ry1 - ry0)
+        windows.append(((ry0, ry1), (rx0, rx1)))
         dns.append(_read_tile(readers.s2, window, shape))
         if readers.s1 is not None:
             dbs.append(_read_tile(readers.s1, window, shape))
@@ -609,8 +707,10 @@ def _read_batch(readers: _Readers, tiling: SceneTiling, tiles: list[tuple[int, i
             masks.append(_read_tile(_MaskWindows(readers.mask_file), window, shape))
         (ly0, ly1), (lx0, lx1) = tiling.y.span(row), tiling.x.span(col)
         spans.append((slice(ly0 - ry0, ly1 - ry0), slice(lx0 - rx0, lx1 - rx0)))
-    return _TileInputs(tiles, np.stack(dns), np.stack(dbs) if dbs else None, np.stack(masks) if masks else None,
-                       spans)
+    dn = np.stack(dns)
+    blanks = [_no_data(tile)[span] for tile, span in zip(dn, spans, strict=True)]
+    return _TileInputs(tiles, dn, np.stack(dbs) if dbs else None, np.stack(masks) if masks else None, spans,
+                       windows, blanks)
 
 
 @dataclass
@@ -621,28 +721,6 @@ class _MaskWindows:
 
     def read(self, window: Window) -> np.ndarray:
         return read_mask(self.reader, window)
-
-
-def _predict_batch(model: nn.Module, batch: _TileInputs, choice: _Mask | None, var_bands: int) -> np.ndarray:
-    """Normalise, mask and predict a batch of tiles -> (B, 13 + var_bands (+ 1 mask), h, w) float32."""
-    cloudy = normalize_s2(batch.dn)
-    sar = normalize_s1(batch.db) if batch.db is not None else None
-    mask = None
-    if choice is not None:
-        mask = batch.mask if batch.mask is not None else tile_masks(batch.dn, choice.kind, choice.source)
-    out = predict_tensors(
-        model, torch.from_numpy(cloudy), torch.from_numpy(sar) if sar is not None else None,
-        torch.from_numpy(mask) if mask is not None else None,
-    )
-    parts = [out["mean"]]
-    if var_bands:
-        if "var" not in out or out["var"].shape[1] != var_bands:
-            raise RuntimeError(f"{type(model).__name__} declares variance {model.variance!r} ({var_bands} bands) "
-                               f"but returned {({k: tuple(v.shape) for k, v in out.items()})}")
-        parts.append(out["var"])
-    if mask is not None:
-        parts.append(torch.from_numpy(np.asarray(mask, np.float32))[:, None])
-    return torch.cat(parts, dim=1).cpu().numpy()
 
 
 def _tile_batches(tiling: SceneTiling, batch_size: int) -> Iterator[list[tuple[int, int]]]:
@@ -656,50 +734,122 @@ def _tile_batches(tiling: SceneTiling, batch_size: int) -> Iterator[list[tuple[i
         yield batch
 
 
+@dataclass
+class _TileReader:
+    """Reads a batch of tiles and computes the mask to feed them: what the second thread does with ``prefetch``."""
+
+    readers: _Readers
+    tiling: SceneTiling
+    masker: SceneMasker | None
+    clock: StageClock
+
+    def __call__(self, tiles: list[tuple[int, int]] | None) -> _TileInputs | None:
+        if tiles is None:
+            return None
+        with self.clock("read"):
+            batch = _read_batch(self.readers, self.tiling, tiles)
+        if self.masker is not None and batch.mask is None:
+            # only the tiles that go through the model (not all no-data) need a mask
+            run = [i for i, blank in enumerate(batch.blanks) if not blank.all()]
+            if run:
+                with self.clock("mask"):
+                    computed = self.masker(batch.dn[run], [batch.windows[i] for i in run])
+                batch.mask = np.ones(batch.dn.shape[:1] + batch.dn.shape[2:], np.float32)
+                batch.mask[run] = computed
+        return batch
+
+
+def _predict_batch(model: nn.Module, cloudy_dn: np.ndarray, db: np.ndarray | None, mask: np.ndarray | None,
+                   var_bands: int, skip_clear: bool = False) -> tuple[np.ndarray, bool]:
+    """Normalise and predict a batch of tiles -> ((B, 13 + var_bands (+ 1 mask), h, w) float32, skipped).
+
+    ``skipped``: the model was not run, the batch passes through it unchanged (``skip_clear``).
+    """
+    cloudy = torch.from_numpy(normalize_s2(cloudy_dn))
+    mask_tensor = torch.from_numpy(mask) if mask is not None else None
+    skipped = skip_clear and not var_bands and passes_through(model, cloudy, mask_tensor)
+    if skipped:
+        out = passed_through(cloudy)
+    else:
+        sar = normalize_s1(db) if db is not None else None
+        out = predict_tensors(model, cloudy, torch.from_numpy(sar) if sar is not None else None, mask_tensor)
+    parts = [out["mean"]]
+    if var_bands:
+        if "var" not in out or out["var"].shape[1] != var_bands:
+            raise RuntimeError(f"{type(model).__name__} declares variance {model.variance!r} ({var_bands} bands) "
+                               f"but returned {({k: tuple(v.shape) for k, v in out.items()})}")
+        parts.append(out["var"])
+    if mask is not None:
+        parts.append(torch.from_numpy(np.asarray(mask, np.float32))[:, None])
+    return torch.cat(parts, dim=1).cpu().numpy(), skipped
+
+
 def _stream_tiles(model: nn.Module, readers: _Readers, tiling: SceneTiling, staged: dict[str, Any],
-                  radiometry: Any, var_bands: int, batch_size: int, choice: _Mask | None, progress: bool) -> int:
+                  radiometry: Any, var_bands: int, batch_size: int, masker: SceneMasker | None,
+                  speed: SceneSpeed, clock: StageClock, progress: bool) -> tuple[int, int]:
     """Read, predict and blend every tile in row-major order, writing each final region as it completes.
 
     The mask the model was fed is blended like the prediction (s2cloudless' smoothing makes
-    tile edges differ). Returns the number of tiles skipped because they hold only no-data.
+    tile edges differ). With ``speed.prefetch`` the next batch is read (and its mask
+    computed) in a second thread while this one runs the model. Returns the number of
+    tiles skipped because they hold only no-data, and of those passed through unchanged
+    (``speed.skip_clear``).
     """
     bands = len(S2_BANDS)
-    mask_channels = 1 if choice is not None else 0
-    channels = bands + var_bands + mask_channels
+    masked = masker is not None or readers.mask_file is not None
+    channels = bands + var_bands + int(masked)
     blender = StreamingBlender(tiling, channels)
-    skipped = 0
-    with tqdm(total=tiling.tiles, desc="scene tiles", unit="tile", disable=not progress) as bar:
-        for tiles in _tile_batches(tiling, batch_size):
-            batch = _read_batch(readers, tiling, tiles)
-            blanks = [_no_data(dn)[span] for dn, span in zip(batch.dn, batch.spans, strict=True)]
+    reader = _TileReader(readers, tiling, masker, clock)
+    batches = _tile_batches(tiling, batch_size)
+    skipped = passed = 0
+    with (tqdm(total=tiling.tiles, desc="scene tiles", unit="tile", disable=not progress) as bar,
+          ThreadPoolExecutor(1, thread_name_prefix="sscr-tile-reader") as pool):
+        pending = pool.submit(reader, next(batches, None)) if speed.prefetch else None
+        while True:
+            if pending is not None:
+                with clock("wait"):
+                    batch = pending.result()
+                pending = pool.submit(reader, next(batches, None)) if batch is not None else None
+            else:
+                batch = reader(next(batches, None))
+            if batch is None:
+                break
             # a tile that is no-data throughout is not worth a forward pass: its pixels are written as no-data
-            run = [i for i, blank in enumerate(blanks) if not blank.all()]
-            skipped += len(tiles) - len(run)
+            run = [i for i, blank in enumerate(batch.blanks) if not blank.all()]
+            skipped += len(batch.tiles) - len(run)
             predicted = {}
             if run:
-                subset = _TileInputs([tiles[i] for i in run], batch.dn[run],
-                                     batch.db[run] if batch.db is not None else None,
-                                     batch.mask[run] if batch.mask is not None else None, [])
-                predicted = dict(zip(run, _predict_batch(model, subset, choice, var_bands), strict=True))
-            for i, (row, col) in enumerate(tiles):
+                with clock("forward"):
+                    outputs, clear = _predict_batch(model, batch.dn[run],
+                                                    batch.db[run] if batch.db is not None else None,
+                                                    batch.mask[run] if batch.mask is not None else None, var_bands,
+                                                    speed.skip_clear)
+                predicted = dict(zip(run, outputs, strict=True))
+                passed += len(run) if clear else 0
+            for i, (row, col) in enumerate(batch.tiles):
                 rows, cols = batch.spans[i]
-                if i in predicted:
-                    prediction = predicted[i][:, rows, cols]
-                else:
-                    prediction = np.zeros((channels, rows.stop - rows.start, cols.stop - cols.start), np.float32)
-                top, left, blended = blender.add(row, col, prediction)
-                # the final region starts at the tile's logical origin, so its no-data is the tile's top-left
-                valid = ~blanks[i][: blended.shape[1], : blended.shape[2]]
+                with clock("blend"):
+                    if i in predicted:
+                        prediction = predicted[i][:, rows, cols]
+                    else:
+                        prediction = np.zeros((channels, rows.stop - rows.start, cols.stop - cols.start), np.float32)
+                    top, left, blended = blender.add(row, col, prediction)
+                    # the final region starts at the tile's logical origin, so its no-data is the tile's top-left
+                    valid = ~batch.blanks[i][: blended.shape[1], : blended.shape[2]]
+                    layers = {"out": radiometry.restore(denormalize_s2(blended[:bands]), valid)}
+                    if "var" in staged:
+                        var = np.ascontiguousarray(blended[bands: bands + var_bands], dtype=np.float32)
+                        var[:, ~valid] = np.nan
+                        layers["var"] = var
+                    if "mask" in staged:
+                        layers["mask"] = mask_to_percent(blended[-1:], valid)
                 window = Window(left, top, blended.shape[2], blended.shape[1])
-                staged["out"].write(radiometry.restore(denormalize_s2(blended[:bands]), valid), window=window)
-                if "var" in staged:
-                    var = np.ascontiguousarray(blended[bands: bands + var_bands], dtype=np.float32)
-                    var[:, ~valid] = np.nan
-                    staged["var"].write(var, window=window)
-                if "mask" in staged:
-                    staged["mask"].write(mask_to_percent(blended[-1:], valid), window=window)
+                with clock("write"):
+                    for key, data in layers.items():
+                        staged[key].write(data, window=window)
                 bar.update(1)
-    return skipped
+            faults.checkpoint("infer.tile")  # tests interrupt or kill the run here, amid its tiles
+    return skipped, passed
 
 
 def _no_data(dn: np.ndarray) -> np.ndarray:

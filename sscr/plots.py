@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -13,6 +15,7 @@ import torch  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from sscr.bands import RGB_BANDS  # noqa: E402
+from sscr.fsutil import atomic_path  # noqa: E402
 
 RGB_GAIN = 3.5  # TOA reflectance of land is ~0.03-0.3: brighten for display only
 SAR_DISPLAY_MEAN = 5
@@ -34,7 +37,8 @@ def rgb(s2: Any) -> np.ndarray:
 def sar_composite(sar: Any, smooth: int = 1) -> np.ndarray:
     """(2, H, W) normalised S1 -> (H, W, 3) false colour (VV, VH, VV - VH), each stretched to 2-98 %.
 
-    ``smooth`` > 1 shows the mean of ``smooth`` x ``smooth`` pixels (display only).
+    ``smooth`` > 1 shows the mean of ``smooth`` x ``smooth`` pixels (display only). NaN
+    (no SAR) is left out of the stretch and shown black.
     """
     data = _array(sar)
     if smooth > 1:
@@ -42,8 +46,9 @@ def sar_composite(sar: Any, smooth: int = 1) -> np.ndarray:
     channels = [data[0], data[1], np.clip(data[0] - data[1] + 0.5, 0, 1)]
     out = []
     for channel in channels:
-        lo, hi = np.percentile(channel, [2, 98])
-        out.append(np.clip((channel - lo) / max(hi - lo, 1e-6), 0, 1))
+        finite = channel[np.isfinite(channel)]
+        lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
+        out.append(np.nan_to_num(np.clip((channel - lo) / max(hi - lo, 1e-6), 0, 1), nan=0.0))
     return np.stack(out, axis=-1)
 
 
@@ -120,3 +125,61 @@ def panel_indices(coverages: list[float], count: int) -> set[int]:
         return set(order)
     picks = np.linspace(0, len(order) - 1, count).round().astype(int)
     return {order[i] for i in picks}
+
+
+def quicklook_figure(cloudy: Any, sar: Any | None, prediction: Any, mask: Any | None, title: str = "") -> plt.Figure:
+    """A scene at a glance: cloudy RGB | S1 SAR | output RGB | cloud mask, side by side.
+
+    ``cloudy`` and ``prediction``: (3, H, W) top-of-atmosphere reflectance of B4, B3, B2
+    (NaN = no data, shown black), drawn with one and the same stretch (x ``RGB_GAIN``,
+    clipped to [0, 1]), so a colour that changed is a change of the output, not of the
+    display. ``sar``: (2, H, W) VV, VH normalised as the model sees them (NaN = no SAR), or
+    None for an optical model; ``mask``: (H, W) cloud probability fed to the model, or None
+    when none was fed. The figure's size does not depend on the scene's.
+    """
+    def reflectance_rgb(image: Any) -> np.ndarray:
+        data = np.moveaxis(_array(image), 0, -1)
+        return np.nan_to_num(np.clip(data * RGB_GAIN, 0, 1), nan=0.0)
+
+    panels: list[tuple[np.ndarray, str, str | None]] = [
+        (reflectance_rgb(cloudy), f"cloudy S2 (B4 B3 B2 reflectance x {RGB_GAIN:g})", None)]
+    panels.append((sar_composite(sar), "S1 SAR (VV, VH, VV-VH)", None) if sar is not None else
+                  (np.zeros((*_array(cloudy).shape[1:], 3), np.float32), "no SAR (optical model)", None))
+    panels.append((reflectance_rgb(prediction), f"cloud-free output (same stretch, x {RGB_GAIN:g})", None))
+    if mask is not None:
+        probability = np.ma.masked_invalid(_array(mask))
+        panels.append((probability, "cloud probability fed to the model", "gray"))
+    else:
+        panels.append((np.zeros(_array(cloudy).shape[1:], np.float32), "no cloud mask fed to the model", "gray"))
+    height, width = _array(cloudy).shape[1:]
+    panel_w = 4.0
+    panel_h = min(max(panel_w * height / max(width, 1), 1.5), 8.0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(panel_w * len(panels), panel_h + 0.6))
+    for ax, (image, name, cmap) in zip(axes, panels, strict=True):
+        ax.imshow(image, cmap=cmap, vmin=0, vmax=1, interpolation="antialiased")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_png(figure: plt.Figure, path: str | Path, dpi: int = 100, palette: bool = False) -> Path:
+    """Write ``figure`` to ``path`` as PNG, atomically, without a timestamp or software tag (same figure, same
+    bytes), and close it. ``palette``: 256 colours (about 2.5x smaller for photographic panels)."""
+    path = Path(path)
+    try:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+    finally:
+        plt.close(figure)
+    with atomic_path(path) as tmp:
+        if palette:
+            from PIL import Image
+
+            buffer.seek(0)
+            Image.open(buffer).convert("RGB").quantize(256).save(tmp, format="PNG", optimize=True)
+        else:
+            tmp.write_bytes(buffer.getvalue())
+    return path

@@ -40,6 +40,29 @@ def _pad_to(tensor: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int
 
 
 @torch.no_grad()
+def passes_through(model: nn.Module, cloudy: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """True when ``model``'s ``mean`` for this batch is its input exactly, so the forward pass can be skipped.
+
+    Asks the model which pixels it passes through unchanged given the mask alone
+    (``model.passes_through``, e.g. ``sscr_lite``'s clear pixels), on the mask padded as
+    :func:`predict_tensors` pads it; a model with a variance head always runs (its variance
+    is needed). The output is then :func:`passed_through`, equal to the forward's bit for bit.
+    """
+    rule = getattr(model, "passes_through", None)
+    if rule is None or mask is None or getattr(model, "variance", None) or not getattr(model, "use_mask", False):
+        return False
+    multiple = int(getattr(model, "size_multiple", 1))
+    padded = _pad_to(mask.reshape(mask.shape[0], 1, *mask.shape[-2:]), multiple)[0]
+    through = rule(padded)
+    return through is not None and bool(through.all())
+
+
+def passed_through(cloudy: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The output of a batch that :func:`passes_through`: ``mean`` = the cloudy input clipped to [0, 1]."""
+    return {"mean": cloudy.clamp(0.0, 1.0).float()}
+
+
+@torch.no_grad()
 def predict_tensors(model: nn.Module, cloudy: torch.Tensor, sar: torch.Tensor | None,
                     mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Run ``model`` on one batch of any size: padded (reflect) to the model's size multiple, then cropped."""

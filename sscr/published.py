@@ -9,8 +9,8 @@ and the current data, mask and evaluation settings), ``model_best.pt`` and
 model. ``sscr evaluate``, ``sscr register``, ``sscr infer`` and ``sscr train
 --pretrained`` take it like any trained run.
 
-**Out.** A run of ``uncrtaints`` or ``multisarv2`` becomes ``DIR/model.pth.tar`` and
-``DIR/conf.json`` in the published format, which the published test script
+**Out.** A run of a published network (``uncrtaints``, ``multisarv2``, ``unet``, ``utae``)
+becomes ``DIR/model.pth.tar`` and ``DIR/conf.json`` in the published format, which the published test script
 (``test_reconstruct.py --weight_folder <DIR's parent> --experiment_name <DIR's name>``)
 loads strictly. The Adam and scheduler states come from the run's
 ``checkpoint_last.pt`` when it holds the same epoch as ``model_best.pt``; otherwise
@@ -21,6 +21,7 @@ learning rate the schedule reached.
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from sscr.checkpoint import (
     save_atomic,
 )
 from sscr.config import PUBLISHED_PROTOCOL, Params, apply_override, parse_params
-from sscr.fsutil import sha256_file, write_text
+from sscr.fsutil import replace_directory, sha256_file, staging_directory, write_text
 from sscr.models.published import (
     build_published,
     conf_beside,
@@ -78,18 +79,38 @@ def imported_params(params: Params, overrides: dict[str, Any], out_dir: Path) ->
     return parse_params(raw, "the imported conf.json")
 
 
+class OutputExists(ValueError):
+    """An output that holds files already and no ``--force``; the message names it and the choices."""
+
+
+def refuse_existing(out_dir: Path, names: list[str] | None = None, force: bool = False) -> None:
+    """:class:`OutputExists` if ``out_dir`` holds files (``names`` among them, when given) and not ``force``."""
+    if force or not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise OutputExists(f"--out {out_dir} is a file, not a directory: choose another --out")
+    present = sorted(p.name for p in out_dir.iterdir() if names is None or p.name in names)
+    if present:
+        shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
+        raise OutputExists(f"--out {out_dir} already holds {shown}: refused to overwrite it; pass --force to "
+                           "replace it, or choose another --out")
+
+
 def import_published(checkpoint: str | Path, out_dir: str | Path, params: Params,
-                     config: str | Path | None = None, log_model: bool = True) -> ImportResult:
+                     config: str | Path | None = None, log_model: bool = True, force: bool = False) -> ImportResult:
     """Write the run directory ``out_dir`` (and its MLflow run) for a published checkpoint.
 
     ``config``: the run's ``conf.json`` (default: the one beside ``checkpoint``).
     ``params`` gives what ``conf.json`` does not: data, masks, evaluation, registry.
     Raises :class:`sscr.models.published.PublishedFormatError` naming the key or file
-    that cannot be honoured; nothing is written then.
+    that cannot be honoured; nothing is written then. An ``out_dir`` that holds files is
+    refused (:class:`OutputExists`) unless ``force``. The run directory is written beside
+    ``out_dir`` and renamed into place when complete: its files appear together or not at all.
     """
     import mlflow
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    refuse_existing(out_dir, force=force)
     config_path = Path(config) if config is not None else conf_beside(checkpoint)
     conf = read_conf(config_path)
     settings = published_settings(conf, str(config_path))
@@ -98,24 +119,30 @@ def import_published(checkpoint: str | Path, out_dir: str | Path, params: Params
     params = imported_params(params, settings.overrides, out_dir)
     epoch = int(state.get("epoch", 0))
     provenance = {"checkpoint": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint), "conf": str(config_path)}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = staging_directory(out_dir)
     tags = {"sscr.source": "published", "published.sha256": provenance["sha256"]}
-    with tracking.training_run(params.train.experiment_name, run_name=f"import-{out_dir.name}", tags=tags,
-                               system_metrics=False) as run:
-        run_id = run.info.run_id
-        rundir.log_config(params)
-        mlflow.log_dict(conf, "published/conf.json")
-        best = save_atomic(checkpoint_record(model, params, epoch, published=provenance),
-                           out_dir / rundir.BEST_CHECKPOINT)
-        rundir.write_conf(out_dir, params)
-        best_sha256 = sha256_file(best)
-        mlflow.set_tag(tracking.CHECKPOINT_TAG, best_sha256)  # how evaluate and register find this run
-        model_uri = rundir.log_best(best, params, log_model)
-        if model_uri:
-            mlflow.set_tag(tracking.MODEL_URI_TAG, model_uri)  # what register registers
-        rundir.write_mlflow_run(out_dir, run_id, model_uri, best_sha256)
-        rundir.write_run_record(params, best, best_sha256, source="published", best_epoch=epoch,
-                                published=provenance, ignored_keys=settings.ignored, unknown_keys=settings.unknown)
+    try:
+        with tracking.training_run(params.train.experiment_name, run_name=f"import-{out_dir.name}", tags=tags,
+                                   system_metrics=False) as run:
+            run_id = run.info.run_id
+            rundir.log_config(params)
+            mlflow.log_dict(conf, "published/conf.json")
+            best = save_atomic(checkpoint_record(model, params, epoch, published=provenance),
+                               staging / rundir.BEST_CHECKPOINT)
+            rundir.write_conf(staging, params)
+            best_sha256 = sha256_file(best)
+            mlflow.set_tag(tracking.CHECKPOINT_TAG, best_sha256)  # how evaluate and register find this run
+            model_uri = rundir.log_best(best, params, log_model)
+            if model_uri:
+                mlflow.set_tag(tracking.MODEL_URI_TAG, model_uri)  # what register registers
+            rundir.write_mlflow_run(staging, run_id, model_uri, best_sha256)
+            rundir.write_run_record(params, out_dir / rundir.BEST_CHECKPOINT, best_sha256, directory=staging,
+                                    source="published", best_epoch=epoch, published=provenance,
+                                    ignored_keys=settings.ignored, unknown_keys=settings.unknown)
+            refuse_existing(out_dir, force=force)  # another process may have written it meanwhile
+            replace_directory(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return ImportResult(out_dir, run_id, model_uri, settings.model_name, epoch, settings.ignored, settings.unknown)
 
 
@@ -143,16 +170,20 @@ def _optimizer_states(model: nn.Module, params: Params, epoch: int, last: Path) 
     return optimizer.state_dict(), scheduler.state_dict()
 
 
-def export_published(source: str | Path, out_dir: str | Path) -> Path:
+def export_published(source: str | Path, out_dir: str | Path, force: bool = False) -> Path:
     """Write ``out_dir/model.pth.tar`` and ``out_dir/conf.json`` in the published format; returns the checkpoint.
 
-    ``source``: a run directory (its ``model_best.pt``) or a checkpoint of ``uncrtaints``
-    or ``multisarv2``. ``conf.json`` names ``out_dir``'s folder as the experiment, so the
+    ``source``: a run directory (its ``model_best.pt``) or a checkpoint of a published
+    network; a ``multisarv2`` with ``mask_beta`` != 0, or a run trained with a loss the
+    published code lacks (``structure``), is refused (``PublishedFormatError``): the
+    published scripts would predict, or train, something else. ``conf.json`` names ``out_dir``'s folder as the experiment, so the
     published test script finds the checkpoint with ``--weight_folder <out_dir's parent>
-    --experiment_name <out_dir's name>``.
+    --experiment_name <out_dir's name>``. An existing ``model.pth.tar`` or ``conf.json`` in
+    ``out_dir`` is refused (:class:`OutputExists`) unless ``force``.
     """
     best = resolve_checkpoint(source)
     out_dir = Path(out_dir)
+    refuse_existing(out_dir, [PUBLISHED_CHECKPOINT, "conf.json"], force=force)
     model, state = build_from_checkpoint(best)
     params = parse_params(state["config"], str(best))
     epoch = int(state.get("epoch", 0))

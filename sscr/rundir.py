@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sscr import serving, tracking
+from sscr import tracking
 from sscr.checkpoint import BEST_CHECKPOINT
 from sscr.config import Params, flatten, record_dir
 from sscr.fsutil import write_text
@@ -55,21 +55,25 @@ def log_best(best_path: Path, params: Params, log_model: bool = True) -> str:
     """Log the best checkpoint and (``log_model``) the pyfunc model to the active run; returns the model URI."""
     import mlflow
 
+    from sscr import serving  # MLflow's model flavour: imported when logging, not by every trainer
+
     mlflow.log_artifact(str(best_path), "checkpoints")
     return serving.log_model(best_path, params.model.use_sar) if log_model else ""
 
 
-def write_run_record(params: Params, checkpoint: Path, checkpoint_sha256: str, **facts: Any) -> Path:
+def write_run_record(params: Params, checkpoint: Path, checkpoint_sha256: str, directory: Path | None = None,
+                     **facts: Any) -> Path:
     """``run.json`` in the record directory: the experiment, the checkpoint (path and SHA-256) and ``facts``.
 
     Deterministic (no run id, no time); a fact that is a non-finite float is written as null, never
-    as ``-Infinity`` (not JSON).
+    as ``-Infinity`` (not JSON). ``directory``: write it there instead (a run directory being staged).
     """
     clean = {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
              for key, value in facts.items()}
     info = {"experiment": params.train.experiment_name, "checkpoint": str(checkpoint),
             "checkpoint_sha256": checkpoint_sha256, **clean}
-    return write_text(record_dir(params) / RUN_JSON, json.dumps(info, indent=2, allow_nan=False))
+    target = Path(directory) if directory is not None else record_dir(params)
+    return write_text(target / RUN_JSON, json.dumps(info, indent=2, allow_nan=False))
 
 
 def write_mlflow_run(out_dir: Path, run_id: str, model_uri: str, checkpoint_sha256: str) -> Path:

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import logging
+import re
 import shutil
 import signal
 import subprocess
@@ -39,7 +41,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, REQUEST_LIMIT_
 from torch import nn
 
 from sscr import integrity, tracking
-from sscr.bands import S1_CHANNELS, S2_CHANNELS
+from sscr.bands import S1_CHANNELS, S1_DB_RANGE, S2_CHANNELS, S2_DN_MAX
 from sscr.checkpoint import BEST_CHECKPOINT, CheckpointError, build_from_checkpoint
 from sscr.config import DEFAULT_MASK_KIND
 from sscr.fsutil import atomic_path
@@ -52,6 +54,14 @@ MAX_REQUEST_PIXELS = 512 * 512
 """Pixels (B x H x W) one request may hold: one 512 x 512 patch or four of 256 x 256 px. Larger areas: ``sscr infer``,
 which tiles a scene of any size with bounded memory. At this size a request takes seconds on 2 CPU cores, well under
 MLflow's 60 s request timeout (``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``)."""
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+"""Largest request body ``sscr serve`` reads: refused with 413 from its Content-Length before a byte of it is read
+(or once that many bytes of a chunked upload arrived), so it never reaches MLflow's JSON parser, which holds about
+6x the body in memory. It carries :data:`MAX_REQUEST_PIXELS` of S2 and S1 at up to 16 characters per number
+(6 decimals; L1C DN / 10000 has 4); full float32 ``repr``s of that many pixels (76 MiB) exceed it."""
+MAX_JSON_DEPTH = 16
+"""Deepest nesting of a JSON request ``sscr serve`` passes on (a request is 6 deep: the object, ``inputs``, and
+(B, C, H, W)); deeper is refused with 400 before parsing, where MLflow answered 500 with a traceback."""
 SERVING_DISTRIBUTIONS = ("torch", "mlflow", "numpy", "scipy", "pydantic", "PyYAML", "s2cloudless")
 """The libraries the logged model's code imports (tests/test_serving.py checks this against the imports)."""
 _WHEEL_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -148,6 +158,99 @@ def check_request(model_input: Any, use_sar: bool) -> tuple[np.ndarray, np.ndarr
         hint = " (looks like dB: send (dB + 25) / 25, clipped to [0, 1])" if span[0] < 0 else ""
         raise RequestError(f"sar values span {span[0]:.4g}..{span[1]:.4g}, expected [0, 1]{hint}")
     return cloudy, sar
+
+
+# ---------------------------------------------------------------- the guard in front of MLflow's scoring server
+
+_JSON_KEPT = b'[]{}"\\/bfnrtu'  # brackets, quotes, and what may follow a backslash inside a string
+_JSON_DROPPED = bytes(sorted(set(range(256)) - set(_JSON_KEPT)))
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_OPENING, _CLOSING = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+
+
+def json_depth(body: bytes) -> int:
+    """How deep the JSON text ``body`` nests (``{"a": [1]}``: 2), without parsing it.
+
+    Everything but brackets, quotes and escapes is dropped (``bytes.translate``), strings are cut out,
+    and the depth is a cumulative sum over what is left: 0.2 s for 76 MiB of numbers (on a loaded
+    machine), and no recursion whatever the depth.
+    """
+    skeleton = np.frombuffer(_JSON_STRING.sub(b"", body.translate(None, _JSON_DROPPED)), np.uint8)
+    steps = np.isin(skeleton, _OPENING).astype(np.int64) - np.isin(skeleton, _CLOSING)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+class RequestGuard:
+    """ASGI middleware that ``sscr serve`` puts in front of MLflow's scoring server.
+
+    MLflow reads and parses a request body whole before the model sees it; this guard refuses
+    a body over :data:`MAX_REQUEST_BYTES` with 413 from its Content-Length (or while a chunked
+    upload arrives) and a JSON body nested deeper than :data:`MAX_JSON_DEPTH` with 400, in one
+    line (``{"error_code": ..., "message": ...}`` as MLflow answers), and passes anything else on
+    unchanged.
+    """
+
+    def __init__(self, app: Any, max_bytes: int = MAX_REQUEST_BYTES, max_depth: int = MAX_JSON_DEPTH) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_depth = max_depth
+
+    def _too_large(self, size: str) -> tuple[int, str]:
+        return 413, (f"the request body has {size} bytes, above the limit of {self.max_bytes:,} "
+                     f"({self.max_bytes // 2**20} MiB): send fewer pixels per request (at most {MAX_REQUEST_PIXELS:,}, "
+                     "numbers of at most 6 decimals), or run `sscr infer` on the scene (any size, tiled)")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Check an HTTP POST's size and nesting, then hand it (already read) to MLflow's app."""
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"").strip()
+        if declared:
+            if not declared.isdigit():
+                await _answer(send, 400, "the Content-Length header is not a number")
+                return
+            if int(declared) > self.max_bytes:
+                await _answer(send, *self._too_large(f"{int(declared):,}"))
+                return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await _answer(send, *self._too_large(f"more than {self.max_bytes:,}"))
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if b"json" in headers.get(b"content-type", b"") and json_depth(body) > self.max_depth:
+            await _answer(send, 400, f"the JSON body nests deeper than {self.max_depth} levels (a request is 6: "
+                                     '{"inputs": {"cloudy": [B][13][H][W]}}); refused unparsed')
+            return
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _answer(send: Any, status: int, message: str) -> None:
+    """An MLflow-shaped error answer: ``{"error_code": ..., "message": ...}`` and the status; the connection closes."""
+    code = "REQUEST_LIMIT_EXCEEDED" if status == 413 else "INVALID_PARAMETER_VALUE"
+    payload = json.dumps({"error_code": code, "message": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": payload})
 
 
 # MLflow warns at class definition that predict() has no type hints (they are left out on purpose, since
@@ -338,7 +441,7 @@ def _mask_kind_of(state: dict[str, Any]) -> str | None:
 
 
 def _load_mlflow_model(uri: str) -> LoadedModel:
-    tracking.configure()
+    tracking.configure(tracking.require_store(uri))  # before MLflow, which would create an empty mlflow.db
     where = f"tracking store {tracking.redact(tracking.tracking_uri())}"
     with tempfile.TemporaryDirectory(prefix="sscr-model-") as directory:
         try:
@@ -364,26 +467,36 @@ def _load_mlflow_model(uri: str) -> LoadedModel:
 # ---------------------------------------------------------------- serving a registered version
 
 
-def serve_command(model_dir: Path, host: str, port: int, workers: int = 1) -> list[str]:
-    """The ``mlflow models serve`` command line for a verified local copy of a model."""
-    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_dir), "--env-manager", "local",
-            "--host", host, "--port", str(port), "--workers", str(workers)]
+def serve_command(model_dir: Path, host: str, port: int, workers: int = 1) -> tuple[list[str], dict[str, str]]:
+    """The server command line and its environment for a verified local copy of a model.
+
+    What ``mlflow models serve --env-manager local`` runs (uvicorn on MLflow's scoring server, the
+    environment from MLflow's own :func:`mlflow.pyfunc.scoring_server.get_cmd`), with the app
+    :mod:`sscr.serving_app`: the same scoring server behind :class:`RequestGuard`.
+    """
+    from mlflow.pyfunc import scoring_server
+
+    _, env = scoring_server.get_cmd(str(model_dir), port, host, None, workers)
+    command = [sys.executable, "-m", "uvicorn", "--host", host, "--port", str(port), "--workers", str(workers),
+               "sscr.serving_app:app"]
+    return command, env
 
 
 def serve(uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1) -> int:
-    """Serve a registered version after checking its files: ``mlflow models serve`` on the checked local copy.
+    """Serve a registered version after checking its files: MLflow's scoring server on the checked local copy.
 
     The version's files are downloaded and compared with the sha256 recorded at
     registration (:func:`sscr.integrity.fetch_verified`) before MLflow imports the
-    stored ``pyfunc_model.py``; the server then loads that checked copy, not the store.
-    Returns the server's exit code.
+    stored ``pyfunc_model.py``; the server then loads that checked copy, not the store,
+    behind :class:`RequestGuard` (:func:`serve_command`). Returns the server's exit code.
     """
-    tracking.configure()
+    tracking.configure(tracking.require_store(uri))  # before MLflow, which would create an empty mlflow.db
     with tempfile.TemporaryDirectory(prefix="sscr-serve-") as directory:
         local = integrity.fetch_verified(uri, directory)
         print(f"sscr: {uri}: every file matches the registry's sha256 record; serving {local} on "
               f"http://{host}:{port}", file=sys.stderr, flush=True)
-        server = subprocess.Popen(serve_command(local, host, port, workers))
+        command, env = serve_command(local, host, port, workers)
+        server = subprocess.Popen(command, env=env)
         # stopping this command stops the server (then the checked copy is removed)
         previous = signal.signal(signal.SIGTERM, lambda *_: server.terminate())
         try:
@@ -393,3 +506,59 @@ def serve(uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1)
             return server.wait()
         finally:
             signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------- a request body from a patch
+
+
+def request_body(cloudy_dn: np.ndarray, sar_db: np.ndarray | None = None) -> dict[str, Any]:
+    """The request of the serving contract for one patch: ``{"inputs": {"cloudy": [1][13][H][W], "sar": ...}}``.
+
+    ``cloudy_dn``: (13, H, W) L1C DN of the training convention (a SEN12MS-CR patch; for
+    baseline >= 04.00 remove the offset first) -> reflectance DN / 10000 in [0, 1];
+    ``sar_db``: (2, H, W) VV, VH in dB -> (dB + 25) / 25 after clipping to [-25, 0] dB, NaN
+    (no SAR) sent as null. Values are rounded to what they carry (4 decimals of reflectance
+    are whole DN; 6 of SAR), which keeps the JSON small. Checked with :func:`check_request`.
+    """
+    cloudy = np.round(np.clip(np.asarray(cloudy_dn, np.float64), 0, S2_DN_MAX) / S2_DN_MAX, 4)[None]
+    inputs: dict[str, Any] = {"cloudy": cloudy}
+    if sar_db is not None:
+        low, high = S1_DB_RANGE
+        sar = np.round((np.clip(np.asarray(sar_db, np.float64), low, high) - low) / (high - low), 6)[None]
+        inputs["sar"] = sar
+    check_request(inputs, use_sar=sar_db is not None)
+
+    def nested(array: np.ndarray) -> list:
+        return np.where(np.isnan(array), None, array).tolist()  # NaN -> null: standard JSON
+
+    return {"inputs": {key: nested(value) for key, value in inputs.items()}}
+
+
+def write_request(out: str | Path, s2: str | Path, s1: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write the request body for the patch ``s2`` (13-band cloudy GeoTIFF of DN) and ``s1`` (2-band dB) to ``out``.
+
+    Refused: patches of different sizes, a patch above the request limit, and an existing
+    ``out`` unless ``overwrite``. Written atomically.
+    """
+    import json
+
+    # here, not at the top: the served model's environment has no rasterio
+    from sscr.data.io import read_raster
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists: remove it, choose another --out, or pass --overwrite")
+    cloudy_dn, cloudy_info = read_raster(s2, S2_CHANNELS, "S2 cloudy")
+    sar_db = None
+    if s1 is not None:
+        sar_db, sar_info = read_raster(s1, S1_CHANNELS, "S1")
+        if (sar_info.width, sar_info.height) != (cloudy_info.width, cloudy_info.height):
+            raise ValueError(f"S1 {s1} is {sar_info.width} x {sar_info.height} px but S2 {s2} "
+                             f"{cloudy_info.width} x {cloudy_info.height}: pass the two files of one patch")
+    try:
+        body = request_body(cloudy_dn, sar_db)
+    except RequestError as err:
+        raise ValueError(f"{s2}: {err._reason}") from None
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(body, separators=(",", ":")), encoding="utf-8")
+    return out

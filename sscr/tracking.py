@@ -23,11 +23,18 @@ import urllib.parse
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
 import numpy as np
-from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:
+    import mlflow
+    import torch
+
+# MLflow is imported inside the functions that use it: the training and inference code that imports this
+# module then runs where MLflow is not installed (a GPU node; benchmarks/gpu_check.py), as long as it logs nothing.
+
+from sscr import stores
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 #: Tag of a training run: the SHA-256 of its best checkpoint (updated whenever it improves). A checkpoint
@@ -51,16 +58,26 @@ def tracking_uri() -> str:
     """The tracking URI in use: ``MLFLOW_TRACKING_URI`` if set, else ``mlflow.db`` in the working directory.
 
     The default is made absolute so that a process that changes directory
-    (or MLflow's per-URI store cache) never mixes two stores.
+    (or MLflow's per-URI store cache) never mixes two stores. A relative SQLite path
+    is the project's: under DVC (``DVC_ROOT``, which ``dvc exp run --temp`` and DVC's
+    queue point at the project, not at their temporary copy) it is resolved there, so an
+    experiment's runs and versions land in the project's store, not in a copy deleted
+    after the run.
     """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{(Path.cwd() / uri.removeprefix('sqlite:///')).resolve()}"
+        base = Path(os.environ.get("DVC_ROOT") or Path.cwd())
+        uri = f"sqlite:///{(base / uri.removeprefix('sqlite:///')).resolve()}"
     return uri
+
+
+_CHECKED: set[str] = set()  # store URIs already checked for damage in this process
 
 
 def configure(uri: str | None = None) -> str:
     """Point MLflow (tracking and registry) at ``uri`` or :func:`tracking_uri`; returns the URI."""
+    import mlflow
+
     uri = uri or tracking_uri()
     parts = urllib.parse.urlsplit(uri)
     if parts.scheme in ("http", "https") and (parts.username or parts.password):
@@ -74,9 +91,61 @@ def configure(uri: str | None = None) -> str:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    if uri not in _CHECKED:
+        stores.check_sqlite(uri, "the MLflow tracking store")  # a damaged store is refused before any write
+        _CHECKED.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+class NoTrackingStore(ValueError):
+    """A model URI needs an MLflow store that is not there (reading must not create an empty one)."""
+
+
+def require_store(purpose: str, uri: str | None = None) -> str:
+    """The tracking URI to read ``purpose`` (e.g. ``models:/sscr@champion``) from; refuse one that is not there.
+
+    Reading a registered model from a store that does not exist would make MLflow create an
+    empty ``mlflow.db`` (and then not find the model); a server that does not answer would
+    be retried for minutes. Checked: SQLite files, ``file:`` stores and local paths must
+    exist, an HTTP(S) server must answer its ``/health``. Other databases are left to MLflow.
+    """
+    uri = uri or tracking_uri()
+    shown = redact(uri)
+    origin = ("the store named by MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI")
+              else f"MLFLOW_TRACKING_URI is not set, so the default {DEFAULT_TRACKING_URI} in the working directory is used")
+    fix = ("run from the project directory that holds mlflow.db, or set MLFLOW_TRACKING_URI to the store the model "
+           "was registered in (e.g. MLFLOW_TRACKING_URI=sqlite:////path/to/project/mlflow.db or http://host:5000)")
+    parts = urllib.parse.urlsplit(uri)
+    missing = None
+    if parts.scheme == "sqlite":
+        from sqlalchemy.engine import make_url
+
+        database = make_url(uri).database
+        if database and database != ":memory:" and not database.startswith("file:") and not Path(database).is_file():
+            missing = database
+    elif parts.scheme in ("", "file"):
+        path = urllib.parse.unquote(parts.path) if parts.scheme == "file" else uri
+        if not Path(path).is_dir():
+            missing = path
+    elif parts.scheme in ("http", "https"):
+        # urllib, not requests: the served model's code imports only what its requirements install
+        from urllib.request import urlopen
+
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        base = urllib.parse.urlunsplit(parts._replace(netloc=host)).rstrip("/")
+        try:
+            with urlopen(f"{base}/health", timeout=10):  # an HTTP error status raises too
+                pass
+        except (OSError, ValueError) as err:
+            raise NoTrackingStore(f"{purpose} needs an MLflow tracking store, and the server {shown} ({origin}) does "
+                                  f"not answer ({type(err).__name__}): start it, or {fix}") from None
+    if missing is not None:
+        raise NoTrackingStore(f"{purpose} needs an MLflow tracking store, and there is none: {missing} does not "
+                              f"exist ({origin}); {fix}")
+    return uri
+
 
 
 def local_artifact_root(uri: str) -> Path:
@@ -98,6 +167,9 @@ def local_artifact_root(uri: str) -> Path:
 
 def experiment_id(name: str) -> str:
     """Id of experiment ``name``, created if needed (local store: artifacts under ``mlartifacts/``)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -141,8 +213,44 @@ def run_tags(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {key: value for key, value in tags.items() if value}
 
 
+DEVICE_TAG = "sscr.device"
+"""Tag of a training run: the device it trained on, ``cpu`` or ``cuda:<n> (<GPU name>)``."""
+EVALUATE_DEVICE_TAG = "sscr.evaluate.device"
+"""Tag that ``sscr evaluate`` adds to the run it evaluates: the device the test split ran on."""
+GPU_EXTRA_HINT = "pip install 'sscr[gpu]' (nvidia-ml-py)"
+
+
+def nvml_status() -> str:
+    """``nvml`` when NVML answers (MLflow's system metrics then log GPU utilisation and memory), else why not."""
+    try:
+        import pynvml
+    except ImportError:
+        return f"off: nvidia-ml-py is not installed; {GPU_EXTRA_HINT}"
+    try:
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+    except pynvml.NVMLError as err:
+        return f"off: NVML did not start ({err})"
+    return "nvml"
+
+
+def device_tags(device: torch.device, prefix: str = DEVICE_TAG) -> dict[str, str]:
+    """The run's device as tags: ``<prefix>`` = ``cpu`` or ``cuda:0 (NVIDIA H100 80GB HBM3)``; on CUDA also
+    ``<prefix without .device>.gpu_metrics`` (:func:`nvml_status`), so a run without GPU metrics says why."""
+    import torch
+
+    if device.type != "cuda":
+        return {prefix: device.type}
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    tags = {prefix: f"cuda:{index} ({torch.cuda.get_device_name(index)})"}
+    tags[prefix.removesuffix(".device") + ".gpu_metrics"] = nvml_status()
+    return tags
+
+
 def log_params_flat(flat: Mapping[str, Any]) -> None:
     """Log flattened params (credentials redacted; values stringified, lists as JSON)."""
+    import mlflow
+
     clean = {}
     for key, value in flat.items():
         text = json.dumps(value) if isinstance(value, list | dict | tuple) else str(value)
@@ -158,6 +266,9 @@ def log_dropped(split: str, dropped: Mapping[str, Sequence[object]], limit: int 
     ``data.<split>.dropped`` lists the first ``limit`` files with their reasons ("none" when nothing was).
     Given ``run_id``, it logs through the client, so the run's status is left as it is.
     """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     counts = {reason: len(items) for reason, items in dropped.items()}
     metrics = {f"data.{split}.dropped": float(sum(counts.values())),
                **{f"data.{split}.dropped.{reason}": float(n) for reason, n in counts.items()}}
@@ -168,7 +279,7 @@ def log_dropped(split: str, dropped: Mapping[str, Sequence[object]], limit: int 
         mlflow.log_metrics(metrics)
         mlflow.set_tag(f"data.{split}.dropped", tag)
         return
-    client = mlflow.tracking.MlflowClient()
+    client = MlflowClient()
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
     client.set_tag(run_id, f"data.{split}.dropped", tag)
@@ -184,6 +295,7 @@ def dataset_digest(files: list[Path], extra: str = "") -> str:
 
 def log_dataset(name: str, root: Path, files: list[Path], context: str, extra: str = "") -> None:
     """Record the data set as an MLflow input (name, source path, digest) with a context (train/val/test)."""
+    import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
@@ -200,6 +312,8 @@ def find_run_by_tag(key: str, value: str, experiment_names: list[str] | None = N
     How a checkpoint finds the run that trained it (its SHA-256 is a tag of that run); a
     deterministic retrain gives the same checkpoint, and then the latest such run is it.
     """
+    from mlflow.tracking import MlflowClient
+
     if not value:
         return None
     client = MlflowClient()
@@ -225,6 +339,8 @@ class MetricLogger:
     """
 
     def __init__(self, run_id: str, fallback: Path) -> None:
+        from mlflow.tracking import MlflowClient
+
         self.run_id = run_id
         self.fallback = Path(fallback)
         self.client = MlflowClient()
@@ -293,6 +409,7 @@ class MetricLogger:
 def replay_fallback(path: str | Path) -> int:
     """Upload the metrics of a fallback JSONL file to their runs; returns how many were sent."""
     from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
 
     path = Path(path)
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -321,6 +438,8 @@ def training_run(
     On an exception the run ends FAILED (KeyboardInterrupt: KILLED) and the
     exception propagates; otherwise it ends FINISHED.
     """
+    import mlflow
+
     configure()
     exp_id = experiment_id(experiment)
     run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=run_name,
@@ -341,6 +460,8 @@ def training_run(
 
 def _end_run(status: str) -> None:
     """End the active run; if the server is unreachable, say so (the run stays RUNNING there) and go on."""
+    import mlflow
+
     try:
         mlflow.end_run(status=status)
     except Exception as err:  # noqa: BLE001 - never let bookkeeping turn a result into a crash

@@ -81,6 +81,34 @@ class ResumeError(RuntimeError):
     """``--resume`` found nothing to resume, or a checkpoint of a different configuration."""
 
 
+class RecordTaken(RuntimeError):
+    """The record directory holds the ``run.json`` of another run directory, which this run would replace."""
+
+
+def check_record_owner(params: Params) -> None:
+    """Refuse (:class:`RecordTaken`) a run whose records would replace those of another run directory.
+
+    ``run.json`` and the CSV tables live in ``<train.metrics_dir>/<train.experiment_name>/``, which does not
+    depend on ``train.res_dir``: two runs of one experiment name with different ``train.res_dir`` would
+    write the same records, and the second would silently drop the first's. When ``run.json`` there
+    names a checkpoint in another run directory that still exists, the run stops before it starts.
+    (``dvc repro`` deletes the records before it trains, so a DVC experiment never meets this.)
+    """
+    records, out_dir = record_dir(params), run_dir(params)
+    record = records / rundir.RUN_JSON
+    if records.resolve() == out_dir.resolve() or not record.is_file():
+        return
+    try:
+        recorded = Path(json.loads(record.read_text())["checkpoint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a record this version reads: it is replaced, as before
+    if recorded.resolve() != (out_dir / rundir.BEST_CHECKPOINT).resolve() and recorded.exists():
+        raise RecordTaken(
+            f"{record} is the record of the run in {recorded.parent} (train.res_dir differs), and this run "
+            f"({out_dir}) would replace it: give this run another train.experiment_name, or delete {record} "
+            "to drop that record")
+
+
 @dataclass
 class TrainResult:
     """What a finished (or early-stopped) training run produced."""
@@ -331,9 +359,12 @@ def _advance_schedule(session: _Session, end_of_epoch: bool) -> None:
 
 
 def _train_epoch(session: _Session, epoch: int, progress: bool) -> dict[str, float]:
-    """Run one epoch's batches; returns its row: epoch, mean train loss (and its parts), learning rate.
+    """Run one epoch's batches; returns its row: epoch, mean train loss (and its parts), learning rate, samples.
 
-    Under DDP the loss is summed over all ranks, so every rank returns the same row.
+    ``lr`` is the learning rate the epoch's last optimiser step used (the published script
+    logs the epoch's rate, before its scheduler steps); ``train_samples`` the number of
+    training samples the epoch's steps saw (patches times ``train.repeats``). Under DDP
+    the loss and the samples are summed over all ranks, so every rank returns the same row.
     """
     cfg = session.params.train
     session.train_set.epoch = epoch
@@ -342,7 +373,8 @@ def _train_epoch(session: _Session, epoch: int, progress: bool) -> dict[str, flo
                         num_workers=cfg.num_workers)
     torch.manual_seed(cfg.rdm_seed * 1000 + epoch)
     session.net.train()
-    total, parts_sum, count = 0.0, {}, 0
+    total, parts_sum, count, samples = 0.0, {}, 0, 0
+    lr = session.optimizer.param_groups[0]["lr"]
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress or session.rank != 0)
     for step, batch in enumerate(bar):
         faults.checkpoint(f"train.batch:{epoch}:{step}")
@@ -354,19 +386,21 @@ def _train_epoch(session: _Session, epoch: int, progress: bool) -> dict[str, flo
                 f"{session.last_path} is kept. Try a lower train.lr or another loss."
             )
         session.scaler.scale(loss).backward()
+        lr = session.optimizer.param_groups[0]["lr"]
         session.scaler.step(session.optimizer)
         session.scaler.update()
         _advance_schedule(session, end_of_epoch=False)
         total += loss.item()
         count += 1
+        samples += len(batch["target"])
         for key, value in parts.items():
             parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
         bar.set_postfix(loss=f"{total / count:.4f}")
     _advance_schedule(session, end_of_epoch=True)
     if session.world > 1:  # the epoch's loss over all ranks, not rank 0's share
-        total, count, parts_sum = _sum_over_ranks(total, count, parts_sum)
-    row: dict[str, float] = {"epoch": epoch, "train_loss": total / max(count, 1),
-                             "lr": session.optimizer.param_groups[0]["lr"]}
+        total, count, parts_sum = _sum_over_ranks(total, count, {**parts_sum, "samples": float(samples)})
+        samples = int(parts_sum.pop("samples"))
+    row: dict[str, float] = {"epoch": epoch, "train_loss": total / max(count, 1), "lr": lr, "train_samples": samples}
     row.update({f"train_{k}": v / max(count, 1) for k, v in parts_sum.items()})
     return row
 
@@ -436,6 +470,20 @@ def _check_finite(val: dict[str, float], epoch: int, last_path: Path) -> None:
 def validation_due(cfg: TrainConfig, epoch: int) -> bool:
     """Whether epoch ``epoch`` ends with validation: after ``val_after``, every ``val_every``, and the last."""
     return (epoch > cfg.val_after and epoch % cfg.val_every == 0) or epoch == cfg.epochs
+
+
+def validation_line(epoch: int, epochs: int, val: dict[str, float], best_epoch: int, select_best: str) -> str:
+    """One line of validation scores, as training prints them when it validates."""
+    def number(key: str, digits: int) -> str:
+        value = val.get(key, math.nan)
+        return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+
+    line = (f"validation {epoch}/{epochs}: PSNR {number('PSNR', 2)} dB, SSIM {number('SSIM', 4)}, "
+            f"SAM {number('SAM', 2)} deg, MAE {number('MAE', 4)}, val loss {number('loss', 5)}; inside clouds "
+            f"PSNR {number('cloudy_PSNR', 2)} dB, SSIM {number('cloudy_SSIM', 4)}")
+    if best_epoch == epoch:
+        line += f" (best so far by {select_best.replace('_', ' ')})"
+    return line
 
 
 def is_better(val: dict[str, float], best: dict[str, float], select_best: str) -> bool:
@@ -511,6 +559,7 @@ def train(
     if rank != 0:  # rank 0 owns the directory; the other ranks only compute
         return _train(params, resume, run_name, nested, tags, on_epoch_end, log_model, progress)
     out_dir = run_dir(params)
+    check_record_owner(params)
     with exclusive_directory(out_dir):
         remove_stale_temporaries(out_dir)
         remove_stale_temporaries(record_dir(params))
@@ -525,7 +574,9 @@ def run_label(params: Params, prefix: str | None = None) -> str:
     """
     parts = [prefix] if prefix else []
     parts += [params.model.name, params.loss.name, "sar" if params.model.use_sar else "nosar"]
-    parts += [os.environ[key] for key in ("DVC_EXP_NAME", "SSCR_FLOW_RUN") if os.environ.get(key)]
+    for key in ("DVC_EXP_NAME", "SSCR_FLOW_RUN"):  # a Prefect run with parameters is the DVC experiment of its name
+        if os.environ.get(key) and os.environ[key] not in parts:
+            parts.append(os.environ[key])
     return "-".join(parts)
 
 
@@ -582,6 +633,8 @@ def _train(
         if rank == 0 and resume_id is None:
             # mlflow_run.json is written when the run completes (_finish_run): a failed run leaves the previous one.
             _name_run(run_id, params, run_name)
+        if rank == 0:
+            logger.set_tags(tracking.device_tags(session.device))  # a resumed run tags the device it ends on
         if rank == 0 and state is None:
             _log_run_inputs(params, session.train_set.dataset, session.val_set, session.model)
         if rank == 0 and state is not None:
@@ -591,6 +644,9 @@ def _train(
             row = _train_epoch(session, epoch, progress)
             if rank == 0:
                 val = _end_epoch(session, epoch, row, logger)
+                if val is not None and progress:
+                    print(validation_line(epoch, params.train.epochs, val, int(session.best["epoch"]),
+                                          params.train.select_best), flush=True)
                 if on_epoch_end is not None and val is not None:
                     stopped = bool(on_epoch_end(epoch, val))
             if session.world > 1:

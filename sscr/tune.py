@@ -60,7 +60,8 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from sscr.config import Params, TuneConfig, apply_override, parse_params
+from sscr import stores
+from sscr.config import Params, TuneConfig, apply_override, parse_params, read_config_text, safe_yaml
 from sscr.fsutil import write_text
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -106,6 +107,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
+        stores.check_sqlite(url, "the Optuna storage")  # a damaged file is refused before Optuna writes to it
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     import sqlalchemy.exc
@@ -314,6 +316,26 @@ def _set_trial_state(run_id: str, state: str, reason: str = "", terminate: bool 
 # ---------------------------------------------------------------- the objective
 
 
+class StudyInterrupted(KeyboardInterrupt):
+    """A study stopped by Ctrl-C or a signal during a trial; the message says what was recorded.
+
+    ``exit_code``: what the process should exit with (130 for Ctrl-C, 128 + the signal's number otherwise).
+    """
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Drop Optuna's "Trial N failed" record for an interrupt: it carries a traceback, and the interrupted
+    trial is reported in one line by :class:`StudyInterrupted` instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, (KeyboardInterrupt, SystemExit))
+
+
 class Objective:
     """One trial: suggest, train with pruning, record its state on its MLflow run."""
 
@@ -351,6 +373,17 @@ class Objective:
             except Exception as err:
                 self._record_failure(trial, overrides, err)
                 raise
+            except (KeyboardInterrupt, SystemExit) as err:
+                # Ctrl-C (or SIGTERM, which `sscr` turns into SystemExit): the run is KILLED by MLflow's context;
+                # it still gets its optuna.state, and the trial its FAIL (Optuna marks a KeyboardInterrupt itself).
+                why = "Ctrl-C (SIGINT)" if isinstance(err, KeyboardInterrupt) else f"exit {err.code} (a signal)"
+                with contextlib.suppress(Exception):
+                    self._record_failure(trial, overrides, f"interrupted by {why}")
+                # Raised as a KeyboardInterrupt, which Optuna catches to mark the trial FAIL before re-raising it.
+                raise StudyInterrupted(
+                    f"study {cfg.study_name}: interrupted by {why} during trial {trial.number}, which is marked "
+                    "FAILED in the study and on its MLflow run (optuna.state); run `sscr tune` again to go on with "
+                    "the budget", exit_code=130 if isinstance(err, KeyboardInterrupt) else int(err.code or 1)) from None
         if result.stopped_early:
             _set_trial_state(result.run_id, "PRUNED", f"pruned at epoch {result.epochs_done}")
             raise optuna.TrialPruned(f"validation PSNR {result.history[-1].get('val_PSNR', math.nan):.3f} dB "
@@ -358,7 +391,7 @@ class Objective:
         _set_trial_state(result.run_id, "COMPLETE")
         return result.best_val_psnr
 
-    def _record_failure(self, trial: optuna.Trial, overrides: dict[str, Any], err: Exception) -> None:
+    def _record_failure(self, trial: optuna.Trial, overrides: dict[str, Any], err: Exception | str) -> None:
         """Tag the trial's run FAILED, or create one when training failed before starting it."""
         import mlflow
         from mlflow.tracking import MlflowClient
@@ -366,7 +399,7 @@ class Objective:
         from sscr import tracking
 
         study_name = self.params.tune.study_name
-        reason = f"{type(err).__name__}: {err}"
+        reason = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
         runs = _trial_runs(study_name, trial.number)
         if runs:
             _set_trial_state(runs[0].info.run_id, "FAILED", reason)
@@ -438,8 +471,12 @@ def run_study(
 
         fail_stale_trials(study, cfg.grace_period)
         if len(study.get_trials(deepcopy=False)) < n_trials:
-            with warnings.catch_warnings():
+            quiet = _NoInterruptTraceback()
+            optuna_log = logging.getLogger("optuna.study._optimize")
+            with warnings.catch_warnings(), contextlib.ExitStack() as stack:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna_log.addFilter(quiet)
+                stack.callback(optuna_log.removeFilter, quiet)
                 study.optimize(Objective(params, n_trials, progress), timeout=timeout, callbacks=[stop_when_spent],
                                catch=TRIAL_ERRORS)
         result = _summarise(study, n_trials, parent.info.run_id, Path(cfg.best_params))
@@ -523,7 +560,7 @@ def best_overrides(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; run the study first (`sscr tune` or `dvc repro tune/dvc.yaml`)")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = safe_yaml(read_config_text(path, what="best-params file"), str(path)) or {}
     return [as_override(key, value) for key, value in (data.get("overrides") or {}).items()]
 
 

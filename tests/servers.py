@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -32,6 +33,28 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def log_and_register(root: Path, name: str, use_mask: bool = False) -> tuple[str, Path]:
+    """A tiny SAR U-Net logged and registered (version 1, files recorded) in the store under ``root``."""
+    import mlflow
+    import torch
+
+    from sscr import registry, serving, tracking
+    from sscr.checkpoint import save_atomic
+    from sscr.models import build_model
+
+    tracking.configure(f"sqlite:///{root / 'mlflow.db'}")
+    torch.manual_seed(0)
+    model = build_model("mask_unet", encoder_widths=[8, 16], use_sar=True, use_mask=use_mask)
+    checkpoint = save_atomic({"model": model.state_dict(), "model_name": "mask_unet", "model_config": dict(model.config),
+                              "config": {"masks": {"use": "s2cloudless_map" if use_mask else None}}},
+                             root / "model_best.pt")
+    with mlflow.start_run(experiment_id=tracking.experiment_id("serving-test")) as run:
+        model_uri = serving.log_model(checkpoint, use_sar=True)
+    version = registry.register(run.info.run_id, {"PSNR": 30.0}, name, model_uri)
+    assert version == "1"
+    return tracking.tracking_uri(), checkpoint
 
 
 def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 240) -> None:

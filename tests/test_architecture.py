@@ -22,14 +22,14 @@ LAYERS: dict[str, int] = {
     # facts: no project imports
     "sscr": 0, "sscr.bands": 0, "sscr.layout": 0, "sscr.faults": 0,
     # foundation: the params schema and the one atomic write
-    "sscr.config": 1, "sscr.fsutil": 1, "sscr.process": 1,
+    "sscr.config": 1, "sscr.fsutil": 1, "sscr.process": 1, "sscr.stores": 1,
     # algorithms and services that need only the foundation
-    "sscr.clouds": 2, "sscr.plots": 2, "sscr.tracking": 2, "sscr.integrity": 2,
+    "sscr.clouds": 2, "sscr.plots": 2, "sscr.tracking": 2, "sscr.integrity": 2, "sscr.evidence": 2,
     # the data set: files, index, reader, mask files, builder
     "sscr.data": 3,
     # what a stage computes with
     "sscr.models": 4, "sscr.metrics": 4, "sscr.quality": 4,
-    "sscr.losses": 5, "sscr.checkpoint": 5, "sscr.predict": 5, "sscr.registry": 5,
+    "sscr.losses": 5, "sscr.checkpoint": 5, "sscr.predict": 5, "sscr.registry": 5, "sscr.validation": 5,
     # the logged MLflow model and its loader
     "sscr.serving": 6,
     # a run directory's records (conf.json, run.json) and their MLflow run, written alike by train and import
@@ -39,7 +39,7 @@ LAYERS: dict[str, int] = {
     "sscr.published": 8,
     # on top: Optuna over training, the command line, MLflow's model-from-code entry, Prefect
     "sscr.tune": 9,
-    "sscr.cli": 10, "sscr.pyfunc_model": 10,
+    "sscr.cli": 10, "sscr.pyfunc_model": 10, "sscr.serving_app": 10,
     "flows": 11,
 }
 

@@ -104,9 +104,9 @@ def _tampered_checkpoint(folder: Path) -> str:
 def _foreign_checkpoint(folder: Path) -> Path:
     from sscr.models import build_model
 
-    unet = build_model("unet", encoder_widths=[8, 16])
+    unet = build_model("mask_unet", encoder_widths=[8, 16])
     path = folder / "unet.pt"
-    torch.save({"model": unet.state_dict(), "model_name": "unet", "model_config": unet.config, "config": {}}, path)
+    torch.save({"model": unet.state_dict(), "model_name": "mask_unet", "model_config": unet.config, "config": {}}, path)
     return path
 
 

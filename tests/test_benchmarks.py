@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from absent import GPU_IMAGE_LACKS, without
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = [
     "model_cost",
@@ -27,6 +29,7 @@ BENCHMARKS = [
     "mask_resolution",
     "mask_stamp",
     "realism",
+    "seed_spread",
 ]
 NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+( ?(s|ms|MiB|MB/s|GB/s|GFLOP/s|%))?$")
 
@@ -37,16 +40,17 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("benchmark-cache")
 
 
-def run_benchmark(name: str, out: Path, cache: Path) -> str:
+def run_benchmark(name: str, out: Path, cache: Path, args: tuple[str, ...] = ("--smoke",),
+                  environ: dict[str, str] | None = None) -> str:
     env = {
-        **os.environ,
+        **(environ or os.environ),
         "SSCR_BENCHMARK_CACHE": str(cache),
         "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{name}", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", f"benchmarks.{name}", *args, "--out", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -88,7 +92,7 @@ def test_model_cost_smoke(tmp_path, cache):
     assert text.startswith("# Model cost at 64 x 64")
     (rows,) = tables(text)
     assert [row["model"] for row in rows] == [
-        "uncrtaints", "multisarv2", "sscr_lite", "sscr_lite (params.yaml)", "utae", "unet"]
+        "uncrtaints", "multisarv2", "sscr_lite", "sscr_lite (params.yaml)", "unet", "mask_unet"]
     for row in rows:
         assert row["batch"] == "1"
         for column in (
@@ -181,8 +185,8 @@ def test_physical_bounds_smoke(tmp_path, cache):
     assert [row["figure"].split(" ")[0] for row in figures[:5]] == [
         "`sscr_lite`",
         "`uncrtaints`",
-        "`utae`",
         "`unet`",
+        "`mask_unet`",
         "`sscr_lite`",
     ]
     assert all(row["fraction of bound"].endswith("%") for row in figures)
@@ -225,13 +229,56 @@ def test_mask_stamp_smoke(tmp_path, cache):
     assert rows[1]["SEN12MS-CR, 1 core"].endswith(" min")
 
 
+def test_gpu_check_dry_run(tmp_path, cache):
+    """The GPU check's every section on the CPU at tiny sizes, with the packages the GPU image lacks absent
+    except MLflow (whose section is skipped there)."""
+    environ = without([name for name in GPU_IMAGE_LACKS if name != "mlflow"], tmp_path / "absent")
+    text = run_benchmark("gpu_check", tmp_path / "gpu_check.md", cache, ("--dry-run",), environ)
+    assert text.startswith("# GPU check: dry run on CPU")
+    assert "Device: CPU only" in text
+    (rows,) = tables(text)
+    assert not [row for row in rows if row["status"].startswith("FAIL")]
+    sections = {row["section"] for row in rows}
+    assert {"CUDA paths of training", "--device cpu end to end", "sscr_lite vs the published networks",
+            "whole tile (dry run: 256 px)"} <= sections
+    checks = [row for row in rows if row["section"] == "CUDA paths of training"]
+    assert [row["status"] for row in checks] == ["ok", "ok", "ok"]
+    assert "DDP step (gloo)" in checks[2]["what"] and "differ by 0.0e+00" in checks[2]["result"]
+    end_to_end = [row for row in rows if row["section"] == "--device cpu end to end"]
+    assert "sscr.device = cpu; sscr.evaluate.device = cpu" in end_to_end[0]["result"]
+    published = next(row for row in rows if row["section"].startswith("published loop vs ours"))
+    if not (REPO / ".published" / "sscr").is_dir():
+        assert published["status"] == "skipped: no published checkout (--published, or .published/sscr)"
+    cost = [row for row in rows if row["section"] == "sscr_lite vs the published networks"]
+    assert len(cost) == 3 and re.search(r"sscr_lite \*\*\d+\.\d+x\*\*", cost[0]["result"])
+    assert all(f"{name} " in cost[1]["result"] for name in ("uncrtaints", "multisarv2", "sscr_lite"))
+    tiles = [row for row in rows if row["section"].startswith("whole tile")]
+    assert [row["what"].split(",")[0] for row in tiles] == ["sscr_lite", "multisarv2"]
+    assert all(row["status"] == "ok" and "1 tile(s)" in row["result"] for row in tiles)
+    assert not (REPO / "benchmarks" / "results" / "gpu_check_dry_run.md").exists()
+
+
+def test_seed_spread_smoke(tmp_path, cache):
+    text = run_benchmark("seed_spread", tmp_path / "seed_spread.md", cache)
+    seeds, spread, pairs = tables(text)
+    assert [row["seed"] for row in seeds] == ["1", "2"]
+    for row in seeds:
+        assert all(is_number(row[column]) for column in ("validation PSNR", "test PSNR", "test PSNR inside clouds"))
+    assert [row["over the seeds"] for row in spread] == ["validation PSNR", "test PSNR", "test PSNR inside clouds"]
+    assert [(row["candidate"], row["champion"]) for row in pairs] == [("seed 1", "seed 2"), ("seed 2", "seed 1")]
+    assert all(row["rule 1"] in ("promote", "challenger") for row in pairs)
+    assert all(row["the interval alone (margin 0)"] in ("promote", "challenger") for row in pairs)
+
+
 #: Benchmarks that need a checkout of the published code (github.com/RSIR25/sscr), which CI does not have.
 NEEDS_PUBLISHED_CODE = ["published_parity"]
+#: Benchmarks whose CI size is ``--dry-run`` (a GPU check run on the CPU).
+DRY_RUN = ["gpu_check"]
 
 
 def test_every_benchmark_script_has_a_smoke_test():
     scripts = sorted(p.stem for p in (REPO / "benchmarks").glob("*.py") if not p.stem.startswith("_"))
-    assert scripts == sorted(BENCHMARKS + NEEDS_PUBLISHED_CODE)
+    assert scripts == sorted(BENCHMARKS + NEEDS_PUBLISHED_CODE + DRY_RUN)
 
 
 def test_realism_smoke(tmp_path, cache):

@@ -1,4 +1,5 @@
-"""Prefect flows on a tiny clone: a served `pipeline` deployment run through the API, the download retry, tune, promote.
+"""Prefect flows on a tiny clone: README command 1, an experiment and a served `pipeline` deployment run with parameters
+(DVC experiments: @challenger only), `sscr promote`; the download retry, tune, promote, a work-pool worker.
 
 One temporary Prefect server (``prefect_test_harness``, 127.0.0.1) and one tiny
 clone serve the module; the retry test works whether or not the deployment
@@ -8,7 +9,6 @@ test ran first.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -53,7 +53,10 @@ def flow_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for_deployment(name: str, server: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+def wait_for_deployment(name: str, server: subprocess.Popen, log: Path, timeout: float = 240,
+                        project: Path | None = None) -> None:
+    """Wait until ``name`` is served; with ``project``, until it is the deployment serving that directory
+    (an earlier test on the same Prefect server may have left a deployment of the same name)."""
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -62,11 +65,13 @@ def wait_for_deployment(name: str, server: subprocess.Popen, log: Path, timeout:
         while True:
             assert server.poll() is None, f"serving stopped:\n{log.read_text()[-3000:]}"
             try:
-                client.read_deployment_by_name(name)
-                return
+                deployment = client.read_deployment_by_name(name)
+                if project is None or str(project) in str(deployment.model_dump()):
+                    return
             except ObjectNotFound:
-                assert time.monotonic() < deadline, f"{name} not served after {timeout} s:\n{log.read_text()[-3000:]}"
-                time.sleep(1)
+                pass
+            assert time.monotonic() < deadline, f"{name} not served after {timeout} s:\n{log.read_text()[-3000:]}"
+            time.sleep(1)
 
 
 def flow_run_filter(flow_run_id):
@@ -87,11 +92,34 @@ def read_artifacts(flow_run_id) -> list:
                                      sort=ArtifactSort.CREATED_DESC)
 
 
-def test_served_pipeline_deployment_runs_through_the_api(prefect_api, tiny_clone, tmp_path, monkeypatch):
+def git_status(clone: Path) -> str:
+    return subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.timeout(3600)  # a repro, an experiment, a flow run with parameters: three tiny trainings
+def test_readme_sequence_experiments_stay_experiments(prefect_api, tiny_clone, tmp_path, monkeypatch):
+    """Issue 19's "done when": command 1, the README's experiment line, a Prefect run with parameters (served and run
+    through the API), then `sscr promote`: @champion exactly where rule 1 puts it, the workspace untouched by the
+    experiments, every decision readable with its evidence in MLflow."""
     from mlflow.tracking import MlflowClient
     from prefect.deployments import run_deployment
+    from test_pipeline import dvc, git
 
-    # Serve the deployment from the clone, in a process of its own, as `python -m flows.deploy` does.
+    from sscr import registry, tracking
+    from sscr.config import load_params
+    from sscr.evidence import compare
+
+    # README command 1: version 1, @champion by rule 1 (trained with the committed params, no champion yet).
+    dvc(tiny_clone, "repro")
+    git(tiny_clone, "add", "-A")
+    git(tiny_clone, "commit", "-qm", "command 1")  # the records, committed as DVC's metrics convention wants
+    # The README's experiment line (in a temporary copy): registered, as @challenger only.
+    dvc(tiny_clone, "exp", "run", "--temp", "-C", "data", "-n", "readme-line", "-S", "train.epochs=3",
+        "-S", "model.block_type=residual")
+    assert git_status(tiny_clone) == ""
+
+    # A Prefect run with parameters, served from the clone as `python -m flows.deploy` does: a DVC experiment.
     log = tmp_path / "serve.log"
     with log.open("w") as sink:
         server = subprocess.Popen(
@@ -111,34 +139,50 @@ def test_served_pipeline_deployment_runs_through_the_api(prefect_api, tiny_clone
             server.wait(timeout=30)
         stop_group(server)  # and nothing it started outlives the test
 
-    # DVC ran every stage and recorded the flow's parameter in the lock; the run is a saved experiment.
-    lock = yaml.safe_load((tiny_clone / "dvc.lock").read_text())
-    assert set(lock["stages"]) == STAGES
+    # The workspace, params.yaml, dvc.lock and metrics/ are as command 1 left them; the run is an experiment.
+    assert git_status(tiny_clone) == ""
+    name = f"pipeline-{flow_run.name}"
+    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=tiny_clone,
+                           capture_output=True, text=True, check=True).stdout
+    assert name in shown and "readme-line" in shown
+    ref = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=tiny_clone,
+                         capture_output=True, text=True, check=True).stdout.split()
+    (ref,) = [r for r in ref if r.endswith(f"/{name}")]
+    lock = yaml.safe_load(subprocess.run(["git", "show", f"{ref}:dvc.lock"], cwd=tiny_clone, capture_output=True,
+                                         text=True, check=True).stdout)
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["epochs"] == 3
-    experiments = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=tiny_clone,
-                                 capture_output=True, text=True, check=True).stdout
-    assert f"/pipeline-{flow_run.name}" in experiments
+    assert yaml.safe_load((tiny_clone / "dvc.lock").read_text())["stages"]["train"]["params"]["params.yaml"][
+        "train"]["epochs"] == 2  # the workspace's, from command 1
 
-    # Its MLflow run and registry version.
-    run = json.loads((tiny_clone / "results/sscr/mlflow_run.json").read_text())  # run ids stay out of run.json
-    decision = json.loads((tiny_clone / "results/register.json").read_text())
     monkeypatch.chdir(tiny_clone)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from sscr import tracking
-
     tracking.configure()
     client = MlflowClient()
-    mlflow_run = client.get_run(run["run_id"])
-    assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.params["train.epochs"] == "3"
-    version = client.get_model_version("sscr", decision["version"])
-    assert version.run_id == run["run_id"]
-
-    # The artifacts the run published: metrics table, MLflow run and version.
+    versions = {str(v.version): v for v in client.search_model_versions("name='sscr'")}
+    assert sorted(versions, key=int) == ["1", "2", "3"]  # nothing lost in a temporary copy's store
+    runs = {v: client.get_run(versions[v].run_id) for v in versions}
+    assert "-readme-line-" in runs["2"].info.run_name and f"-{name}-" in runs["3"].info.run_name  # the same name
+    assert runs["3"].data.tags["dvc.exp_name"] == name
     artifacts = {a.key: a for a in read_artifacts(flow_run.id)}
-    assert {"sscr-test-metrics", "sscr-mlflow-run"} <= set(artifacts)
-    assert "| model, all pixels |" in artifacts["sscr-test-metrics"].data
-    assert run["run_id"] in artifacts["sscr-mlflow-run"].data
-    assert f"version {decision['version']}" in artifacts["sscr-mlflow-run"].data
+    assert "@challenger" in artifacts["sscr-mlflow-run"].data and name in artifacts["sscr-mlflow-run"].data
+    first = [registry.decisions("sscr", v) for v in ("1", "2", "3")]
+    assert [history[0]["outcome"] for history in first] == ["champion", "challenger", "challenger"]
+    assert first[2][0]["experiment"] == f"the DVC experiment '{name}'"
+
+    # `sscr promote` decides on the @challenger (v3) by rule 1, against v1, on the same validation images.
+    promoted = subprocess.run([sys.executable, "-m", "sscr.cli", "promote"], cwd=tiny_clone, capture_output=True,
+                              text=True, timeout=300, env=flow_env())
+    assert promoted.returncode == 0, promoted.stderr[-3000:]
+    rule = load_params(tiny_clone / "params.yaml").registry
+    expected = compare(registry.validation_scores("sscr", versions["3"]),
+                       registry.validation_scores("sscr", versions["1"]), rule.min_gain, rule.confidence).better
+    champion = str(client.get_model_version_by_alias("sscr", "champion").version)
+    assert champion == ("3" if expected else "1"), promoted.stdout
+    last = registry.decisions("sscr", "3")[-1]
+    assert last["action"] == "sscr promote" and last["outcome"] == ("champion" if expected else "challenger")
+    for key in ("split", "n_images", "candidate_mean", "champion_mean", "interval", "min_gain"):
+        assert key in last["evidence"]
+    assert registry.decisions("sscr", "3")[0] == first[2][0]  # the earlier decision, as it was
 
 
 def test_download_that_fails_once_is_retried_and_the_flow_completes(prefect_api, tiny_clone, tmp_path, monkeypatch):
@@ -182,7 +226,7 @@ exec "{Path(sys.executable).parent / 'sscr'}" "$@"
     assert download_runs[0].run_count == 2 and download_runs[0].state.is_completed()
 
 
-def test_tune_flow_retrains_the_best_and_promote_flow_keeps_the_champion(prefect_api, tiny_clone, monkeypatch):
+def test_tune_flow_retrains_the_best_as_a_challenger_and_promote_flow_decides_by_rule_one(prefect_api, tiny_clone, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from flows.promote import promote
@@ -206,27 +250,26 @@ def test_tune_flow_retrains_the_best_and_promote_flow_keeps_the_champion(prefect
     assert result["best_overrides"] == best_overrides(best_file)
     best = yaml.safe_load(best_file.read_text())["overrides"]
     retrained = result["pipeline"]
-    assert retrained["stages_run"]["train"] is True
+    assert retrained["stages_run"] == {"experiment": True} and retrained["outcome"] == "challenger"
     monkeypatch.chdir(tiny_clone)
     tracking.configure()
     logged = MlflowClient().get_run(retrained["run_id"]).data.params
     assert float(logged["train.lr"]) == pytest.approx(best["train.lr"])
     assert logged["model.encoder_widths"] == "[8, 16]"
 
-    # Promotion of the newest version: it was registered (and promoted if better) by the pipeline already,
-    # so asking again moves nothing and leaves the pipeline's recorded decision as it was.
-    recorded = MlflowClient().get_model_version("sscr", retrained["version"]).tags
+    # The promote flow decides on the @challenger (the retrained version) and appends its decision.
+    from sscr import registry
+
+    recorded = registry.decisions("sscr", retrained["version"])
     decision = promote(project_dir=str(tiny_clone), return_state=True).result()
-    assert decision["version"] == retrained["version"] and decision["promoted"] is False
-    newest = MlflowClient().get_model_version("sscr", decision["version"])
-    assert newest.tags["promotion.decision"] == ("promoted" if retrained["promoted"] else "kept")
-    assert {k: v for k, v in newest.tags.items() if k.startswith("promotion.")} == {
-        k: v for k, v in recorded.items() if k.startswith("promotion.")}
+    assert decision["version"] == retrained["version"] and decision["action"] == "promote flow"
+    history = registry.decisions("sscr", decision["version"])
+    assert history[:len(recorded)] == recorded and history[-1]["outcome"] == decision["outcome"]
+    assert decision["outcome"] in ("champion", "challenger") and decision["rule"]
 
 
 def test_deployment_in_a_work_pool_is_run_by_a_process_worker(prefect_api, tiny_clone, tmp_path, monkeypatch):
     """The team set-up: deployments registered in a process work pool, a `prefect worker` runs them."""
-    from mlflow.tracking import MlflowClient
     from prefect import get_client
     from prefect.deployments import run_deployment
 
@@ -254,9 +297,11 @@ def test_deployment_in_a_work_pool_is_run_by_a_process_worker(prefect_api, tiny_
     # The worker's run did the promotion check on the clone's registry, and published its decision.
     monkeypatch.chdir(tiny_clone)
     tracking.configure()
-    newest = max(MlflowClient().search_model_versions("name='sscr'"), key=lambda v: int(v.version))
+    from sscr import registry
+
+    candidate = registry.default_candidate("sscr")
     (artifact,) = read_artifacts(flow_run.id)
-    assert artifact.data.startswith(f"### sscr v{newest.version} ")
+    assert artifact.data.startswith(f"### sscr v{candidate}: ") and "- rule: paired per-image comparison" in artifact.data
 
 
 def test_two_pipeline_runs_in_a_row_each_train_with_their_own_params(prefect_api, tiny_clone, monkeypatch):
@@ -271,12 +316,13 @@ def test_two_pipeline_runs_in_a_row_each_train_with_their_own_params(prefect_api
     params_file = tiny_clone / "params.yaml"
     before = params_file.read_bytes()
 
-    first = pipeline(project_dir=str(tiny_clone), use_sar=False, epochs=1, save_as_experiment=False, return_state=True)
+    status = git_status(tiny_clone)
+    first = pipeline(project_dir=str(tiny_clone), use_sar=False, epochs=1, return_state=True)
     assert first.is_completed(), first
-    assert params_file.read_bytes() == before  # the workspace is as it was
-    second = pipeline(project_dir=str(tiny_clone), epochs=1, save_as_experiment=False, return_state=True)
+    assert params_file.read_bytes() == before and git_status(tiny_clone) == status  # the workspace is as it was
+    second = pipeline(project_dir=str(tiny_clone), epochs=1, return_state=True)
     assert second.is_completed(), second
-    assert params_file.read_bytes() == before
+    assert params_file.read_bytes() == before and git_status(tiny_clone) == status
 
     one, two = first.result(), second.result()
     assert one["differing_params"]["model.use_sar"] is False and one["differing_params"]["train.epochs"] == 1
@@ -293,3 +339,49 @@ def test_two_pipeline_runs_in_a_row_each_train_with_their_own_params(prefect_api
         assert "differ from the committed params.yaml" in artifacts["sscr-mlflow-run"].data
     assert "`model.use_sar=false`" in {a.key: a for a in read_artifacts(first.state_details.flow_run_id)}[
         "sscr-mlflow-run"].data
+
+
+def test_prefect_cli_lists_inspects_and_runs_the_served_deployments(prefect_api, tiny_clone, tmp_path):
+    """Issue 22: `prefect deployment ls` failed with HTTP 422 from Prefect's own server (FastAPI >= 0.151 validates
+    the client's explicit null paging); `ls`, `inspect` and `run` as a user runs them on `python -m flows.deploy`.
+
+    Served from a project with an empty MLflow store, the `promote` run fails with its one-line reason: the run
+    reached the served deployment and ran the flow's code, whatever the module's other tests registered.
+    """
+    from prefect import get_client
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(tiny_clone / "params.yaml", project / "params.yaml")
+    env = flow_env(PREFECT_API_URL=prefect_api, PREFECT_HOME=str(tmp_path / "prefect"),
+                   PREFECT_RUNNER_POLL_FREQUENCY="2")
+    prefect = str(Path(sys.executable).parent / "prefect")
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen([sys.executable, "-m", "flows.deploy", "--only", "promote", "--project-dir",
+                                   str(project)], cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=env,
+                                  start_new_session=True)
+    try:
+        wait_for_deployment("promote/sscr", server, log, project=project)
+        listed = subprocess.run([prefect, "deployment", "ls"], env=env, capture_output=True, text=True, timeout=120)
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert "promote/sscr" in listed.stdout
+        inspected = subprocess.run([prefect, "deployment", "inspect", "promote/sscr"], env=env, capture_output=True,
+                                   text=True, timeout=120)
+        assert inspected.returncode == 0, inspected.stdout + inspected.stderr
+        assert "'name': 'sscr'" in inspected.stdout and str(project) in inspected.stdout
+        started = subprocess.run([prefect, "deployment", "run", "promote/sscr", "--watch", "--watch-interval", "2"],
+                                 env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        server.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=30)
+        stop_group(server)
+    output = started.stdout + started.stderr
+    assert "Created flow run" in started.stdout, output
+    run_id = started.stdout.split("UUID:")[1].split()[0]
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+    assert state.is_final() and not state.is_completed(), state
+    assert started.returncode != 0, output  # the CLI reports the failed run by its exit status
+    assert "no registered versions of 'sscr'; run `sscr register` first" in log.read_text(), log.read_text()[-3000:]

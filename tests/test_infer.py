@@ -10,6 +10,7 @@ import rasterio
 import torch
 from affine import Affine
 
+import sscr.data.scene_masks as scene_masks
 import sscr.infer as infer
 from sscr.bands import S1_BANDS, S2_BANDS
 from sscr.data.io import PatchError, normalize_s1, normalize_s2, write_raster
@@ -59,7 +60,7 @@ def _read_normalised(scene: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
 def unet(scene: dict[str, Path]) -> torch.nn.Module:
     """A small U-Net with SAR and a per-band variance; batch norm in eval mode keeps it local."""
     torch.manual_seed(0)
-    model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=False, variance="diag")
+    model = build_model("mask_unet", encoder_widths=[8, 16], use_sar=True, use_mask=False, variance="diag")
     with torch.no_grad():  # an untrained head predicts about 0.5 everywhere: spread it over the DN range
         model.heads.conv.weight.mul_(10.0)
     return _calibrated(model, scene)
@@ -134,11 +135,11 @@ def test_mask_is_computed_per_tile_from_its_dn_and_aligned(scene, tmp_path, monk
     """sscr passes clear pixels through (mean = mask * decoded + (1 - mask) * cloudy): mask 0 -> output = input."""
     calls = []
 
-    def pixelwise_mask(dn: np.ndarray, kind: str, choice) -> np.ndarray:
+    def pixelwise_mask(dn: np.ndarray, kind: str, choice, threads=None) -> np.ndarray:
         calls.append((kind, choice.source, dn.shape))
         return (dn[:, 1] > 3000.5).astype(np.float32)  # B2 reflectance: bright = cloud
 
-    monkeypatch.setattr(infer, "tile_masks", pixelwise_mask)
+    monkeypatch.setattr(scene_masks, "tile_masks", pixelwise_mask)
     torch.manual_seed(0)
     model = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True).eval()
     out, mask_out = tmp_path / "clear.tif", tmp_path / "mask.tif"
@@ -360,7 +361,7 @@ def test_outputs_are_cogs_tagged_with_the_model_and_the_processing(scene, tmp_pa
     from rio_cogeo.cogeo import cog_validate
 
     torch.manual_seed(0)
-    model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=True, variance="diag").eval()
+    model = build_model("mask_unet", encoder_widths=[8, 16], use_sar=True, use_mask=True, variance="diag").eval()
     out, var, mask = tmp_path / "clear.tif", tmp_path / "var.tif", tmp_path / "mask.tif"
     report = infer_scene(model, scene["s2"], scene["s1"], out, var_path=var, mask_path=mask, tile=TILE,
                          overlap=OVERLAP, mask="s2cloudless-60m", model_source="models:/sscr@champion",
@@ -389,7 +390,8 @@ def test_no_mask_is_computed_for_networks_without_a_mask_input(scene, unet, tmp_
     def no_mask_expected(*args, **kwargs):
         raise AssertionError("a cloud mask was computed for a network that takes none")
 
-    monkeypatch.setattr(infer, "tile_masks", no_mask_expected)
+    monkeypatch.setattr(scene_masks, "tile_masks", no_mask_expected)
+    monkeypatch.setattr(scene_masks.SceneMasker, "__init__", no_mask_expected)
     mask = tmp_path / "mask.tif"
     report = infer_scene(unet, scene["s2"], scene["s1"], tmp_path / "clear.tif", mask_path=mask, tile=TILE,
                          overlap=OVERLAP, mask="s2cloudless-10m", progress=False)
@@ -435,7 +437,7 @@ def _digest(path: Path) -> str:
 )
 def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, outputs, message):
     torch.manual_seed(0)
-    model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=True, variance="diag").eval()
+    model = build_model("mask_unet", encoder_widths=[8, 16], use_sar=True, use_mask=True, variance="diag").eval()
     s2, s1 = _write_scene(tmp_path)
     checkpoint = tmp_path / "model_best.pt"
     checkpoint.write_bytes(b"weights")
@@ -486,8 +488,8 @@ def test_one_command_from_an_l1c_product_and_s1_to_a_cog_leaves_nothing_else(tmp
     finally:
         WIDTH, HEIGHT = size
     torch.manual_seed(0)
-    model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=False)
-    checkpoint = save_atomic({"model": model.state_dict(), "model_name": "unet", "model_config": dict(model.config),
+    model = build_model("mask_unet", encoder_widths=[8, 16], use_sar=True, use_mask=False)
+    checkpoint = save_atomic({"model": model.state_dict(), "model_name": "mask_unet", "model_config": dict(model.config),
                               "config": {}}, inputs / "model_best.pt")
     work = tmp_path / "work"
     work.mkdir()
@@ -523,3 +525,285 @@ def test_one_command_from_an_l1c_product_and_s1_to_a_cog_leaves_nothing_else(tmp
     assert main(["ensemble", str(inputs / "a.tif"), str(inputs / "b.tif"), "--out-mean", "mean.tif",
                  "--out-var", "var.tif"]) == 0
     assert sorted(path.name for path in ensemble_dir.iterdir()) == ["mean.tif", "var.tif"]
+
+
+# ---------------------------------------------------------------- speed: the same output, less work
+
+
+@pytest.mark.parametrize(("height", "width", "kind"), [(301, 421, "s2cloudless_map"), (100, 421, "s2cloudless_mask"),
+                                                      (301, 421, "s2cloudless_shadow_map")],
+                         ids=["irregular-edges", "shorter-than-a-tile", "shadow-map"])
+def test_scene_masker_gives_every_tile_its_own_mask_classifying_each_pixel_once(scene, height, width, kind):
+    """s2cloudless at 10 m shared by the tiles of a scene: each tile's mask equals tile_masks' bit for bit (edges,
+    padded tiles and a tile left out included), and each scene pixel is classified once."""
+    from sscr.data.scene_masks import MaskChoice, SceneMasker, pad_to, tile_masks
+
+    with rasterio.open(scene["s2"]) as src:
+        dn = src.read()[:, :height, :width]
+    tiling = SceneTiling.plan(width, height, TILE, OVERLAP, align=4)
+    choice = MaskChoice("s2cloudless-10m")
+    masker = SceneMasker(kind, choice, width, threads=1)
+    tiles = [(row, col) for row in range(tiling.y.count) for col in range(tiling.x.count)]
+    left_out = tiles[len(tiles) // 2]  # as a tile of no data is: its neighbours classify what they share with it
+    covered = np.zeros((height, width), bool)
+    for row, col in tiles:
+        if (row, col) == left_out:
+            continue
+        rows, cols = tiling.y.read_span(row), tiling.x.read_span(col)
+        covered[rows[0]: rows[1], cols[0]: cols[1]] = True
+        tile = pad_to(dn[:, rows[0]: rows[1], cols[0]: cols[1]], (tiling.y.tile, tiling.x.tile))
+        shared = masker(tile[None], [(rows, cols)])
+        np.testing.assert_array_equal(shared, tile_masks(tile[None], kind, choice))
+        assert shared.shape == (1, tiling.y.tile, tiling.x.tile)
+    assert masker.classified == covered.sum() < tiling.tiles * TILE * TILE / 1.2  # each pixel once
+    assert not covered.all()  # the left-out tile's own pixels were not classified
+
+
+def test_the_fast_path_writes_the_plain_paths_outputs_byte_for_byte(scene, tmp_path):
+    """A shared 10 m mask, a second reading thread and LightGBM on every core change nothing in the outputs."""
+    from sscr.infer import PLAIN, SceneSpeed
+
+    torch.manual_seed(0)
+    model = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True).eval()
+    outputs = {}
+    for name, speed in (("plain", PLAIN), ("fast", SceneSpeed(mask_threads=2))):
+        out, mask = tmp_path / name / "clear.tif", tmp_path / name / "mask.tif"
+        report = infer_scene(model, scene["s2"], scene["s1"], out, mask_path=mask, tile=TILE, overlap=OVERLAP,
+                             mask_kind="s2cloudless_map", mask="s2cloudless-10m", speed=speed, progress=False)
+        with rasterio.open(out) as prediction, rasterio.open(mask) as used:
+            outputs[name] = (prediction.read(), used.read(), report)
+    (plain, plain_mask, slow), (fast, fast_mask, quick) = outputs["plain"], outputs["fast"]
+    np.testing.assert_array_equal(fast, plain)
+    np.testing.assert_array_equal(fast_mask, plain_mask)
+    assert 0 < (plain_mask > 50).mean() < 1  # the scene has clouds and clear land
+    assert (slow.pixels_classified, quick.pixels_classified) == (0, WIDTH * HEIGHT)
+    assert {"read", "mask", "forward", "blend", "write", "cog"} <= set(quick.stage_seconds)
+    assert "wait" in quick.stage_seconds and "wait" not in slow.stage_seconds  # the second thread did the reading
+
+
+# ---------------------------------------------------------------- all or nothing: a full disk, signals, a killed run
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {path.name: _digest(path) for path in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def cli_run(scene, tmp_path_factory):
+    """``sscr infer`` in a subprocess on the test scene (a small cloud-gated model, prediction and mask), and the
+    outputs of one finished run (``before/``: c.tif, m.tif) to stand for the files a new run must not break."""
+    import subprocess
+    import sys
+
+    from sscr.checkpoint import save_atomic
+
+    from sandbox import subprocess_env
+
+    root = tmp_path_factory.mktemp("cli_run")
+    torch.manual_seed(0)
+    model = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True)
+    checkpoint = save_atomic({"model": model.state_dict(), "model_name": "sscr_lite",
+                              "model_config": dict(model.config), "config": {}}, root / "model_best.pt")
+
+    def command(folder: str) -> list[str]:
+        return [sys.executable, "-m", "sscr.cli", "infer", "--model", str(checkpoint), "--s2", str(scene["s2"]),
+                "--s1", str(scene["s1"]), "--out", f"{folder}/c.tif", "--mask-out", f"{folder}/m.tif",
+                "--mask-kind", "cloud_cloudshadow_mask", "--tile", str(TILE), "--overlap", str(OVERLAP),
+                "--no-progress"]
+
+    def run(folder: str, cwd: Path = root, setup: list[str] | None = None, **env: str):
+        return subprocess.run([*(setup or []), *command(folder)], cwd=cwd, env=subprocess_env(**env),
+                              capture_output=True, text=True, timeout=600)
+
+    done = run("before")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"root": root, "run": run, "command": command, "before": root / "before"}
+
+
+def _staging_sizes(cli_run) -> int:
+    """Bytes of the staging files a run leaves when it is killed after its tiles (SIGKILL at ``infer.cog``)."""
+    folder = cli_run["root"] / "killed"
+    done = cli_run["run"]("killed", SSCR_FAULT="infer.cog")
+    assert done.returncode == -9
+    staged = sorted(path.name for path in folder.iterdir())
+    assert staged == [".c.tif.staging.tif", ".m.tif.staging.tif"], staged
+    return sum(path.stat().st_size for path in folder.iterdir())
+
+
+@pytest.mark.parametrize("when", ["tiles", "cog"])
+def test_a_full_disk_changes_no_output_and_says_so_in_one_line(cli_run, tmp_path, when):
+    """Issue 21 row 6: prediction and mask of one run are replaced together or not at all; nothing else is left."""
+    import shutil
+
+    from sandbox import can_mount
+
+    if not can_mount(tmp_path):
+        pytest.skip("needs root and mount namespaces (unshare -m) for a real full file system")
+    before = cli_run["before"]
+    kept = sum(path.stat().st_size for path in before.iterdir())
+    # "tiles": no room for the staging files; "cog": room for them, not for the COGs beside them
+    room = 8 * 1024 + (_staging_sizes(cli_run) if when == "cog" else 0)
+    size_k = (kept + room) // 1024 + 8
+    shutil.copytree(before, tmp_path / "old")
+    # inside a private mount namespace: a small tmpfs holding the previous outputs; what it holds afterwards is
+    # listed and copied out before the namespace (and the tmpfs) goes
+    # "cog": a first run killed after its tiles shows that they fit (its staging files, left behind, are removed by
+    # the second run); the second run then fails in the COG conversion
+    first = 'SSCR_FAULT=infer.cog "$@"; echo $? > killed.txt; ' if when == "cog" else ""
+    script = (f"mkdir -p full after && mount -t tmpfs -o size={size_k}k tmpfs full && cp old/* full/ && {first}"
+              '"$@"; code=$?; ls -A full > left.txt; cp full/* after/; exit $code')
+    done = cli_run["run"]("full", cwd=tmp_path, setup=["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                                       script, "sh"])
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("sscr:")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines[0].startswith("sscr: error: full/") and "No space left on device (ENOSPC)" in lines[0]
+    assert "free space" in lines[0] and "--out" in lines[0]
+    assert (tmp_path / "left.txt").read_text().split() == ["c.tif", "m.tif"]  # no staging, no partial COG
+    assert _digests(tmp_path / "after") == _digests(before)  # both outputs as the previous run left them
+    if when == "cog":
+        assert (tmp_path / "killed.txt").read_text().strip() == str(128 + 9)  # the tiles fitted: killed at the COGs
+        assert "removed full/.c.tif.staging.tif, left by an interrupted run" in done.stderr
+
+
+@pytest.mark.parametrize(("signum", "point"), [("SIGTERM", "infer.tile"), ("SIGINT", "infer.cog")],
+                         ids=["sigterm-amid-tiles", "sigint-before-cogs"])
+def test_a_signal_leaves_no_staging_file_and_one_line(cli_run, tmp_path, signum, point):
+    """Issue 21 row 7: stopped amid its tiles or with its staging files done, a run removes them, changes no
+    output, says so in one line and exits 128 + the signal's number."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from sandbox import subprocess_env
+
+    folder = tmp_path / "out"
+    shutil.copytree(cli_run["before"], folder)
+    before = _digests(folder)
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    process = subprocess.Popen(cli_run["command"]("out"), cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                               env=subprocess_env(SSCR_FAULT=f"pause:{point}", SSCR_FAULT_DIR=str(faults)))
+    try:
+        deadline = time.monotonic() + 300
+        while not (faults / "paused").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "the run never reached the fault point"
+            time.sleep(0.1)
+        assert any(path.name.endswith(".staging.tif") for path in folder.iterdir())  # caught with its files open
+        process.send_signal(getattr(signal, signum))
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    number = getattr(signal, signum).value
+    assert process.returncode == 128 + number, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (f"sscr: infer interrupted ({signum}): out/c.tif and the other "
+                                               "outputs are as they were before, no partial file left")
+    assert _digests(folder) == before  # c.tif and m.tif as they were, and nothing else
+
+
+def test_a_killed_runs_leftovers_are_removed_by_the_next_run(cli_run, tmp_path):
+    """Issue 21 row 7: SIGKILL leaves staging files (and, amid the COG conversion, GDAL's temporary overviews);
+    the next run writing those outputs removes them, says which, and leaves only its outputs."""
+    folder = tmp_path / "out"
+    killed = cli_run["run"]("out", cwd=tmp_path, SSCR_FAULT="infer.cog")
+    assert killed.returncode == -9
+    (folder / ".c.tif.partial").write_bytes(b"half a COG")  # what a kill amid the conversion leaves as well
+    (folder / ".c.tif.partial.ovr.tmp").write_bytes(b"GDAL's overviews")
+    left = sorted(path.name for path in folder.iterdir())
+    assert left == [".c.tif.partial", ".c.tif.partial.ovr.tmp", ".c.tif.staging.tif", ".m.tif.staging.tif"]
+    done = cli_run["run"]("out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(path.name for path in folder.iterdir()) == ["c.tif", "m.tif"]
+    for name in left:
+        assert f"removed out/{name}, left by an interrupted run" in done.stderr
+
+
+def test_batch_size_zero_names_the_infer_option(tmp_path, capsys):
+    """Issue 21 row 11: ``sscr infer --batch-size 0`` is refused naming --batch-size, not train.batch_size."""
+    from sscr.cli import main
+
+    code = main(["infer", "--model", str(tmp_path / "none.pt"), "--s2", str(tmp_path / "s2.tif"), "--out",
+                 str(tmp_path / "c.tif"), "--batch-size", "0"])
+    error = capsys.readouterr().err.strip()
+    assert code == 1 and error == ("sscr: error: --batch-size must be at least 1 (tiles per forward pass), got 0; "
+                                   "leave it out for the default (1 on CPU, 4 on a GPU)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_shared_probability_holds_one_band_of_rows_whatever_the_scene_height(monkeypatch):
+    """Memory stays bounded: across a 10980 px wide, 3000 px tall scene the shared s2cloudless probability holds at
+    most one tile row's read rows (a cheap stand-in classifier: the buffers are what is measured)."""
+    from sscr.data import scene_masks
+    from sscr.data.scene_masks import MaskChoice, SceneMasker
+
+    monkeypatch.setattr(scene_masks, "_probability", lambda pixels, threads: pixels[1] / 10000.0)
+    width, height = 10980, 3000
+    tiling = SceneTiling.plan(width, height, 256, 32, align=4)
+    masker = SceneMasker("s2cloudless_map", MaskChoice("s2cloudless-10m"), width, threads=1)
+    tile = np.full((1, 13, 256, 256), 1000, np.uint16)
+    held = 0
+    for row in range(tiling.y.count):
+        for col in (0, 1, tiling.x.count - 1):  # enough columns to move through the rows
+            masker(tile, [(tiling.y.read_span(row), tiling.x.read_span(col))])
+            held = max(held, masker.scene.probability.shape[0])
+    assert held == 256 and masker.scene.probability.shape == masker.scene.known.shape == (256, width)
+    assert masker.scene.probability.nbytes + masker.scene.known.nbytes < 16 * 2**20  # 13.7 MB at 10980 px
+
+
+def test_tiles_clear_throughout_skip_the_model_and_keep_its_output(scene, tmp_path):
+    """sscr_lite passes clear pixels (probability 0, isolated detections) through unchanged: a tile clear throughout
+    is not run through the model, and every output byte is the one the model would have written."""
+    from sscr.infer import PLAIN, SceneSpeed
+
+    cloud = np.zeros((1, HEIGHT, WIDTH), np.float32)
+    cloud[:, :, 260:] = 0.9  # the right part cloudy, the left clear ...
+    cloud[:, 40:42, 50:52] = 0.95  # ... but for a 2 x 2 px detection far from any cloud (a bright roof)
+    mask_file = write_raster(tmp_path / "mask.tif", cloud, CRS, TRANSFORM)
+    torch.manual_seed(0)
+    model = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True).eval()
+    outputs = {}
+    for name, speed in (("plain", PLAIN), ("fast", SceneSpeed())):
+        out = tmp_path / name / "clear.tif"
+        report = infer_scene(model, scene["s2"], scene["s1"], out, tile=TILE, overlap=OVERLAP, mask=str(mask_file),
+                             speed=speed, progress=False)
+        with rasterio.open(out) as dataset:
+            outputs[name] = (dataset.read(), report)
+    (plain, slow), (fast, quick) = outputs["plain"], outputs["fast"]
+    np.testing.assert_array_equal(fast, plain)
+    tiling = SceneTiling.plan(WIDTH, HEIGHT, TILE, OVERLAP, align=model.size_multiple)
+    clear_columns = sum(1 for col in range(tiling.x.count) if tiling.x.read_span(col)[1] <= 260)
+    assert clear_columns >= 2 and quick.tiles_passed_through == clear_columns * tiling.y.count
+    assert slow.tiles_passed_through == 0
+    with rasterio.open(scene["s2"]) as src:
+        cloudy = np.clip(src.read().astype(np.int64), 1, 10000)
+    assert (plain[:, :, :200] == cloudy[:, :, :200]).all()  # what was skipped is the input, as the model says
+    assert (np.abs(plain[:, :, 300:].astype(np.int64) - cloudy[:, :, 300:]) > 1).mean() > 0.5  # the rest was not
+
+
+def test_passes_through_marks_exactly_pixels_whose_output_is_the_input():
+    """The rule sscr_lite gives for skipping: every pixel it marks has mean == clip(cloudy) bit for bit in a real
+    forward pass, and a mask with a real cloud body is not marked clear throughout."""
+    from sscr.predict import passes_through
+
+    torch.manual_seed(0)
+    model = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_sar=True, use_mask=True).eval()
+    rng = np.random.default_rng(0)
+    cloudy = torch.from_numpy(rng.uniform(0, 1.2, (1, 13, 64, 64)).astype(np.float32))
+    sar = torch.from_numpy(rng.uniform(0, 1, (1, 2, 64, 64)).astype(np.float32))
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 10:12, 10:12] = 0.9  # isolated
+    mask[:, 30:50, 30:50] = 0.8  # a cloud body, with a blurred skirt
+    mask[:, 28:52, 28:52] = torch.maximum(mask[:, 28:52, 28:52], torch.tensor(0.2))
+    marked = model.passes_through(mask)[0, 0]
+    mean = predict_tensors(model, cloudy, sar, mask)["mean"][0]
+    assert marked[10, 10] and not marked[40, 40] and 0.5 < marked.float().mean() < 0.95
+    assert torch.equal(mean[:, marked], cloudy[0].clamp(0, 1)[:, marked])
+    assert (mean[:, ~marked] != cloudy[0].clamp(0, 1)[:, ~marked]).float().mean() > 0.9
+    assert not passes_through(model, cloudy, mask)
+    clear = mask.clone()
+    clear[:, 20:60, 20:60] = 0.0  # only the isolated detection left
+    assert passes_through(model, cloudy, clear)
+    variance = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_mask=True, variance="diag").eval()
+    assert not passes_through(variance, cloudy, clear)  # its variance is needed: it always runs

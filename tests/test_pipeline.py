@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,7 +87,12 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     assert "Data and pipelines are up to date" in second.stdout
 
     shown = json.loads(dvc(clone, "metrics", "show", "--json").stdout)
-    assert shown  # DVC reads the declared metrics file
+    summary = shown[""]["data"]["metrics/sscr/summary.json"]["data"]  # the one declared metrics file
+    assert summary["PSNR"] == pytest.approx(metrics["test"]["PSNR"], abs=1e-4)
+    assert summary["val_PSNR"] == pytest.approx(json.loads((clone / "metrics/sscr/val_images.json").read_text())["mean"],
+                                                abs=1e-4)
+    table = dvc(clone, "metrics", "show").stdout  # what the README's line prints: a terminal's width
+    assert max(len(line) for line in table.splitlines()) <= 120, table
     plots = json.loads(dvc(clone, "plots", "show", "--json").stdout)["data"]
     validation = plots["metrics/sscr/validation.csv"][0]["content"]["data"]["values"]
     assert [int(point["epoch"]) for point in validation] == [2, 3]  # no 0 dB points where nothing was validated
@@ -97,24 +103,36 @@ def test_dvc_repro_end_to_end(tmp_path, monkeypatch):
     assert points and all(0 < float(point["coverage"]) < 1 for point in points)  # numbers: the chart renders
     images = [name for name, entries in plots.items() if entries[0]["type"] == "image"]
     assert "results/eval/psnr_by_coverage.png" in images and any("panels" in name for name in images)
+    charts = [name for name, entries in plots.items() if entries[0]["type"] == "vega"]
+    check_plots_offline(clone, len(charts))
 
     # The records are small files in git, as DVC's metrics convention wants: commit them, then two experiments.
     git(clone, "add", "-A")
     git(clone, "commit", "-qm", "first run")
-    dvc(clone, "exp", "run", "-n", "one", "-S", "train.epochs=1")
-    dvc(clone, "exp", "run", "-n", "two", "-S", "train.epochs=2")
+    dvc(clone, "exp", "run", "-n", "one", "-S", "train.epochs=1")  # in the workspace, as DVC documents
+    dvc(clone, "exp", "run", "--temp", "-C", "data", "-n", "two", "-S", "train.epochs=2")  # the README's form
     table = json.loads(dvc(clone, "exp", "show", "--json").stdout)
     scores = experiment_scores(table)
     assert {"one", "two"} <= set(scores), scores
     for name in ("one", "two"):
         inside, outside = scores[name]
-        assert 5 < inside < 80 and 5 < outside < 80  # test PSNR inside and outside clouds, numbers
+        assert 5 < inside < 80 and 5 < outside < 80  # test PSNR inside clouds and overall, numbers
     assert scores["one"] != scores["two"]
+    readable = dvc(clone, "exp", "show", "--only-changed", "--drop", "Created|.*/.*|SSIM|SAM").stdout  # README's line
+    assert max(len(line) for line in readable.splitlines()) <= 120, readable
     versions = MlflowClient().search_model_versions("name='sscr'")
     assert sorted(int(v.version) for v in versions) == [1, 2, 3]
+    # Experiments never move production: both are @challenger candidates, v1 stays @champion.
+    assert str(MlflowClient().get_model_version_by_alias("sscr", "champion").version) == "1"
+    from sscr import registry
+
+    for version, name in (("2", "one"), ("3", "two")):
+        (decision,) = registry.decisions("sscr", version)
+        assert decision["outcome"] == "challenger" and decision["experiment"] == f"the DVC experiment '{name}'"
     names = [run.info.run_name for run in mlflow.search_runs(experiment_names=["sscr"], output_format="list")]
     assert len(set(names)) == len(names) == 3
     assert any(name.startswith("sscr_lite-") and "-sar-one-" in name for name in names), names
+    assert any("-sar-two-" in name for name in names), names  # the --temp run's, in the project's store
 
 
 def git(clone: Path, *args: str) -> None:
@@ -123,15 +141,34 @@ def git(clone: Path, *args: str) -> None:
                         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
 
 
+def check_plots_offline(clone: Path, charts: int) -> None:
+    """`dvc plots show` writes a page that needs no network, and headless Chromium draws its ``charts`` vega charts
+    with the network off (when Chromium and network namespaces are here; the page's content is checked anyway)."""
+    dvc(clone, "plots", "show")
+    page = (clone / "dvc_plots" / "index.html").read_text()
+    assert not re.search(r"<(script|link)[^>]*(src|href)\s*=\s*[\"']?(https?:)?//", page)  # nothing from the network
+    assert page.count("vegaEmbed('#") == charts and "window.vegaEmbed=" in page  # the library is in the page itself
+    assert "dvc_plots/" in subprocess.run(["git", "check-ignore", "dvc_plots/index.html"], cwd=clone,
+                                          capture_output=True, text=True).stdout
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None or os.geteuid() != 0 or shutil.which("unshare") is None:
+        return
+    dom = subprocess.run(["unshare", "-n", chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                          "--virtual-time-budget=20000", "--dump-dom", (clone / "dvc_plots" / "index.html").as_uri()],
+                         capture_output=True, text=True, timeout=300).stdout
+    drawn = dom.count('class="marks"')  # vega-embed's canvas (or svg) in every chart it drew
+    assert drawn == charts, f"{drawn} of {charts} charts drawn offline:\n{dom[-2000:]}"
+
+
 def experiment_scores(node, name: str | None = None, found: dict | None = None) -> dict[str, tuple[float, float]]:
     """Experiment name -> (test PSNR inside clouds, outside clouds), read from ``dvc exp show --json``."""
     found = {} if found is None else found
     if isinstance(node, dict):
         name = node.get("name") or name
-        file = node.get("metrics", {}).get("metrics/sscr/metrics.json") if isinstance(node.get("metrics"), dict) else None
+        file = node.get("metrics", {}).get("metrics/sscr/summary.json") if isinstance(node.get("metrics"), dict) else None
         if isinstance(file, dict) and "data" in file and name:
             data = file["data"]
-            found[name] = (data["test_cloudy"]["PSNR"], data["test_clear"]["PSNR"])
+            found[name] = (data["cloudy_PSNR"], data["PSNR"])
         for value in node.values():
             experiment_scores(value, name, found)
     elif isinstance(node, list):

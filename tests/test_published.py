@@ -2,7 +2,9 @@
 
 The published checkpoint is ``tests/fixtures/published/published_run/``: ``model.pth.tar``
 and ``conf.json`` written by the published code itself (``tools/published_reference.py``),
-a ``multisarv2`` at width 16 trained one step with the seed's settings.
+a ``multisarv2`` at width 16 trained one step with the seed's settings;
+``published_run_unet/`` and ``published_run_utae/`` the same for the seed's line with
+``--model unet`` and ``--model utae`` (the published single-date U-Net).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from sscr.published import export_published
 
 from tiny import TINY, deep_update
 
-PUBLISHED = Path(__file__).resolve().parent / "fixtures" / "published" / "published_run"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "published"
+PUBLISHED = FIXTURES / "published_run"
 
 
 def _params_file(folder: Path, params) -> Path:
@@ -97,7 +100,10 @@ def test_published_checkpoint_imported_evaluated_and_registered(in_published, tm
     conf = parse_params(json.loads((run / "conf.json").read_text()))
     assert conf.model.name == "multisarv2" and conf.model.encoder_widths == [16] and conf.model.scale_by == 10.0
     assert conf.loss.name == "ml" and conf.train.lr == 0.001 and conf.data.root == tiny_params.data.root
-    assert {key: value for key, value in flatten(conf).items() if key in PUBLISHED_PROTOCOL} == PUBLISHED_PROTOCOL
+    mapped = published_settings(json.loads((PUBLISHED / "conf.json").read_text())).overrides  # lr, epochs, ...
+    assert {key: value for key, value in flatten(conf).items() if key in PUBLISHED_PROTOCOL} == \
+        {key: mapped.get(key, value) for key, value in PUBLISHED_PROTOCOL.items()}
+    assert conf.train.schedule == "exponential" and conf.train.repeats == 1 and conf.train.batch_size == 2
     state = load_checkpoint(run)  # a run directory stands for its model_best.pt
     published = torch.load(PUBLISHED / "model.pth.tar", weights_only=True)["state_dict_G"]
     assert state["model"].keys() == published.keys()
@@ -189,6 +195,33 @@ def test_export_writes_the_published_format(in_published, tmp_path):
                                    load_published(PUBLISHED / "model.pth.tar")(cloudy, sar)["mean"], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["unet", "utae"])
+def test_published_unet_and_utae_go_in_and_back_out_exactly(in_published, tmp_path, name):
+    """``sscr import-published`` then ``sscr export-published``: the published file's weights, strictly, unchanged."""
+    _, tiny_params, _ = in_published
+    source, run, out = FIXTURES / f"published_run_{name}", tmp_path / "imported" / name, tmp_path / "exported" / name
+    params_file = _params_file(tmp_path, tiny_params)
+    assert main(["import-published", str(source / "model.pth.tar"), "--out", str(run), "--params", str(params_file)]) == 0
+    conf = parse_params(json.loads((run / "conf.json").read_text()))
+    assert conf.model.name == name and conf.model.encoder_widths == [4, 8] and conf.loss.name == "l2"
+    published = torch.load(source / "model.pth.tar", weights_only=True)
+    assert load_checkpoint(run)["model"].keys() == published["state_dict_G"].keys()
+    assert main(["export-published", str(run), "--out", str(out), "--params", str(params_file)]) == 0
+    ours = torch.load(out / "model.pth.tar", weights_only=True)
+    assert list(ours) == list(published) and ours["epoch"] == published["epoch"] == 1
+    for key in ("state_dict", "state_dict_G"):
+        assert list(ours[key]) == list(published[key])
+        assert all(torch.equal(ours[key][k], v) and ours[key][k].dtype == v.dtype for k, v in published[key].items())
+    exported_conf = json.loads((out / "conf.json").read_text())
+    published_conf = json.loads((source / "conf.json").read_text())
+    assert exported_conf["model"] == name and exported_conf["loss"] == "l2"
+    assert published_settings(exported_conf).overrides == published_settings(published_conf).overrides
+    cloudy, sar = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(load_published(out / "model.pth.tar")(cloudy, sar)["mean"],
+                                   load_published(source / "model.pth.tar")(cloudy, sar)["mean"], rtol=0, atol=0)
+
+
 def test_export_of_a_trained_run_keeps_its_optimiser_state(in_published, tmp_path):
     from sscr.train import train
 
@@ -215,6 +248,15 @@ def test_what_has_no_published_counterpart_is_refused_in_one_line(tmp_path, monk
     save_atomic(checkpoint_record(lite, parse_params(TINY), 1), tmp_path / "lite" / "model_best.pt")
     with pytest.raises(PublishedFormatError, match="model 'sscr_lite' has no published counterpart"):
         export_published(tmp_path / "lite", tmp_path / "out")
+    # a structure-mask gate the published MultiSARv2 does not have: refused in one line, nothing written
+    gated = build_model("multisarv2", encoder_widths=[16], decoder_widths=[16], mask_beta=0.5)
+    gated_params = {**TINY, "loss": {"name": "ml"}, "model": {"name": "multisarv2", "encoder_widths": [16],
+                                                               "decoder_widths": [16], "mask_beta": 0.5}}
+    save_atomic(checkpoint_record(gated, parse_params(gated_params), 1), tmp_path / "gated" / "model_best.pt")
+    assert main(["export-published", str(tmp_path / "gated"), "--out", str(tmp_path / "gated_out")]) == 1
+    error = capsys.readouterr().err
+    assert "mask_beta = 0.5 has no published counterpart" in error and error.count("\n") == 1
+    assert not (tmp_path / "gated_out").exists()
     conf = json.loads((PUBLISHED / "conf.json").read_text())
     (tmp_path / "multi_date.json").write_text(json.dumps({**conf, "pretrain": False, "input_t": 3}))
     out = tmp_path / "never"

@@ -43,6 +43,7 @@ def test_ddp_two_processes_match_one_process(tiny_params, tmp_path):
     for a, b in zip(ddp_rows, single_rows, strict=True):
         assert abs(a["val_PSNR"] - b["val_PSNR"]) < DDP_TOLERANCE_DB
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["train_samples"] == b["train_samples"]  # summed over the ranks: every sample once
     # Rank 0 alone tracks and checkpoints: one MLflow run, one checkpoint set.
     runs = mlflow.search_runs(experiment_names=["ddp"], output_format="list")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"

@@ -23,7 +23,7 @@ from sscr.models import build_model
 from sscr.serving import load_model
 from sscr.train import MLFLOW_RUN_FILE
 
-from servers import free_port, stop_group, wait_until_up
+from servers import free_port, log_and_register, stop_group, wait_until_up
 
 
 @pytest.mark.slow
@@ -62,9 +62,9 @@ def test_served_champion_returns_cloud_free_patch(in_workspace, tmp_path):
 
 
 def test_load_model_from_checkpoint(tmp_path):
-    model = build_model("unet", encoder_widths=[8, 16], use_mask=True)
+    model = build_model("mask_unet", encoder_widths=[8, 16], use_mask=True)
     checkpoint = save_atomic({
-        "model": model.state_dict(), "model_name": "unet", "model_config": dict(model.config),
+        "model": model.state_dict(), "model_name": "mask_unet", "model_config": dict(model.config),
         "config": {"masks": {"use": "cloud_cloudshadow_mask"}},
     }, tmp_path / "model_best.pt")
     loaded = load_model(str(checkpoint), device="cpu")
@@ -83,9 +83,9 @@ def test_load_model_from_mlflow_run(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    model = build_model("unet", encoder_widths=[8, 16], use_sar=False, use_mask=True)
+    model = build_model("mask_unet", encoder_widths=[8, 16], use_sar=False, use_mask=True)
     checkpoint = save_atomic({
-        "model": model.state_dict(), "model_name": "unet", "model_config": dict(model.config),
+        "model": model.state_dict(), "model_name": "mask_unet", "model_config": dict(model.config),
         "config": {"masks": {"use": "s2cloudless_mask"}},
     }, tmp_path / "model_best.pt")
     tracking.configure()
@@ -106,30 +106,13 @@ def test_load_model_from_mlflow_run(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- one served model, every bad request
 
 
-def _log_and_register(root: Path, name: str, use_mask: bool = False) -> tuple[str, Path]:
-    """A tiny SAR U-Net logged and registered (version 1, files recorded) in the store under ``root``."""
-    import mlflow
-
-    tracking.configure(f"sqlite:///{root / 'mlflow.db'}")
-    torch.manual_seed(0)
-    model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=use_mask)
-    checkpoint = save_atomic({"model": model.state_dict(), "model_name": "unet", "model_config": dict(model.config),
-                              "config": {"masks": {"use": "s2cloudless_map" if use_mask else None}}},
-                             root / "model_best.pt")
-    with mlflow.start_run(experiment_id=tracking.experiment_id("serving-test")) as run:
-        model_uri = serving.log_model(checkpoint, use_sar=True)
-    version = registry.register(run.info.run_id, {"PSNR": 30.0}, name, model_uri)
-    assert version == "1"
-    return tracking.tracking_uri(), checkpoint
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A real `mlflow models serve` process serving a registered tiny SAR model: (base URL, model directory)."""
     root = tmp_path_factory.mktemp("served")
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     try:
-        uri, _ = _log_and_register(root, "contract")
+        uri, _ = log_and_register(root, "contract")
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         if previous is not None:
@@ -275,7 +258,7 @@ def test_tampered_model_files_are_refused_by_infer_and_serve_naming_them(tmp_pat
     from sscr.cli import main
 
     monkeypatch.chdir(tmp_path)
-    uri, _ = _log_and_register(tmp_path, "trusted")
+    uri, _ = log_and_register(tmp_path, "trusted")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     loaded = load_model("models:/trusted/1", device="cpu")
     assert loaded.version == "trusted/1"
@@ -310,8 +293,89 @@ def test_a_version_without_a_record_is_refused(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.chdir(tmp_path)
-    uri, _ = _log_and_register(tmp_path, "unrecorded")
+    uri, _ = log_and_register(tmp_path, "unrecorded")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     MlflowClient().delete_model_version_tag("unrecorded", "1", integrity.DIGEST_TAG)
     with pytest.raises(integrity.IntegrityError, match="has no sscr.artifact_sha256 record .*sscr register"):
         load_model("models:/unrecorded/1", device="cpu")
+
+
+# ---------------------------------------------------------------- a model URI with no tracking store in reach
+
+
+@pytest.mark.parametrize("store", ["default", "missing sqlite", "server down"])
+def test_model_uri_without_a_store_is_one_line_naming_the_variable_and_creates_nothing(store, tmp_path, monkeypatch,
+                                                                                       capsys):
+    """Issue 22: `sscr infer --model models:/sscr@champion` from another directory created an empty mlflow.db
+    there and then did not find the model. Now: one line naming MLFLOW_TRACKING_URI, exit 1, nothing written."""
+    from sscr.cli import main
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    if store == "missing sqlite":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///project/mlflow.db")  # relative: not from here
+    elif store == "server down":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    (tmp_path / "s2.tif").write_bytes(b"")
+    for command in (["infer", "--model", "models:/sscr@champion", "--s2", str(tmp_path / "s2.tif"), "--out", "x.tif"],
+                    ["serve", "--model", "models:/sscr@champion", "--port", str(free_port())]):
+        assert main(command) == 1
+        error = capsys.readouterr().err.strip()
+        assert "\n" not in error and error.startswith("sscr: error: models:/sscr@champion needs an MLflow tracking "
+                                                      "store"), error
+        assert "MLFLOW_TRACKING_URI" in error
+        if store == "server down":
+            assert "does not answer" in error
+        else:
+            assert f"{work / ('project/mlflow.db' if store == 'missing sqlite' else 'mlflow.db')} does not exist" in error
+        assert list(work.iterdir()) == []  # no empty mlflow.db, no mlartifacts/
+
+
+# ---------------------------------------------------------------- a request body from a patch, as the README sends it
+
+
+def test_request_written_from_a_patch_is_answered_by_the_served_model(served, tmp_path, monkeypatch, capsys):
+    """`sscr serving-request` turns a patch's two GeoTIFFs into the contract's body (reflectance, normalised SAR,
+    NaN SAR as null); the served model answers it as the README shows, sent as `curl --data-binary @file` sends it."""
+    from sscr.cli import main
+    from sscr.data.io import write_raster
+    from sscr.data.synth import synth_patch
+    from sscr.layout import PatchId
+
+    base, _ = served
+    arrays = synth_patch(PatchId("ROIs1970_fall", 139, 1), patch_size=48)
+    db = arrays["s1"].copy()
+    db[:, :6] = np.nan  # rows outside the S1 swath
+    crs, transform = "EPSG:32632", __import__("affine").Affine(10, 0, 500000, 0, -10, 5000000)
+    s2 = write_raster(tmp_path / "s2_cloudy.tif", arrays["s2_cloudy"], crs, transform)
+    s1 = write_raster(tmp_path / "s1.tif", db, crs, transform)
+    monkeypatch.chdir(tmp_path)
+
+    assert main(["serving-request", "--s2", str(s2), "--s1", str(s1), "--out", "request.json"]) == 0
+    assert "curl -sS --fail-with-body -X POST http://127.0.0.1:5001/invocations" in capsys.readouterr().out
+    raw = Path("request.json").read_bytes()
+    body = json.loads(raw)
+    cloudy = np.asarray(body["inputs"]["cloudy"], np.float64)
+    np.testing.assert_array_equal(np.rint(cloudy[0] * 10000), arrays["s2_cloudy"])  # whole DN survive the 4 decimals
+    assert np.abs(cloudy[0] * 10000 - arrays["s2_cloudy"]).max() < 1e-6
+    sar = np.asarray(body["inputs"]["sar"], dtype=object)
+    assert sar.shape == (1, 2, 48, 48) and (sar[:, :, :6] == None).all()  # noqa: E711 (null, not NaN: strict JSON)
+    expected = (np.clip(db[:, 6:], -25, 0) + 25) / 25
+    np.testing.assert_allclose(sar[0, :, 6:].astype(np.float64), expected, atol=1e-6)
+
+    response = requests.post(f"{base}/invocations", data=raw, headers={"Content-Type": "application/json"},
+                             timeout=120)
+    assert response.status_code == 200, response.text[:500]
+    mean = np.asarray(response.json()["predictions"]["mean"], np.float32)
+    assert mean.shape == (1, 13, 48, 48) and np.isfinite(mean).all() and 0 <= mean.min() and mean.max() <= 1
+
+    # nothing overwritten without the flag; patches of two sizes refused; each in one line
+    assert main(["serving-request", "--s2", str(s2), "--s1", str(s1), "--out", "request.json"]) == 1
+    assert capsys.readouterr().err.strip() == ("sscr: error: request.json already exists: remove it, choose another "
+                                               "--out, or pass --overwrite")
+    small = write_raster(tmp_path / "s1_small.tif", db[:, :32, :32], crs, transform)
+    assert main(["serving-request", "--s2", str(s2), "--s1", str(small), "--out", "other.json"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "is 32 x 32 px but S2" in error and "\n" not in error and not Path("other.json").exists()
+    assert Path("request.json").read_bytes() == raw

@@ -22,9 +22,16 @@ from sscr.config import run_dir
 from sscr.train import TrainingDiverged, train
 
 
-def test_training_run_is_fully_tracked(tiny_params):
-    result = train(tiny_params, progress=False)
+def test_training_run_is_fully_tracked(tiny_params, capsys):
+    result = train(tiny_params)
     assert result.epochs_done == 2 and len(result.history) == 2
+    # each validation prints its scores in one line (issue 22: only the batch loss was shown)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("validation ")]
+    assert [line.split(":")[0] for line in printed] == ["validation 1/2", "validation 2/2"]
+    for line, row in zip(printed, result.history, strict=True):
+        assert f"PSNR {row['val_PSNR']:.2f} dB, SSIM {row['val_SSIM']:.4f}" in line and "val loss" in line
+        assert f"inside clouds PSNR {row['val_cloudy_PSNR']:.2f} dB" in line
+    assert sum("(best so far by" in line for line in printed) >= 1
     folder = run_dir(tiny_params)
     for name in ("conf.json", "checkpoint_last.pt", "model_best.pt", "metrics.csv", "validation.csv", "run.json",
                  "mlflow_run.json"):
@@ -274,7 +281,7 @@ def test_pretrain_flag_selects_the_published_protocol(tmp_path):
     assert own.train.crop_size == 64 and own.train.augment and own.train.select_best == "PSNR"
     seed = load(build_parser().parse_args(["train", "--params", str(params_file), "--pretrain", "--lr", "0.001"]))
     flat = flatten(seed)
-    assert {key: flat[key] for key in PUBLISHED_PROTOCOL} == PUBLISHED_PROTOCOL
+    assert {key: flat[key] for key in PUBLISHED_PROTOCOL} == {**PUBLISHED_PROTOCOL, "train.lr": 0.001}  # the flag
     assert seed.train.crop_size is None and not seed.train.augment and seed.train.val_every == 1
     assert seed.train.select_best == "val_loss" and not seed.train.amp and seed.train.lr == 0.001
     # the protocol comes first: --set and the seed's own flags still change it

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     """Export, run the published test script, check the strict load, print both metrics."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--published", type=Path, required=True, help="checkout of github.com/RSIR25/sscr")
-    parser.add_argument("--run", type=Path, required=True, help="our run directory (uncrtaints or multisarv2)")
+    parser.add_argument("--run", type=Path, required=True, help="our run directory (uncrtaints, multisarv2, unet or utae)")
     parser.add_argument("--root3", type=Path, required=True, help="SEN12MS-CR root (the synthetic sample works)")
     parser.add_argument("--work", type=Path, required=True, help="scratch directory")
     parser.add_argument("--masks-dir", type=Path, default=None, help="precomputed masks for our evaluation")

@@ -12,7 +12,10 @@ here, none of which the paths used by our tools run:
 - ``natsort.natsorted``: the data loader's directory order; a natural sort
   (digit runs compared as numbers);
 - ``torch.utils.tensorboard.SummaryWriter`` (when ``tensorboard`` is not installed):
-  logging only; every method does nothing.
+  logging only; every method does nothing;
+- ``s2cloudless.S2PixelCloudDetector`` (when ``s2cloudless`` is not installed, as on the lent
+  GPU machine): imported by the published data loader; raises if built, so only a loop fed
+  with batches already in memory runs (``benchmarks/gpu_check.py``).
 
 Stand-ins are put in ``sys.modules`` only where the real module cannot be imported.
 Nothing of the published code is copied: it is imported from the checkout.
@@ -86,6 +89,11 @@ def _flops_unavailable(*args: Any, **kwargs: Any) -> Any:
     raise RuntimeError("fvcore is not installed: the published --profile option is not available here")
 
 
+def _detector_unavailable(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("s2cloudless is not installed: the published data loader cannot compute its cloud masks here; "
+                       "feed the published loop batches already in memory")
+
+
 def install_stubs() -> list[str]:
     """Put stand-ins for the modules the published code imports but cannot get here; returns their names."""
     installed = []
@@ -115,6 +123,9 @@ def install_stubs() -> list[str]:
     if need("natsort"):
         sys.modules["natsort"] = _module("natsort", natsorted=natsorted)
         installed.append("natsort")
+    if need("s2cloudless"):
+        sys.modules["s2cloudless"] = _module("s2cloudless", S2PixelCloudDetector=_detector_unavailable)
+        installed.append("s2cloudless")
     if need("torch.utils.tensorboard"):
         import torch.utils
 
@@ -174,6 +185,7 @@ def import_script(checkout: Path, name: str, argv: list[str], cwd: Path) -> type
     prepare(checkout)
     saved = sys.argv
     sys.argv = [str(Path(checkout) / "model" / f"{name}.py"), *argv]
+    sys.modules.pop(name, None)  # a script configures itself at import: a second command line imports it anew
     try:
         with _working_directory(cwd):
             return importlib.import_module(name)

@@ -25,7 +25,10 @@ Tags (:func:`output_tags`) record the model, its version and what was done to th
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import errno
+import glob
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,7 @@ from rasterio.windows import Window
 from sscr.bands import S2_BANDS
 from sscr.data.regrid import Grid
 from sscr.data.sentinel2 import NODATA_DN, Radiometry
-from sscr.fsutil import atomic_path
+from sscr.fsutil import atomic_path, disk_full, temporary_path
 
 COG_BLOCKSIZE = 512
 COMPRESS = "DEFLATE"
@@ -127,14 +130,16 @@ def create_staging(path: str | Path, grid: Grid, spec: LayerSpec,
     """Open the tiled GeoTIFF beside ``path`` that the inference writes by windows (a rasterio dataset in "w" mode).
 
     ``block_shape`` (rows, columns, multiples of 16): the inference's write regions, so each
-    write fills whole blocks. Light compression (the file is temporary); BigTIFF when needed.
+    write fills whole blocks. Light compression (the file is temporary): ZSTD level 1, as small as DEFLATE
+    level 1, 3x faster to write and a little faster to convert (``benchmarks/results/scene_inference_cog.md``);
+    BigTIFF when needed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dataset = rasterio.open(
         _staging_path(path), "w", driver="GTiff", width=grid.width, height=grid.height, count=spec.count,
         dtype=spec.dtype, crs=grid.crs, transform=grid.transform, nodata=spec.nodata, tiled=True,
-        blockysize=block_shape[0], blockxsize=block_shape[1], compress="deflate", zlevel=1, BIGTIFF="IF_SAFER",
+        blockysize=block_shape[0], blockxsize=block_shape[1], compress="zstd", zstd_level=1, BIGTIFF="IF_SAFER",
     )
     _describe(dataset, spec)
     return dataset
@@ -156,25 +161,67 @@ def finish_cog(path: str | Path, spec: LayerSpec, tags: Mapping[str, str] | None
     carried over by the COG driver. Written under a temporary name and renamed: an
     interrupted call leaves no partial COG.
     """
-    path = Path(path)
-    staging = _staging_path(path)
-    if not staging.is_file():
-        raise FileNotFoundError(f"{staging} does not exist: open it with create_staging and write the windows first")
-    with rasterio.open(staging, "r+") as dataset:
-        _describe(dataset, spec, tags)
-    with atomic_path(path) as partial:
-        rasterio.shutil.copy(
-            staging, partial, driver="COG", BLOCKSIZE=blocksize, COMPRESS=COMPRESS, PREDICTOR="YES",
-            OVERVIEWS="IGNORE_EXISTING", OVERVIEW_RESAMPLING=spec.overview_resampling.upper(), BIGTIFF="IF_SAFER",
-            NUM_THREADS="ALL_CPUS",
-        )
-    staging.unlink()
-    return path
+    return finish_cogs([(path, spec)], tags, blocksize)[0]
+
+
+def finish_cogs(layers: Sequence[tuple[str | Path, LayerSpec]], tags: Mapping[str, str] | None = None,
+                blocksize: int = COG_BLOCKSIZE) -> list[Path]:
+    """:func:`finish_cog` for several outputs of one run, all or nothing.
+
+    Every staging file is converted under its output's temporary name (and removed, to free
+    its space for the next), and only when all conversions succeeded are the COGs renamed
+    into place, one after the other: a failure (a full disk, an interrupt) leaves every
+    output as it was before and no temporary file.
+    """
+    paths = [Path(path) for path, _ in layers]
+    for path in paths:
+        staging = _staging_path(path)
+        if not staging.is_file():
+            raise FileNotFoundError(f"{staging} does not exist: open it with create_staging and write the windows "
+                                    "first")
+    with contextlib.ExitStack() as renames:
+        # atomic_path renames on exit, last entered first: nothing is renamed until every conversion is done
+        partials = [renames.enter_context(atomic_path(path)) for path in paths]
+        for (path, spec), partial in zip(layers, partials, strict=True):
+            staging = _staging_path(Path(path))
+            with rasterio.open(staging, "r+") as dataset:
+                _describe(dataset, spec, tags)
+            try:
+                rasterio.shutil.copy(
+                    staging, partial, driver="COG", BLOCKSIZE=blocksize, COMPRESS=COMPRESS, PREDICTOR="YES",
+                    OVERVIEWS="IGNORE_EXISTING", OVERVIEW_RESAMPLING=spec.overview_resampling.upper(),
+                    BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS",
+                )
+            except Exception as err:
+                if disk_full(partial.parent):  # name the output whose conversion ran out of space
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+                raise
+            staging.unlink()
+    return paths
 
 
 def discard_staging(path: str | Path) -> None:
     """Remove the staging file of ``path`` (after a failed inference)."""
     _staging_path(Path(path)).unlink(missing_ok=True)
+
+
+def remove_stale_staging(path: str | Path) -> list[Path]:
+    """Remove what a killed run left beside the output ``path``; returns the files removed.
+
+    The staging GeoTIFF, the COG's temporary name and GDAL's temporary overview file of it
+    (``<temporary>.ovr.tmp``): an exception removes them on the way out, a SIGKILL or a power
+    cut cannot, so the next run writing ``path`` removes them before it starts. Their names
+    belong to this output alone.
+    """
+    path = Path(path)
+    partial = temporary_path(path)
+    candidates = [_staging_path(path), partial, *sorted(path.parent.glob(f"{glob.escape(partial.name)}.*"))]
+    removed = []
+    for candidate in candidates:
+        if candidate.is_file() and not candidate.is_symlink():
+            candidate.unlink()
+            removed.append(candidate)
+    return removed
 
 
 @contextlib.contextmanager

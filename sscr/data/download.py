@@ -447,20 +447,50 @@ def extract_archive(archive: Path, root: Path, top: str) -> Path:
 # --------------------------------------------------------------------------- the stage
 
 
+def _file_sizes(directory: Path) -> dict[str, int]:
+    """``relative path -> bytes`` of every file under ``directory`` (what an extraction left there)."""
+    return {path.relative_to(directory).as_posix(): path.stat().st_size
+            for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+def _check_kept_files(directory: Path, sizes: Mapping[str, int], archive: str) -> None:
+    """Raise :class:`DownloadError` naming the first file under ``directory`` whose size is not the extracted one.
+
+    One ``stat`` per file (about a second for the whole data set), so every run of the stage checks what it keeps:
+    a file cut short after extraction is reported instead of being recorded by DVC as the data.
+    """
+    for relative, expected in sizes.items():
+        path = directory / relative
+        try:
+            have = path.stat().st_size
+        except OSError as err:
+            have, why = None, err.strerror
+        if have != expected:
+            what = f"has {have:,} bytes" if have is not None else f"cannot be read ({why})"
+            raise DownloadError(f"{path} {what}, {expected:,} when extracted from {archive}: it was truncated or "
+                                f"changed since; restore it, or delete {directory} and rerun to extract the archive "
+                                "again")
+
+
 def _is_done(root: Path, cache_dir: Path, name: str) -> bool:
     marker = _marker_path(cache_dir, name)
     if not marker.exists():
         return False
-    if (root / archive_top_dir(name)).is_dir():
+    target = root / archive_top_dir(name)
+    if target.is_dir():
+        sizes = json.loads(marker.read_text()).get("sizes")
+        if sizes is not None:  # markers written before the sizes were recorded check nothing
+            _check_kept_files(target, sizes, name)
         return True
-    log.warning("%s is marked done but %s is missing; fetching it again", name, root / archive_top_dir(name))
+    log.warning("%s is marked done but %s is missing; fetching it again", name, target)
     marker.unlink()
     return False
 
 
 def _write_marker(cache_dir: Path, name: str, archive: Path, members: int, target: Path) -> None:
     marker = _marker_path(cache_dir, name)
-    record = {"archive": name, "bytes": archive.stat().st_size, "members": members, "directory": str(target)}
+    record = {"archive": name, "bytes": archive.stat().st_size, "members": members, "directory": str(target),
+              "sizes": _file_sizes(target)}
     write_text(marker, json.dumps(record, indent=1) + "\n")
 
 

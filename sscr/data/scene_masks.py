@@ -6,6 +6,9 @@ can come from (:data:`MASK_SOURCES`):
 ``s2cloudless-10m``
     s2cloudless on every 10 m pixel, as the benchmark's masks were computed
     (:func:`sscr.clouds.detect.compute_masks`). About 1 s per 256 x 256 px on one core.
+    Its classifier works pixel by pixel, so a scene's tiles share it: :class:`SceneMasker`
+    classifies each pixel once (:class:`SceneProbability`) however many tiles overlap it,
+    and gives every tile the mask :func:`tile_masks` would, bit for bit.
 ``s2cloudless-60m``
     s2cloudless's classifier on 6 x 6 block means of the DN (the 60 m grid of B1, B9
     and B10; 36 times fewer pixels), its probability upsampled bilinearly to 10 m, then
@@ -35,6 +38,7 @@ from scipy import ndimage
 from sscr.clouds.detect import (
     S2CLOUDLESS_KINDS,
     _clipped_dn,
+    _probability,
     cloud_shadow_mask,
     compute_masks,
     is_blank,
@@ -196,3 +200,108 @@ def tile_masks(dn: np.ndarray, kind: str, choice: MaskChoice, threads: int | Non
         raise ValueError("a mask file is read by window: use open_mask_file and read_mask")
     resolution = 10 if choice.source == "s2cloudless-10m" else 10 * COARSE_FACTOR
     return np.stack([compute_masks_at(tile, [kind], resolution, threads)[kind] for tile in dn]).astype(np.float32)
+
+
+# ---------------------------------------------------------------- one scene, each pixel classified once
+
+
+def pad_to(data: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pad (..., h, w) at the bottom and right to ``shape``: reflect, or edge when a side is too short to reflect.
+
+    How a tile cut short by the scene edge is completed (as the whole scene would be padded).
+    """
+    pad_h, pad_w = shape[0] - data.shape[-2], shape[1] - data.shape[-1]
+    if not (pad_h or pad_w):
+        return data
+    mode = "reflect" if pad_h < data.shape[-2] and pad_w < data.shape[-1] else "edge"
+    return np.pad(data, [(0, 0)] * (data.ndim - 2) + [(0, pad_h), (0, pad_w)], mode=mode)
+
+
+class SceneProbability:
+    """s2cloudless cloud probability of a scene's pixels, each pixel classified once, for windows visited in row bands.
+
+    Windows come as a tile grid visits them: bands of rows top to bottom (a band may overlap the
+    previous one, never start above it), windows within a band in any order. The classifier
+    works pixel by pixel, so a window cut from what is held equals the window classified on its
+    own, bit for bit; only the pixels not classified yet are. Holds the current band: its rows
+    x the scene width, float32 and a flag per pixel (for a 256 px band of a 10980 px scene, 14 MB).
+    """
+
+    def __init__(self, width: int, threads: int | None = None) -> None:
+        self.width = width
+        self.threads = threads
+        self.top = 0
+        self.probability = np.zeros((0, width), np.float32)
+        self.known = np.zeros((0, width), bool)
+        self.classified = 0
+        """Pixels classified so far."""
+
+    def _hold(self, top: int, bottom: int) -> None:
+        """Hold rows [top, bottom): keep what is held of them, drop the rows above."""
+        if top < self.top:
+            raise ValueError(f"rows must come top to bottom: a window starts at row {top}, above row {self.top}")
+        held = self.top + len(self.probability)
+        if top == self.top and bottom <= held:
+            return
+        keep = max(0, min(held, bottom) - top)
+        probability = np.zeros((bottom - top, self.width), np.float32)
+        known = np.zeros((bottom - top, self.width), bool)
+        if keep:
+            probability[:keep] = self.probability[top - self.top: top - self.top + keep]
+            known[:keep] = self.known[top - self.top: top - self.top + keep]
+        self.top, self.probability, self.known = top, probability, known
+
+    def window(self, rows: tuple[int, int], cols: tuple[int, int], clipped: np.ndarray) -> np.ndarray:
+        """Probability (h, w) over rows x cols, given the window's DN ``clipped`` (13, h, w), clipped to [0, 10000]."""
+        (top, bottom), (left, right) = rows, cols
+        if clipped.shape[1:] != (bottom - top, right - left):
+            raise ValueError(f"DN of shape {clipped.shape} for a window of {bottom - top} x {right - left} px")
+        self._hold(top, bottom)
+        y0, y1 = top - self.top, bottom - self.top
+        known = self.known[y0:y1, left:right]
+        todo = ~known
+        count = int(todo.sum())
+        if count:
+            pixels = clipped[:, todo]  # (13, n): the classifier sees one row of n pixels
+            self.probability[y0:y1, left:right][todo] = _probability(pixels[:, None, :], self.threads)[0]
+            known[todo] = True
+            self.classified += count
+        return self.probability[y0:y1, left:right].copy()
+
+
+class SceneMasker:
+    """The cloud mask of ``kind`` for the tiles of one scene, computed as ``choice`` says; equal to :func:`tile_masks`.
+
+    For s2cloudless at 10 m the probability comes from a :class:`SceneProbability`, so a
+    pixel shared by overlapping tiles is classified once; the post-processing (threshold,
+    disk average and dilation, or floor and blur) is then done per tile on its own window,
+    as :func:`tile_masks` does it, so tile edges are treated the same. Other sources go
+    through :func:`tile_masks` (so does everything with ``share=False``, for comparisons).
+    """
+
+    def __init__(self, kind: str, choice: MaskChoice, width: int, threads: int | None = None,
+                 share: bool = True) -> None:
+        self.kind, self.choice, self.threads = kind, choice, threads
+        shared = share and choice.source == "s2cloudless-10m" and kind in S2CLOUDLESS_KINDS
+        self.scene = SceneProbability(width, threads) if shared else None
+
+    @property
+    def classified(self) -> int:
+        """Pixels classified at 10 m through the shared probability so far (0 when not shared)."""
+        return self.scene.classified if self.scene is not None else 0
+
+    def __call__(self, dn: np.ndarray, windows: Sequence[tuple[tuple[int, int], tuple[int, int]]]) -> np.ndarray | None:
+        """Masks (B, h, w) of tiles ``dn`` (B, 13, h, w): each its read window ``(rows, cols)`` padded by :func:`pad_to`."""
+        if self.scene is None:
+            return tile_masks(dn, self.kind, self.choice, self.threads)
+        masks = []
+        for tile, (rows, cols) in zip(dn, windows, strict=True):
+            clipped = _clipped_dn(tile)
+            if is_blank(clipped):
+                masks.append(np.ones(clipped.shape[1:], np.float32))
+                continue
+            height, width = rows[1] - rows[0], cols[1] - cols[0]
+            probability = self.scene.window(rows, cols, clipped[:, :height, :width])
+            probability = pad_to(probability, clipped.shape[1:])
+            masks.append(masks_from_probability(probability, [self.kind], clipped)[self.kind])
+        return np.stack(masks).astype(np.float32)

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import posixpath
 import re
 import zipfile
 from collections.abc import Callable, Sequence
@@ -101,6 +102,9 @@ OFFSET_BASELINE = (4, 0)
 HARMONISATION = ("DN -> max((DN + RADIO_ADD_OFFSET) * 10000 / QUANTIFICATION_VALUE, 1); 0 (no data) and 65535 "
                  "(saturated) kept")
 
+METADATA_MAX_BYTES = 4 * 1024 * 1024
+"""Largest product metadata XML read (``MTD_MSIL1C.xml`` is 50-70 KB): checked on the file's size, on a zip
+member's declared size, and while inflating it, so a member that inflates to gigabytes costs at most this."""
 _METADATA_NAMES = re.compile(r"(^|/)(MTD_MSIL1C|S2[AB]_OPER_MTD_SAFL1C[^/]*)\.xml$")
 _L2A_NAMES = re.compile(r"(^|/)(MTD_MSIL2A|S2[AB]_(OPER|USER)_MTD_SAFL2A[^/]*)\.xml$")
 
@@ -254,7 +258,8 @@ def parse_l1c_metadata(xml: bytes | str, metadata_path: str, product_root: str) 
         code = name[-3:]
         if code in PRODUCT_BANDS:
             band = S2_BANDS[PRODUCT_BANDS.index(code)]
-            band_files[band] = f"{product_root}/{name}" + ("" if name.lower().endswith(".jp2") else ".jp2")
+            band_files[band] = _inside(name + ("" if name.lower().endswith(".jp2") else ".jp2"), product_root,
+                                       metadata_path)
     missing = [band for band in S2_BANDS if band not in band_files]
     if missing:
         raise PatchError(metadata_path, f"lists no image file for band(s) {' '.join(missing)}; "
@@ -268,21 +273,72 @@ def parse_l1c_metadata(xml: bytes | str, metadata_path: str, product_root: str) 
     )
 
 
+def _too_large(where: str | Path, size: int | None = None) -> PatchError:
+    told = f" ({size:,} bytes)" if size is not None else ""
+    return PatchError(where, f"is larger than {METADATA_MAX_BYTES // (1024 * 1024)} MiB{told}, the limit for product "
+                             "metadata (MTD_MSIL1C.xml is under 100 KB): the product is damaged or not an L1C "
+                             "product; download it again")
+
+
+def _read_metadata_file(path: Path) -> bytes:
+    """A metadata file's bytes, at most :data:`METADATA_MAX_BYTES` of them read."""
+    with path.open("rb") as handle:
+        data = handle.read(METADATA_MAX_BYTES + 1)
+    if len(data) > METADATA_MAX_BYTES:
+        raise _too_large(path)
+    return data
+
+
+def _read_metadata_member(archive: zipfile.ZipFile, member: str, where: str) -> bytes:
+    """A zip member's bytes: refused on its declared size, then inflated with a cap (a header may lie)."""
+    info = archive.getinfo(member)
+    if info.file_size > METADATA_MAX_BYTES:
+        raise _too_large(where, info.file_size)
+    with archive.open(info) as handle:
+        data = handle.read(METADATA_MAX_BYTES + 1)
+    if len(data) > METADATA_MAX_BYTES:
+        raise _too_large(where)
+    return data
+
+
+def _inside(name: str, product_root: str, metadata_path: str) -> str:
+    """The GDAL path of the product file ``name`` (an ``IMAGE_FILE``), refused unless it lies inside the product.
+
+    ``..``, absolute names and, in a directory, symbolic links that lead out of it are refused: a
+    product's metadata must not make the reader open files elsewhere.
+    """
+    relative = posixpath.normpath(name)
+    outside = relative.startswith("/") or relative == ".." or relative.startswith("../")
+    path = f"{product_root}/{relative}"
+    if not outside and not product_root.startswith("/vsi"):
+        root = Path(product_root).resolve()
+        outside = not Path(path).resolve().is_relative_to(root)  # follows symbolic links
+    if outside:
+        raise PatchError(metadata_path, f"IMAGE_FILE {name!r} points outside the product ({product_root}): "
+                                        "refused, a product's files are read only from inside it; the metadata "
+                                        "is damaged or crafted: download the product again")
+    return path
+
+
 def read_l1c_product(path: str | Path) -> L1CProduct:
-    """Find and parse the metadata of an L1C product given as a ``.SAFE`` directory, its ``.zip`` or its XML."""
+    """Find and parse the metadata of an L1C product given as a ``.SAFE`` directory, its ``.zip`` or its XML.
+
+    The metadata is read up to :data:`METADATA_MAX_BYTES`, and the band files it names must lie inside
+    the product.
+    """
     path = Path(path)
     if path.is_dir():
         candidates = sorted(p for p in path.rglob("*.xml") if _METADATA_NAMES.search(p.as_posix()))
         if not candidates:
             l2a = [p for p in path.rglob("*.xml") if _L2A_NAMES.search(p.as_posix())]
             if l2a:
-                return parse_l1c_metadata(l2a[0].read_bytes(), str(l2a[0]), str(l2a[0].parent))
+                return parse_l1c_metadata(_read_metadata_file(l2a[0]), str(l2a[0]), str(l2a[0].parent))
             raise PatchError(path, "holds no MTD_MSIL1C.xml: pass a Sentinel-2 L1C .SAFE directory, its .zip, "
                                    "or a 13-band GeoTIFF")
         metadata = min(candidates, key=lambda p: len(p.parts))
-        return parse_l1c_metadata(metadata.read_bytes(), str(metadata), str(metadata.parent.resolve()))
+        return parse_l1c_metadata(_read_metadata_file(metadata), str(metadata), str(metadata.parent.resolve()))
     if path.suffix.lower() == ".xml":
-        return parse_l1c_metadata(path.read_bytes(), str(path), str(path.parent.resolve()))
+        return parse_l1c_metadata(_read_metadata_file(path), str(path), str(path.parent.resolve()))
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -294,7 +350,7 @@ def read_l1c_product(path: str | Path) -> L1CProduct:
                                            "L1C product as downloaded, or a 13-band GeoTIFF")
                 candidates = l2a
             member = min(candidates, key=lambda n: n.count("/"))
-            xml = archive.read(member)
+            xml = _read_metadata_member(archive, member, f"{path}!/{member}")
         inner = member.rsplit("/", 1)[0] if "/" in member else ""
         root = f"/vsizip/{path.resolve().as_posix()}" + (f"/{inner}" if inner else "")
         return parse_l1c_metadata(xml, f"{path}!/{member}", root)

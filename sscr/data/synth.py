@@ -30,6 +30,7 @@ cloud detectors against them.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -45,7 +46,7 @@ from tqdm import tqdm
 
 from sscr.bands import S1_BANDS, S2_BANDS, S2_CHANNELS
 from sscr.config import SynthConfig
-from sscr.data.io import write_raster
+from sscr.data.io import why_incomplete, write_raster
 from sscr.layout import SEASONS, SPLITS, PatchId, official_splits, parse_roi_key, season_dir, season_name
 
 #: Land-cover classes of the synthetic scenes (values of the ``land_cover`` array).
@@ -118,6 +119,8 @@ _S1_NOISE_FLOOR_DB = -28.0
 #: differ in the last bits: computed in float64 and rounded to this grid, the written values are the same on
 #: every x86-64 machine (a last-bit difference changes a value only within 1e-13 dB of a rounding boundary).
 S1_DB_STEP = 1.0 / 1024.0
+
+log = logging.getLogger(__name__)
 
 _BIOMES = ("agricultural", "forest", "urban", "arid", "mixed", "coastal")
 _BIOME_WEIGHTS = (0.32, 0.2, 0.1, 0.1, 0.18, 0.1)
@@ -633,14 +636,24 @@ def sample_patch_ids(synth: SynthConfig, seasons: list[str] | None = None) -> di
 
 def write_synthetic_patch(root: str | Path, pid: PatchId, patch_size: int = 256, seed: int = 0,
                           snow: bool = True) -> bool:
-    """Write one triplet and its truth masks under ``root``; files already present are kept.
+    """Write one triplet and its truth masks under ``root``; complete files already present are kept.
 
-    Returns True if anything was written. Every file is written atomically.
+    Returns True if anything was written. Every file is written atomically. A file that is
+    present but cut short or unreadable (:func:`sscr.data.io.why_incomplete`) is written
+    again, and said so: the sample is deterministic, so it comes back byte for byte.
     """
     root = Path(root)
     targets = {modality: root / pid.relpath(modality) for modality in ("s1", "s2", "s2_cloudy")}
     targets["truth"] = truth_path(root, pid)
-    missing = [key for key, path in targets.items() if not path.exists()]
+    missing = []
+    for key, path in targets.items():
+        if not path.exists() and not path.is_symlink():
+            missing.append(key)
+            continue
+        problem = why_incomplete(path)
+        if problem:
+            log.warning("sscr: %s %s; re-synthesising it", path, problem)
+            missing.append(key)
     if not missing:
         return False
     arrays = synth_patch(pid, patch_size, seed, snow)

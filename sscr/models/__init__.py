@@ -11,8 +11,10 @@ The backbones:
 - ``uncrtaints``: the published single-date UnCRtainTS, module for module;
 - ``multisarv2`` (alias ``sscr``): the published SSCR network, UnCRtainTS plus a SAR
   edge branch and a structure-mask generator (output ``sar_mask``);
+- ``unet``, ``utae``: the published single-date U-Net that the seed's ``--model unet``
+  and ``--model utae --pretrain`` build, module for module (one network, two names);
 - ``sscr_lite``: this project's own cloud-gated SAR-optical U-Net (output ``structure``);
-- ``unet``, ``utae``: the U-Net and U-TAE baselines.
+- ``mask_unet``: this project's small plain U-Net with a cloud-mask input (tests, benchmarks).
 
 Every backbone is built from one :class:`BackboneConfig` (the ``params.yaml``
 ``model:`` keys minus ``name``, plus ``variance``: None, "diag" or "iso"),
@@ -36,7 +38,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from sscr.models._base import BackboneConfig, CloudRemovalModel
+from sscr.models._base import BackboneConfig, CloudRemovalModel, ModelTooLarge, check_model_size
 from sscr.models._registry import ALIASES, list_models, model_class, register_model, resolve_name
 from sscr.models.blocks import S1_CHANNELS, S2_CHANNELS
 
@@ -44,6 +46,7 @@ __all__ = [
     "ALIASES",
     "BackboneConfig",
     "CloudRemovalModel",
+    "ModelTooLarge",
     "available_models",
     "build_model",
     "example_inputs",
@@ -74,7 +77,9 @@ def build_model(name: str, config: BackboneConfig | None = None, **params: Any) 
     """Build backbone ``name`` from ``config``, or from ``params`` (``model:`` keys minus ``name``, + ``variance``).
 
     ``build_model(name, **checkpoint["model_config"])`` rebuilds a trained model.
-    Unknown name -> ValueError listing the available names; unknown keyword -> TypeError naming it.
+    Unknown name -> ValueError listing the available names; unknown keyword -> TypeError naming it; a
+    config beyond the size limits (``sscr.models._base.MODEL_MAX_*``) -> :class:`ModelTooLarge` (a ValueError),
+    before any weight is allocated.
     """
     cls = model_class(name)
     if config is None:
@@ -84,6 +89,7 @@ def build_model(name: str, config: BackboneConfig | None = None, **params: Any) 
             raise TypeError(f"{resolve_name(name)}: {err}") from None
     elif params:
         raise TypeError(f"build_model({name!r}) takes a BackboneConfig or keyword parameters, not both")
+    check_model_size(cls, config)
     return cls(config)
 
 

@@ -21,6 +21,24 @@ from torch import nn
 from sscr.config import ModelConfig
 from sscr.models.blocks import BLOCK_TYPES, S1_CHANNELS, S2_CHANNELS, VARIANCES
 
+MODEL_MAX_WIDTH = 2048
+"""Widest layer (``encoder_widths``, ``decoder_widths``, ``d_model``) and most attention heads accepted from
+params, a checkpoint or a published ``conf.json``; the published networks use 128, ours at most 256."""
+MODEL_MAX_LEVELS = 8
+"""Most entries of ``encoder_widths`` / ``decoder_widths`` (the published decoder has 5; 8 halvings of a 256 px
+patch leave 1 px)."""
+MODEL_MAX_PARAMS = 100_000_000
+"""Most parameters a model may have (400 MB of float32 weights, 1.6 GB with Adam's state; ours have 0.5-2 M).
+Counted before any weight is allocated: on the ``meta`` device for configs wider than :data:`MODEL_SMALL_WIDTH`."""
+MODEL_SMALL_WIDTH = 256
+"""Configs whose widths, ``d_model`` and ``n_head`` are all at most this (and :data:`MODEL_MAX_LEVELS` deep)
+hold at most 40 M parameters whatever the backbone (tests/test_hostile_inputs.py builds the largest of each
+on the meta device), so they are built without counting first."""
+
+
+class ModelTooLarge(ValueError):
+    """A model config beyond :data:`MODEL_MAX_WIDTH`, :data:`MODEL_MAX_LEVELS` or :data:`MODEL_MAX_PARAMS`."""
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -56,12 +74,20 @@ class BackboneConfig:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"model.{key} must be a positive integer, got {value!r}")
+            if value is not None and value > MODEL_MAX_WIDTH:
+                raise ModelTooLarge(f"model.{key} {value} exceeds the limit of {MODEL_MAX_WIDTH}: refused before "
+                                    "building (the published networks use 128)")
         for key in ("encoder_widths", "decoder_widths"):
             widths = getattr(self, key)
             if widths is None:
                 continue
             if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
                 raise ValueError(f"model.{key} must be a non-empty list of positive integers, got {widths!r}")
+            if len(widths) > MODEL_MAX_LEVELS or max(widths) > MODEL_MAX_WIDTH:
+                shown = widths if len(widths) <= MODEL_MAX_LEVELS else f"{widths[:3]}... ({len(widths)} levels)"
+                raise ModelTooLarge(f"model.{key} {shown} exceeds the limits of {MODEL_MAX_WIDTH} per layer and "
+                                    f"{MODEL_MAX_LEVELS} levels: refused before building (the published networks "
+                                    "use 128)")
             object.__setattr__(self, key, list(widths))  # a private copy, as JSON gives it back
 
     @classmethod
@@ -81,6 +107,34 @@ class BackboneConfig:
     def as_dict(self) -> dict[str, Any]:
         """Plain data (lists, numbers, strings, None): what a checkpoint stores as ``model_config``."""
         return dataclasses.asdict(self)
+
+    def is_small(self) -> bool:
+        """Whether every width, ``d_model`` and ``n_head`` is at most :data:`MODEL_SMALL_WIDTH`."""
+        sizes = [*(self.encoder_widths or []), *(self.decoder_widths or []), self.d_model or 0, self.n_head or 0]
+        return max(sizes) <= MODEL_SMALL_WIDTH
+
+
+def count_parameters(cls: type[nn.Module], config: BackboneConfig) -> int:
+    """Parameters of ``cls(config)``, counted on the ``meta`` device: no weight is allocated nor initialised."""
+    with torch.device("meta"):
+        shadow = cls(config)
+    return sum(parameter.numel() for parameter in shadow.parameters())
+
+
+def check_model_size(cls: type[nn.Module], config: BackboneConfig) -> None:
+    """:class:`ModelTooLarge` if ``cls(config)`` would hold more than :data:`MODEL_MAX_PARAMS` parameters.
+
+    Widths and levels were checked when ``config`` was made; a config within
+    :data:`MODEL_SMALL_WIDTH` is known to be small, any other is counted on the ``meta`` device first.
+    """
+    if config.is_small():
+        return
+    count = count_parameters(cls, config)
+    if count > MODEL_MAX_PARAMS:
+        raise ModelTooLarge(f"{getattr(cls, 'model_name', cls.__name__)} with encoder_widths {config.encoder_widths}, "
+                            f"decoder_widths {config.decoder_widths}, d_model {config.d_model} would hold "
+                            f"{count:,} parameters, above the limit of {MODEL_MAX_PARAMS:,}: refused before "
+                            "allocating it")
 
 
 @dataclass
@@ -233,3 +287,52 @@ class CloudRemovalModel(nn.Module):
                 f"and at least {2 * multiple} (its total downsampling); got {height} x {width}: "
                 "crop or pad the patch"
             )
+
+
+class PublishedNetwork(CloudRemovalModel):
+    """Base of the published networks (``uncrtaints``, ``multisarv2``, ``unet``, ``utae``): their input and units.
+
+    The published code feeds one tensor, S1 (VV, VH) first, then the 13 S2 bands, all
+    times ``scale_by``, and no cloud mask (``use_mask: true`` is refused). A subclass
+    implements :meth:`forward_scaled`, the published forward on that tensor, whose
+    outputs are in the scaled units the published losses see; :meth:`forward` takes
+    [0, 1] inputs and returns them divided back (mean / scale_by, var / scale_by**2).
+    """
+
+    takes_mask = False
+    defaults: ClassVar[Mapping[str, Any]] = {"use_mask": False}
+
+    def network_input(self, cloudy: torch.Tensor, sar: torch.Tensor | None = None) -> torch.Tensor:
+        """The published network's input: S1 then S2 (S2 only without SAR), times ``scale_by``: (B, C, H, W)."""
+        inputs = self.prepare(cloudy, sar, None)
+        parts = [inputs.cloudy[:, 0]] if inputs.sar is None else [inputs.sar[:, 0], inputs.cloudy[:, 0]]
+        return torch.cat(parts, dim=1) * self.scale_by
+
+    def single_date(self, stacked: torch.Tensor) -> torch.Tensor:
+        """A scaled input as (B, C, H, W): the published (B, 1, C, H, W) loses its time axis; ValueError otherwise."""
+        if stacked.dim() == 5:
+            if stacked.shape[1] != 1:
+                raise ValueError(f"{self.model_name} is mono-temporal: got T={stacked.shape[1]} time steps")
+            stacked = stacked[:, 0]
+        if stacked.dim() != 4 or stacked.shape[1] != self.in_channels:
+            raise ValueError(f"{self.model_name}: the scaled input must be (B, {self.in_channels}, H, W) "
+                             f"(S1 then S2), got {tuple(stacked.shape)}")
+        return stacked
+
+    def forward_scaled(self, stacked: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The published forward on :meth:`network_input`: outputs in scaled units (subclasses implement it)."""
+        raise NotImplementedError
+
+    def unscale(self, scaled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Outputs of :meth:`forward_scaled` in [0, 1] units: mean / scale_by, var / scale_by**2."""
+        out = dict(scaled)
+        out["mean"] = scaled["mean"] / self.scale_by
+        if "var" in scaled:
+            out["var"] = scaled["var"] / self.scale_by**2
+        return out
+
+    def forward(
+        self, cloudy: torch.Tensor, sar: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """cloudy (B, 13, H, W), sar (B, 2, H, W) -> {"mean", ["var"], ...} in [0, 1] units; ``mask`` is ignored."""
+        return self.unscale(self.forward_scaled(self.network_input(cloudy, sar)))

@@ -1,11 +1,11 @@
 """Building blocks shared by every backbone: convolutions, norms, MBConv, residual blocks,
-L-TAE temporal attention, low-resolution multi-head attention, the mean / variance heads
-and the two weight initialisations (this project's and the published one).
+low-resolution multi-head attention, the mean / variance heads and the two weight
+initialisations (this project's and the published one).
 
 Each block exists once, here; backbones import them and never redefine a variant.
-The MBConv, squeeze-excitation, L-TAE and temporal aggregation follow UnCRtainTS
-(Ebel et al., CVPRW 2023, github.com/PatrickTUM/UnCRtainTS) and U-TAE
-(Sainte Fare Garnot and Landrieu, ICCV 2021, github.com/VSainteuf/utae-paps).
+The MBConv and squeeze-excitation follow UnCRtainTS (Ebel et al., CVPRW 2023,
+github.com/PatrickTUM/UnCRtainTS); the conv layers U-TAE (Sainte Fare Garnot and
+Landrieu, ICCV 2021, github.com/VSainteuf/utae-paps) as UnCRtainTS ships it.
 :class:`ConvBlock`, :class:`ConvLayer`, :class:`MBConv` and :class:`ResidualConvBlock`
 nest their layers as the published code does, so the published networks built from
 them have the published state-dict keys (``in_conv.conv.conv.0.weight``,
@@ -92,7 +92,11 @@ class ConvNormAct(nn.Sequential):
 
 
 class ConvLayer(nn.Module):
-    """Conv (with bias), norm, activation stored as ``conv``: U-TAE's ``ConvLayer`` (keys ``conv.0.weight``)."""
+    """Conv (with bias, reflect padded), norm, activation stored as ``conv``: U-TAE's ``ConvLayer`` (keys ``conv.0.weight``).
+
+    ``stride`` and ``padding`` as U-TAE's strided down-sampling convolution takes them
+    (``padding`` None: 'same' size).
+    """
 
     def __init__(
         self,
@@ -101,9 +105,12 @@ class ConvLayer(nn.Module):
         kernel_size: int = 1,
         norm: NormKind = "group",
         act: type[nn.Module] | None = nn.ReLU,
+        stride: int = 1,
+        padding: int | None = None,
     ) -> None:
         super().__init__()
-        self.conv = ConvNormAct(in_channels, out_channels, kernel_size, norm=norm, act=act, bias=True)
+        self.conv = ConvNormAct(in_channels, out_channels, kernel_size, stride=stride, norm=norm, act=act,
+                                padding=padding, bias=True)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C_out, H, W)."""
@@ -240,104 +247,6 @@ def make_block(block_type: BlockType, channels: int, norm: NormKind) -> nn.Modul
     raise ValueError(f"unknown block_type {block_type!r}; expected one of {list(BLOCK_TYPES)}")
 
 
-class PositionalEncoder(nn.Module):
-    """Sinusoidal encoding of acquisition positions (days or indices), repeated once per head."""
-
-    def __init__(self, dim: int, period: float = 1000.0, repeat: int = 1) -> None:
-        super().__init__()
-        self.repeat = repeat
-        exponent = 2 * (torch.arange(dim, dtype=torch.float32) // 2) / dim
-        self.register_buffer("denominator", torch.pow(period, exponent), persistent=False)
-
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        """(N, T) positions -> (N, T, dim * repeat) encodings."""
-        table = positions[:, :, None].float() / self.denominator[None, None, :]
-        even = torch.arange(table.shape[-1], device=table.device) % 2 == 0
-        table = torch.where(even, torch.sin(table), torch.cos(table))  # sin on 2i, cos on 2i+1
-        return table.repeat(1, 1, self.repeat)
-
-
-class LTAE2d(nn.Module):
-    """Lightweight temporal attention encoder (L-TAE) applied at every pixel of a (B, T, C, H, W) map.
-
-    Each head has one learned master query; keys come from the (normed, projected,
-    position-encoded) features, values are the per-head channel groups. Returns the
-    attended features (B, C_out, H, W) and the attention masks (heads, B, T, H, W)
-    that U-TAE uses to collapse time at every resolution.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        n_head: int = 16,
-        d_k: int = 4,
-        d_model: int = 256,
-        out_channels: int | None = None,
-        period: float = 1000.0,
-    ) -> None:
-        super().__init__()
-        if in_channels % n_head or d_model % n_head:
-            raise ValueError(
-                f"L-TAE needs in_channels ({in_channels}) and d_model ({d_model}) divisible by n_head ({n_head})"
-            )
-        out_channels = out_channels or in_channels
-        self.n_head, self.d_k, self.d_model = n_head, d_k, d_model
-        self.in_norm = nn.GroupNorm(n_head, in_channels)
-        self.in_proj = nn.Linear(in_channels, d_model)
-        self.positional = PositionalEncoder(d_model // n_head, period, repeat=n_head)
-        self.query = nn.Parameter(torch.randn(n_head, d_k) * math.sqrt(2.0 / d_k))
-        self.key = nn.Linear(d_model, n_head * d_k)
-        nn.init.normal_(self.key.weight, mean=0.0, std=math.sqrt(2.0 / d_k))
-        self.mlp = nn.Sequential(nn.Linear(d_model, out_channels), nn.BatchNorm1d(out_channels), nn.ReLU())
-        self.out_norm = nn.GroupNorm(n_head, out_channels) if out_channels % n_head == 0 else nn.Identity()
-
-    def forward(
-        self, features: torch.Tensor, positions: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (B, T, C, H, W), positions (B, T) or None (= 0, 1, ..., T-1)."""
-        batch, steps, channels, height, width = features.shape
-        if positions is None:
-            positions = torch.arange(steps, device=features.device).expand(batch, steps)
-        # one sequence per pixel: (B*H*W, T, C)
-        seq = features.permute(0, 3, 4, 1, 2).reshape(batch * height * width, steps, channels)
-        seq = self.in_norm(seq.transpose(1, 2)).transpose(1, 2)
-        seq = self.in_proj(seq)
-        pixel_positions = positions[:, None, None, :].expand(batch, height, width, steps)
-        seq = seq + self.positional(pixel_positions.reshape(-1, steps))
-
-        n = seq.shape[0]
-        keys = self.key(seq).view(n, steps, self.n_head, self.d_k).permute(2, 0, 1, 3)  # h, N, T, dk
-        scores = torch.einsum("hd,hntd->hnt", self.query, keys) / math.sqrt(self.d_k)
-        attention = scores.softmax(dim=-1)  # h, N, T
-        values = seq.view(n, steps, self.n_head, self.d_model // self.n_head).permute(2, 0, 1, 3)
-        attended = torch.einsum("hnt,hntd->nhd", attention, values).reshape(n, self.d_model)
-
-        out = self.out_norm(self.mlp(attended))
-        out = out.view(batch, height, width, -1).permute(0, 3, 1, 2)
-        attention = attention.view(self.n_head, batch, height, width, steps).permute(0, 1, 4, 2, 3)
-        return out, attention
-
-
-def temporal_aggregate(features: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-    """Collapse time with grouped attention masks (U-TAE's ``att_group`` mode).
-
-    features (B, T, C, H, W) with C divisible by the number of heads; attention
-    (heads, B, T, h, w) at any resolution, resized (bilinear up, average down) to H x W.
-    Channel group g is averaged over time with head g's weights. Returns (B, C, H, W).
-    """
-    heads, batch, steps = attention.shape[:3]
-    height, width = features.shape[-2:]
-    masks = attention.reshape(heads * batch, steps, *attention.shape[-2:])
-    if masks.shape[-2:] != (height, width):
-        if masks.shape[-2] < height:
-            masks = F.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False)
-        else:
-            masks = F.adaptive_avg_pool2d(masks, (height, width))
-    masks = masks.view(heads, batch, steps, 1, height, width)
-    groups = torch.stack(features.chunk(heads, dim=2))  # heads, B, T, C/heads, H, W
-    return torch.cat(list((masks * groups).sum(dim=2)), dim=1)
-
-
 class LowResAttention(nn.Module):
     """Global context by multi-head attention whose keys and values live on a small fixed grid.
 
@@ -389,8 +298,8 @@ class LowResAttention(nn.Module):
 class OutputHeads(nn.Module):
     """1x1 convolution to the mean (13 bands, sigmoid) and, if asked, the variance (softplus).
 
-    The heads of ``sscr_lite``, ``unet`` and ``utae`` (the published networks have their
-    own, in :mod:`sscr.models.uncrtaints`). ``variance``: None (mean only), ``"diag"``
+    The heads of ``sscr_lite`` and ``mask_unet`` (the published networks have their
+    own, in :mod:`sscr.models.uncrtaints` and :mod:`sscr.models.unet`). ``variance``: None (mean only), ``"diag"``
     (one variance per band, 13 channels) or ``"iso"`` (one variance shared by all
     bands). The network works on data multiplied by ``scale_by`` (as UnCRtainTS), so
     the softplus output is a variance in those units; it is divided by ``scale_by**2``

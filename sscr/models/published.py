@@ -11,8 +11,10 @@ saves, with ``save_model``, ``<res_dir>/<experiment_name>/<name>.pth.tar``: a
 
 and beside it ``conf.json``: its argparse namespace after the script's own changes
 (``--pretrain`` sets ``input_t`` and ``n_head`` to 1; GNLL/MGNLL add the variance
-channels to ``out_conv``). ``uncrtaints`` and ``multisarv2`` here are those networks
-module for module, with the same state-dict keys, so their weights load strictly.
+channels to ``out_conv``; ``--model unet`` and ``utae`` train with ``l2``). ``uncrtaints``,
+``multisarv2``, ``unet`` and ``utae`` (the single-date U-Net ``--pretrain`` builds for both)
+here are those networks module for module, with the same state-dict keys, so their
+weights load strictly.
 
 :func:`published_settings` maps a ``conf.json`` to this project's params: the keys in
 :data:`MAPPED`, the ones in :data:`REQUIRED` checked (a value the single-date networks
@@ -24,7 +26,6 @@ the other way.
 
 from __future__ import annotations
 
-import json
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -36,15 +37,18 @@ import torch
 from torch import nn
 
 from sscr.bands import S2_CHANNELS
-from sscr.config import LossConfig, ModelConfig
-from sscr.models._base import BackboneConfig
+from sscr.config import LossConfig, ModelConfig, read_json_config
+from sscr.fsutil import why_not_a_file
+from sscr.models._base import BackboneConfig, check_model_size
 from sscr.models._registry import model_class, resolve_name
 
 NETWORK_PREFIX = "netG."
 """The published wrapper (``BaseModel``) holds the network as ``netG``."""
-PUBLISHED_NETWORKS = ("uncrtaints", "multisarv2")
-"""The published networks reproduced here module for module (``model`` in ``conf.json``)."""
+PUBLISHED_NETWORKS = ("uncrtaints", "multisarv2", "unet", "utae")
+"""The published networks reproduced here module for module (``model`` in ``conf.json``): the seed's four backbones."""
 VARIANCE_CHANNELS = {None: 0, "diag": S2_CHANNELS, "iso": 1}
+PUBLISHED_LOSSES = ("l1", "l2", "ml", "GNLL", "MGNLL")
+"""The losses the published ``losses.get_loss`` builds (``structure`` is this project's)."""
 
 MAPPED: dict[str, str] = {
     "model": "model.name", "use_sar": "model.use_sar", "scale_by": "model.scale_by",
@@ -61,16 +65,24 @@ REQUIRED: dict[str, tuple[Any, str]] = {
                        "single-date one the seed trains with --pretrain"),
     "input_t": (1, "more than one input date needs the temporal encoder, which is not reproduced here"),
     "separate_out": (False, "separate mean and variance output layers are not reproduced here"),
-    "mean_nonLinearity": (True, "the networks here always apply scale_by * sigmoid to the mean"),
+    "mean_nonLinearity": (True, "the networks here always apply their published sigmoid to the mean"),
     "encoder_norm": ("group", "the encoder here uses GroupNorm, as the published default"),
     "decoder_norm": ("batch", "the decoder here uses BatchNorm, as the published default"),
 }
 """``conf.json`` keys whose value must be the one given (when present), and why."""
 
+REQUIRED_BY_MODEL: dict[str, dict[str, tuple[Any, str]]] = {
+    name: {
+        "padding_mode": ("reflect", "the U-Net's convolutions here pad by reflection, as the published default"),
+        "pad_value": (0, "the U-Net's encoder here treats an all-zero sample as padding, as the published default"),
+    } for name in ("unet", "utae")
+}
+"""Further ``conf.json`` keys whose value one network needs (the U-Net passes them to its blocks)."""
+
 IGNORED: tuple[str, ...] = (
-    # no effect on a single-date network: the temporal encoder's settings
+    # no effect on a single-date network: the temporal encoder's settings (pad_value: but see REQUIRED_BY_MODEL)
     "use_v", "agg_mode", "positional_encoding", "d_k", "pad_value", "low_res_size", "ref_date", "vary_samples",
-    # passed to the network but not to its blocks, which always pad by reflection
+    # passed to UnCRtainTS but not to its blocks, which always pad by reflection (the U-Net's: REQUIRED_BY_MODEL)
     "padding_mode",
     # where and how the published script ran, logged, resumed and tested
     "experiment_name", "res_dir", "weight_folder", "load_config", "root1", "root2", "root3", "precomputed",
@@ -125,7 +137,7 @@ def published_settings(conf: Mapping[str, Any], source: str = "conf.json") -> Pu
     if name not in PUBLISHED_NETWORKS:
         raise PublishedFormatError(f"{source}: model = {name!r} cannot be imported: only {list(PUBLISHED_NETWORKS)} "
                                    "are reproduced module for module")
-    for key, (expected, why) in REQUIRED.items():
+    for key, (expected, why) in {**REQUIRED, **REQUIRED_BY_MODEL.get(name, {})}.items():
         if key in conf and conf[key] != expected:
             raise PublishedFormatError(f"{source}: {key} = {conf[key]!r} cannot be honoured ({why}); "
                                        f"expected {expected!r}")
@@ -150,7 +162,8 @@ def published_settings(conf: Mapping[str, Any], source: str = "conf.json") -> Pu
     _check_outputs(conf, variance, loss, source)
     if variance is not None and conf.get("var_nonLinearity", "softplus") != "softplus":
         raise PublishedFormatError(f"{source}: var_nonLinearity = {conf['var_nonLinearity']!r} cannot be honoured "
-                                   "(the networks here use softplus + eps for the variance)")
+                                   "(the networks here use softplus for the variance, as the published GNLL and "
+                                   "MGNLL set it)")
     if loss == "ml" and name != "multisarv2":
         raise PublishedFormatError(f"{source}: loss = 'ml' needs model multisarv2 (its structure mask)")
     model = ModelConfig(**{key.removeprefix("model."): value for key, value in overrides.items()
@@ -192,8 +205,9 @@ def _check_outputs(conf: Mapping[str, Any], variance: str | None, loss: str, sou
 def read_published_checkpoint(path: str | Path) -> dict[str, Any]:
     """A published ``.pth.tar`` as a dict, read with ``weights_only=True``; PublishedFormatError otherwise."""
     path = Path(path)
-    if not path.is_file():
-        raise PublishedFormatError(f"published checkpoint {path} does not exist")
+    problem = why_not_a_file(path)
+    if problem:
+        raise PublishedFormatError(f"published checkpoint {path} {problem}: pass its model.pth.tar")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
@@ -234,13 +248,13 @@ def conf_beside(checkpoint: str | Path) -> Path:
 def read_conf(path: str | Path) -> dict[str, Any]:
     """A published ``conf.json`` as a dict; PublishedFormatError naming the file otherwise."""
     path = Path(path)
-    if not path.is_file():
+    problem = why_not_a_file(path)
+    if problem == "does not exist":
         raise PublishedFormatError(f"no conf.json at {path}: pass the run's conf.json (--config); the weights do "
                                    "not hold scale_by, the loss nor the widths' meaning")
-    try:
-        conf = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise PublishedFormatError(f"{path} is not valid JSON: {err}") from None
+    if problem:
+        raise PublishedFormatError(f"conf.json {path} {problem}: pass the run's conf.json (--config)")
+    conf = read_json_config(path)
     if not isinstance(conf, dict):
         raise PublishedFormatError(f"{path} must hold a JSON object (the published argparse namespace)")
     return conf
@@ -249,7 +263,9 @@ def read_conf(path: str | Path) -> dict[str, Any]:
 def build_published(settings: PublishedSettings, weights: Mapping[str, torch.Tensor], source: str) -> nn.Module:
     """The network of ``settings`` with ``weights`` loaded strictly; PublishedFormatError naming the keys otherwise."""
     try:
-        model = model_class(settings.model_name)(settings.backbone)
+        cls = model_class(settings.model_name)
+        check_model_size(cls, settings.backbone)
+        model = cls(settings.backbone)
     except ValueError as err:
         raise PublishedFormatError(f"{source}: {err}") from None
     missing, unexpected = _key_difference(model.state_dict(), weights)
@@ -307,6 +323,15 @@ def published_conf(model: nn.Module, loss: LossConfig, train: Mapping[str, Any],
         raise PublishedFormatError(f"model {name!r} has no published counterpart; only {list(PUBLISHED_NETWORKS)} "
                                    "can be exported in the published format")
     cfg = model.config
+    if name == "multisarv2" and cfg.get("mask_beta", 0.0):
+        raise PublishedFormatError(
+            f"{name} with model.mask_beta = {cfg['mask_beta']} has no published counterpart: the published "
+            "MultiSARv2 fixes mask_beta at 0 (structure-mask gate off), so the published scripts would load these "
+            "weights and predict something else; only runs with mask_beta 0 can be exported")
+    if loss.name not in PUBLISHED_LOSSES:
+        raise PublishedFormatError(
+            f"loss {loss.name!r} has no published counterpart (the published scripts build their loss from "
+            f"conf.json and know {', '.join(PUBLISHED_LOSSES)}): retrain with one of them to export")
     variance = cfg["variance"]
     covmode = "uni" if loss.name == "GNLL" else loss.covmode  # the published GNLL runs in covmode "uni"
     return {

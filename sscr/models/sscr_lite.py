@@ -284,6 +284,18 @@ class SSCRLite(CloudRemovalModel):
         out["structure"] = self.structure_head(structure_features)
         return out
 
+    def passes_through(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, H, W) bool: where ``mean`` is the cloudy input exactly, given the mask (B, [1,] H, W) alone.
+
+        The pixels whose output gate :meth:`forward` sets to 0 (probability 0, isolated
+        detections); None without a mask input. Lets a caller skip the forward pass of a
+        tile that is clear throughout: its output would be its input, bit for bit.
+        """
+        if not self.use_mask:
+            return None
+        cloud = mask.reshape(mask.shape[0], 1, *mask.shape[-2:]).clamp(0.0, 1.0)
+        return (cloud <= 0) | isolated_detections(cloud)
+
 
 def isolated_detections(cloud: torch.Tensor) -> torch.Tensor:
     """Where a (B, 1, H, W) cloud probability detects something away from every cloud body: bool (B, 1, H, W).

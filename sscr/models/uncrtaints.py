@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sscr.models._base import BackboneConfig, CloudRemovalModel
+from sscr.models._base import BackboneConfig, PublishedNetwork
 from sscr.models._registry import register_model
 from sscr.models.blocks import S2_CHANNELS, ConvBlock, MBConv, ResidualConvBlock, init_published
 
@@ -45,7 +45,7 @@ VARIANCE_CHANNELS = {None: 0, "diag": S2_CHANNELS, "iso": 1}
 
 
 @register_model("uncrtaints")
-class UnCRtainTS(CloudRemovalModel):
+class UnCRtainTS(PublishedNetwork):
     """The published single-date UnCRtainTS (see the module docstring).
 
     Defaults: ``encoder_widths [128]``, ``decoder_widths [128] * 5`` (one block per
@@ -54,7 +54,6 @@ class UnCRtainTS(CloudRemovalModel):
     Published initialisation (:func:`~sscr.models.blocks.init_published`).
     """
 
-    takes_mask = False
     defaults: ClassVar[dict[str, Any]] = {
         "use_mask": False, "encoder_widths": [DEFAULT_WIDTH], "decoder_widths": [DEFAULT_WIDTH] * 5,
     }
@@ -94,12 +93,6 @@ class UnCRtainTS(CloudRemovalModel):
     def _add_sar_blocks(self, width: int) -> None:
         """Modules registered between ``in_block`` and ``out_block`` (MultiSARv2's SAR blocks); none here."""
 
-    def network_input(self, cloudy: torch.Tensor, sar: torch.Tensor | None = None) -> torch.Tensor:
-        """The published network's input: S1 then S2 (S2 only without SAR), times ``scale_by``: (B, C, H, W)."""
-        inputs = self.prepare(cloudy, sar, None)
-        parts = [inputs.cloudy[:, 0]] if inputs.sar is None else [inputs.sar[:, 0], inputs.cloudy[:, 0]]
-        return torch.cat(parts, dim=1) * self.scale_by
-
     def encode(self, stacked: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Encoder features of the scaled input, and any extra outputs (none here)."""
         features = self.in_conv(stacked)
@@ -113,14 +106,7 @@ class UnCRtainTS(CloudRemovalModel):
         Returns ``mean`` (B, 13, H, W) in [0, scale_by] and, with a variance, ``var``
         (B, 13 or 1, H, W) > 0 in scaled units (times scale_by**2), float32.
         """
-        if stacked.dim() == 5:
-            if stacked.shape[1] != 1:
-                raise ValueError(f"{self.model_name} is mono-temporal: got T={stacked.shape[1]} time steps")
-            stacked = stacked[:, 0]
-        if stacked.dim() != 4 or stacked.shape[1] != self.in_channels:
-            raise ValueError(f"{self.model_name}: the scaled input must be (B, {self.in_channels}, H, W) "
-                             f"(S1 then S2), got {tuple(stacked.shape)}")
-        features, extra = self.encode(stacked)
+        features, extra = self.encode(self.single_date(stacked))
         for block in self.out_block:
             features = block(features)
         raw = self.out_conv(features).float()  # float32 outputs even under mixed precision
@@ -129,18 +115,3 @@ class UnCRtainTS(CloudRemovalModel):
             out["var"] = F.softplus(raw[:, S2_CHANNELS:], beta=1, threshold=20) + self.variance_eps
         out.update(extra)
         return out
-
-    def unscale(self, scaled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Outputs of :meth:`forward_scaled` in [0, 1] units: mean / scale_by, var / scale_by**2."""
-        out = dict(scaled)
-        out["mean"] = scaled["mean"] / self.scale_by
-        if "var" in scaled:
-            out["var"] = scaled["var"] / self.scale_by**2
-        return out
-
-    def forward(
-        self, cloudy: torch.Tensor, sar: torch.Tensor | None = None, mask: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        """cloudy (B, 13, H, W), sar (B, 2, H, W) -> {"mean", ["var"]} in [0, 1] units; ``mask`` is ignored."""
-        return self.unscale(self.forward_scaled(self.network_input(cloudy, sar)))
-

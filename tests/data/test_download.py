@@ -260,6 +260,27 @@ def test_marker_without_its_directory_fetches_again(server, tmp_path):
     assert_extracted(root, S1)
 
 
+def test_extracted_file_cut_short_later_is_reported_not_kept(server, tmp_path):
+    """Issue 21 row 5 for the real data set: a rerun of the stage checks the sizes recorded at extraction (one stat a
+    file) and stops, naming the file and the fix, instead of letting DVC record the damaged file as the data."""
+    state, base = server
+    root = tmp_path / "data"
+    cfg = config(root, base)
+    fetch(cfg)
+    patch = root / tif_member(S1)
+    patch.write_bytes(patch.read_bytes()[: PAYLOAD // 3])
+    seen = len(state.requests)
+    with pytest.raises(DownloadError) as err:
+        fetch(cfg)
+    message = str(err.value)
+    assert message.startswith(f"{patch} has {PAYLOAD // 3:,} bytes, {PAYLOAD:,} when extracted from {S1}")
+    assert f"delete {root / 'ROIs1158_spring_s1'} and rerun" in message and "\n" not in message
+    assert len(state.requests) == seen  # decided without the network
+    shutil.rmtree(root / "ROIs1158_spring_s1")  # the fix the message gives
+    fetch(cfg)
+    assert_extracted(root, S1)
+
+
 def test_season_directory_without_marker_is_replaced_whole(server, tmp_path):
     state, base = server
     root = tmp_path / "data"

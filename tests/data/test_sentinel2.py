@@ -248,7 +248,7 @@ def test_same_prediction_with_and_without_the_offset(l1c_products, l1c_grid, tmp
     sar = synth_patch(PatchId("ROIs1158_spring", 7, 3), patch_size=SIZE, seed=5)["s1"]
     s1 = write_raster(tmp_path / "s1.tif", sar, CRS, TRANSFORM, band_names=S1_BANDS)
     torch.manual_seed(0)
-    model = build_model("unet", encoder_widths=[8, 16], use_sar=True, use_mask=True).eval()
+    model = build_model("mask_unet", encoder_widths=[8, 16], use_sar=True, use_mask=True).eval()
     outputs, tags = {}, {}
     for name in ("old", "new_zip"):
         out = tmp_path / name / "clear.tif"

@@ -9,13 +9,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from sscr.models.blocks import (
     VAR_FLOOR,
     LowResAttention,
-    LTAE2d,
     MBConv,
     OutputHeads,
     ResidualBlock,
     conv2d,
     norm_layer,
-    temporal_aggregate,
 )
 
 
@@ -41,41 +39,6 @@ def test_group_norm_falls_back_to_a_dividing_group_count():
     assert norm_layer("group", 6).num_groups == 2
     with pytest.raises(ValueError, match="unknown norm"):
         norm_layer("layer", 6)
-
-
-def test_ltae_attention_is_a_distribution_over_time():
-    torch.manual_seed(0)
-    ltae = LTAE2d(16, n_head=4, d_k=4, d_model=32, out_channels=8).eval()
-    out, attention = ltae(torch.randn(2, 5, 16, 3, 3))
-    assert out.shape == (2, 8, 3, 3)
-    assert attention.shape == (4, 2, 5, 3, 3)
-    torch.testing.assert_close(attention.sum(dim=2), torch.ones(4, 2, 3, 3))
-    assert attention.min() >= 0
-
-
-def test_ltae_positions_change_the_attention():
-    torch.manual_seed(0)
-    ltae = LTAE2d(16, n_head=4, d_model=32).eval()
-    features = torch.randn(1, 3, 16, 2, 2)
-    _, a = ltae(features, torch.tensor([[0, 1, 2]]))
-    _, b = ltae(features, torch.tensor([[0, 100, 300]]))
-    assert (a - b).abs().max() > 1e-4
-
-
-def test_temporal_aggregate_with_one_hot_attention_selects_a_date():
-    features = torch.randn(2, 3, 8, 4, 4)
-    attention = torch.zeros(4, 2, 3, 2, 2)  # 4 heads, lower resolution than the features
-    attention[:, :, 1] = 1.0
-    torch.testing.assert_close(temporal_aggregate(features, attention), features[:, 1])
-
-
-def test_temporal_aggregate_groups_channels_by_head():
-    features = torch.arange(2 * 4, dtype=torch.float32).view(1, 2, 4, 1, 1).expand(1, 2, 4, 2, 2)
-    attention = torch.zeros(2, 1, 2, 2, 2)
-    attention[0, :, 0] = 1.0  # head 0 (channels 0-1) picks date 0
-    attention[1, :, 1] = 1.0  # head 1 (channels 2-3) picks date 1
-    out = temporal_aggregate(features, attention)
-    assert out[0, :, 0, 0].tolist() == [0.0, 1.0, 6.0, 7.0]
 
 
 def test_low_res_attention_cost_is_linear_in_pixels():

@@ -10,13 +10,15 @@ from sscr.models import build_model, model_cost
 from sscr.models.blocks import VAR_FLOOR
 from sscr.models.sscr_lite import isolated_detections
 
-BACKBONES = ["multisarv2", "sscr_lite", "uncrtaints", "utae", "unet"]
+BACKBONES = ["multisarv2", "sscr_lite", "uncrtaints", "utae", "unet", "mask_unet"]
 PUBLISHED = ["uncrtaints", "multisarv2"]
+PUBLISHED_UNETS = ["unet", "utae"]
 SIZE = 64
 # The published networks work at full resolution with 128 channels (3.4 GFLOPs per 64 x 64
 # image): the head / SAR / variance combinations run them at their structure but narrower, and
 # test_published_default_widths runs their real widths once.
 FAST = {name: {"encoder_widths": [16], "decoder_widths": [16] * 2} for name in PUBLISHED}
+FAST.update({name: {"encoder_widths": [8, 16], "decoder_widths": [8, 16]} for name in PUBLISHED_UNETS})
 EXTRA = {"sscr_lite": {"structure"}, "multisarv2": {"sar_mask"}}
 
 
@@ -54,7 +56,8 @@ def test_forward_backward(name, variance, use_sar):
     assert 0.0 <= out["mean"].min() and out["mean"].max() <= 1.0
     if variance:
         assert out["var"].shape == (2, 13 if variance == "diag" else 1, SIZE, SIZE)
-        assert out["var"].min() >= VAR_FLOOR
+        # the published U-Net's variance is a plain softplus (no floor); the losses clamp it
+        assert out["var"].min() >= (0.0 if name in PUBLISHED_UNETS else VAR_FLOOR)
     for key in EXTRA.get(name, ()):
         assert out[key].shape == (2, 1, SIZE, SIZE)
         assert 0.0 <= out[key].min() and out[key].max() <= 1.0
@@ -90,41 +93,14 @@ def test_published_default_widths(name):
     assert out["var"].min() >= 1e-3 / 10.0**2
 
 
-@pytest.mark.parametrize("steps", [1, 3])
-def test_utae_time_series(steps):
-    torch.manual_seed(0)
-    model = build_model("utae", variance="diag", encoder_widths=[16, 16, 32], n_head=4, d_model=32)
-    batch = make_batch(steps=steps)
-    out = model(**batch)
-    assert out["mean"].shape == (2, 13, SIZE, SIZE)
-    assert out["var"].shape == (2, 13, SIZE, SIZE)
-    out["mean"].mean().backward()
-    query_grad = model.temporal_encoder.query.grad
-    assert torch.isfinite(query_grad).all()
-    # with one date the attention is constant (softmax over one step); with three it learns
-    if steps == 1:
-        assert torch.count_nonzero(query_grad) == 0
-    else:
-        assert query_grad.abs().sum() > 0
-
-
-def test_utae_single_sar_frame_broadcast_over_time():
-    torch.manual_seed(0)
-    model = build_model("utae", encoder_widths=[16, 32], n_head=4, d_model=16).eval()
-    batch = make_batch(steps=3)
-    repeated = model(batch["cloudy"], batch["sar"][:, :1].expand(-1, 3, -1, -1, -1), batch["mask"])
-    single = model(batch["cloudy"], batch["sar"][:, 0], batch["mask"])
-    torch.testing.assert_close(single["mean"], repeated["mean"])
-
-
-@pytest.mark.parametrize("name", ["sscr_lite", "unet", *PUBLISHED])
+@pytest.mark.parametrize("name", ["sscr_lite", "mask_unet", *PUBLISHED, *PUBLISHED_UNETS])
 def test_mono_temporal_models_refuse_time_series(name):
     model = build_model(name, **FAST.get(name, {}))
     with pytest.raises(ValueError, match="mono-temporal"):
         model(**make_batch(steps=3, size=16))
 
 
-@pytest.mark.parametrize(("name", "multiple"), [("sscr_lite", 4), ("unet", 8), ("utae", 8)])
+@pytest.mark.parametrize(("name", "multiple"), [("sscr_lite", 4), ("mask_unet", 8), ("unet", 8), ("utae", 8)])
 def test_size_constraint_is_a_clear_error(name, multiple):
     model = build_model(name)
     assert model.size_multiple == multiple
@@ -155,7 +131,7 @@ def test_missing_sar_is_refused_and_ignored_without_sar(name):
 
 
 def test_mask_may_be_2d_per_sample():
-    model = build_model("unet").eval()
+    model = build_model("mask_unet").eval()
     batch = make_batch(size=16)
     with torch.no_grad():
         a = model(batch["cloudy"], batch["sar"], batch["mask"])["mean"]
@@ -169,7 +145,7 @@ def test_inputs_are_multiplied_by_scale_by():
     def record(module, args, output):
         seen["input"] = args[0]
 
-    model = build_model("unet", scale_by=7.0, use_mask=False)
+    model = build_model("mask_unet", scale_by=7.0, use_mask=False)
     model.stem.register_forward_hook(record)
     batch = make_batch(size=16)
     model(batch["cloudy"], batch["sar"])
@@ -327,18 +303,19 @@ def test_model_cost_scales_with_batch_and_pixels():
     assert next(model.parameters()).device.type == "cpu"  # the meta copy left the model alone
 
 
-def test_published_networks_stack_sar_first_and_scale_it():
+@pytest.mark.parametrize("name", ["uncrtaints", "unet"])
+def test_published_networks_stack_sar_first_and_scale_it(name):
     seen = {}
-    model = build_model("uncrtaints", scale_by=7.0, **FAST["uncrtaints"])
+    model = build_model(name, scale_by=7.0, **FAST[name])
     model.in_conv.register_forward_hook(lambda module, args, output: seen.update(input=args[0]))
     batch = make_batch(size=16)
     model(batch["cloudy"], batch["sar"], batch["mask"])  # the mask is ignored: the network takes none
     torch.testing.assert_close(seen["input"], 7.0 * torch.cat((batch["sar"], batch["cloudy"]), 1))
-    optical = build_model("uncrtaints", use_sar=False, **FAST["uncrtaints"])
+    optical = build_model(name, use_sar=False, **FAST[name])
     assert optical.in_conv.conv.conv[0].in_channels == 13
 
 
-@pytest.mark.parametrize("name", PUBLISHED)
+@pytest.mark.parametrize("name", [*PUBLISHED, *PUBLISHED_UNETS])
 def test_published_networks_refuse_a_mask_input(name):
     with pytest.raises(ValueError, match="takes no cloud mask.*model.use_mask"):
         build_model(name, use_mask=True)
@@ -398,3 +375,33 @@ def test_multisarv2_edge_branch_runs_in_training_mode_only():
     (out["mean"].mean() + out["sar_mask"].mean()).backward()
     assert model.sar_edge_conv.conv_x.weight.grad is None  # ... and its output is never used
     assert model.mask_conv.weight.grad.abs().sum() > 0
+
+
+def test_published_unet_and_utae_are_one_network_under_two_names():
+    torch.manual_seed(0)
+    unet = build_model("unet", **FAST["unet"]).eval()
+    utae = build_model("utae", **FAST["utae"]).eval()
+    assert list(unet.state_dict()) == list(utae.state_dict()) and utae.model_name == "utae"
+    utae.load_state_dict(unet.state_dict(), strict=True)
+    batch = make_batch(size=16)
+    with torch.no_grad():
+        assert torch.equal(unet(batch["cloudy"], batch["sar"])["mean"], utae(batch["cloudy"], batch["sar"])["mean"])
+
+
+def test_published_unet_defaults_and_width_rules():
+    model = build_model("unet")
+    assert model.config["encoder_widths"] == [64, 64, 64, 128] and model.config["decoder_widths"] == [32, 32, 64, 128]
+    assert len(model.down_blocks) == len(model.up_blocks) == 3 and model.size_multiple == 8
+    with pytest.raises(ValueError, match="one decoder width per encoder width, the last ones equal"):
+        build_model("unet", encoder_widths=[8, 16], decoder_widths=[8, 8])
+    with pytest.raises(ValueError, match="one decoder width per encoder width"):
+        build_model("utae", encoder_widths=[8, 16], decoder_widths=[16])
+
+
+def test_published_unet_mean_is_a_sigmoid_not_times_scale_by():
+    """As published: its mean tops out at 1 in scaled units, i.e. 1 / scale_by once divided back."""
+    model = build_model("unet", scale_by=10.0, **FAST["unet"]).eval()
+    with torch.no_grad():
+        model.out_conv.conv.conv[0].bias.fill_(50.0)  # saturate the sigmoid
+        out = model(**make_batch(size=16))
+    torch.testing.assert_close(out["mean"], torch.full_like(out["mean"], 0.1))

@@ -3,7 +3,9 @@
 ``tests/fixtures/published/published_run/`` is a tiny run written by the published code
 itself (``tools/published_reference.py``: its training script's configuration from the
 seed's command line at width 16, one optimiser step, ``save_model``);
-``published_run_outputs.pt`` its network's eval-mode outputs on ``inputs.pt``.
+``published_run_outputs.pt`` its network's eval-mode outputs on ``inputs.pt``;
+``published_run_unet/`` and ``published_run_utae/`` the same with the seed's line for
+``--model unet`` and ``--model utae`` (the published single-date U-Net, trained with ``l2``).
 """
 
 from __future__ import annotations
@@ -55,7 +57,24 @@ def test_load_published_returns_the_published_outputs_divided_by_scale_by(inputs
     assert 0 <= float(out["mean"].min()) and float(out["mean"].max()) <= 1
 
 
-@pytest.mark.parametrize("name", ["uncrtaints_gnll", "uncrtaints_iso", "multisarv2_ml"])
+@pytest.mark.parametrize(("run", "name"), [("published_run_unet", "unet"), ("published_run_utae", "utae")])
+def test_load_published_takes_the_published_unet_and_utae(run, name, inputs):
+    """The seed's --model unet and --model utae runs: the U-Net, loaded strictly, giving the published outputs."""
+    reference = torch.load(FIXTURES / f"{run}_outputs.pt", weights_only=True)
+    model = load_published(FIXTURES / run / "model.pth.tar")
+    assert not model.training and model.model_name == name and model.variance is None
+    published = torch.load(FIXTURES / run / "model.pth.tar", weights_only=True)["state_dict_G"]
+    assert list(model.state_dict()) == list(published)
+    with torch.no_grad():
+        out = model(inputs["cloudy"], inputs["sar"])
+    assert set(out) == {"mean"}
+    torch.testing.assert_close(out["mean"], reference["mean"] / reference["scale_by"], **TOL)
+    settings = published_settings(json.loads((FIXTURES / run / "conf.json").read_text()))
+    assert settings.overrides["loss.name"] == "l2"  # the published script trains both with l2
+    assert settings.overrides["train.batch_size"] == (32 if name == "unet" else 2)  # and unet at batch 32
+
+
+@pytest.mark.parametrize("name", ["uncrtaints_gnll", "uncrtaints_iso", "multisarv2_ml", "unet_l2", "unet_gnll"])
 def test_load_published_on_the_parity_references(name, inputs, tmp_path):
     """A checkpoint in the published format holding the parity case's published weights gives its outputs."""
     from test_published_parity import unpack
@@ -65,7 +84,8 @@ def test_load_published_on_the_parity_references(name, inputs, tmp_path):
     model = build_model(settings.pop("name"), scale_by=case["scale_by"], **settings)
     model.load_state_dict(unpack(case["state_init"]), strict=True)
     loss = {"uncrtaints_gnll": LossConfig(name="GNLL"), "uncrtaints_iso": LossConfig(name="MGNLL", covmode="iso"),
-            "multisarv2_ml": LossConfig(name="ml")}[name]
+            "multisarv2_ml": LossConfig(name="ml"), "unet_l2": LossConfig(name="l2"),
+            "unet_gnll": LossConfig(name="GNLL")}[name]
     (tmp_path / "conf.json").write_text(json.dumps(published_conf(model, loss, {}, "case")))
     torch.save(published_checkpoint(model, 0, {}, {}), tmp_path / "model.pth.tar")
     loaded = load_published(tmp_path / "model.pth.tar", tmp_path / "conf.json")
@@ -106,7 +126,9 @@ def test_gnll_conf_maps_to_13_variance_channels():
     ({"separate_out": True}, "separate_out = True"),
     ({"mean_nonLinearity": False}, "mean_nonLinearity = False"),
     ({"encoder_norm": "batch"}, "encoder_norm = 'batch'"),
-    ({"model": "utae"}, "model = 'utae'"),
+    ({"model": "convlstm"}, "model = 'convlstm'"),
+    ({"model": "unet", "loss": "l2", "padding_mode": "zeros"}, "padding_mode = 'zeros'"),
+    ({"model": "utae", "loss": "l2", "pad_value": 1.0}, "pad_value = 1.0"),
     ({"block_type": "residual"}, "model.block_type"),
     ({"use_sar": False}, "model.use_sar"),
     ({"out_conv": [26]}, "out_conv = [26]"),
@@ -156,3 +178,26 @@ def test_exported_checkpoint_has_the_published_structure():
             assert ours[key][name].dtype == value.dtype and torch.equal(ours[key][name], value), name
     assert all(name.startswith("netG.") for name in ours["state_dict"])
     assert math.isfinite(float(ours["epoch"]))
+
+
+def test_export_refuses_what_the_published_scripts_would_run_differently():
+    """A structure-mask gate the published MultiSARv2 fixes at 0, and a loss it does not know."""
+    gated = build_model("multisarv2", encoder_widths=[16], decoder_widths=[16], mask_beta=0.5)
+    with pytest.raises(PublishedFormatError, match="mask_beta = 0.5 has no published counterpart.*fixes mask_beta at 0"):
+        published_conf(gated, LossConfig(name="ml"), {}, "gated")
+    plain = build_model("uncrtaints", encoder_widths=[16], decoder_widths=[16], mask_beta=0.5)  # unused there
+    with pytest.raises(PublishedFormatError, match="loss 'structure' has no published counterpart"):
+        published_conf(plain, LossConfig(name="structure"), {}, "mixed")
+    assert published_conf(plain, LossConfig(name="l1"), {}, "fine")["loss"] == "l1"
+
+
+@pytest.mark.parametrize("name", ["unet", "utae"])
+def test_unet_conf_round_trips_through_the_published_format(name):
+    model = build_model(name, encoder_widths=[4, 8], decoder_widths=[6, 8], variance="diag")
+    conf = published_conf(model, LossConfig(name="GNLL"), {"lr": 0.001}, "demo")
+    assert conf["model"] == name and conf["out_conv"] == [26] and conf["covmode"] == "uni" and conf["pretrain"]
+    settings = published_settings(conf)
+    unused = {"n_head", "d_model"}  # the multi-date L-TAE's: --pretrain writes n_head 1
+    assert settings.model_name == name
+    assert {k: v for k, v in settings.backbone.as_dict().items() if k not in unused} == \
+        {k: v for k, v in model.config.items() if k not in unused}
