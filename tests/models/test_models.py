@@ -405,3 +405,18 @@ def test_published_unet_mean_is_a_sigmoid_not_times_scale_by():
         model.out_conv.conv.conv[0].bias.fill_(50.0)  # saturate the sigmoid
         out = model(**make_batch(size=16))
     torch.testing.assert_close(out["mean"], torch.full_like(out["mean"], 0.1))
+
+
+def test_sscr_lite_drops_sar_for_some_training_samples_only():
+    from sscr.models import sscr_lite
+
+    torch.manual_seed(0)
+    model = build_model("sscr_lite")
+    seen = []
+    model.sar.stem.register_forward_hook(lambda module, args, output: seen.append(args[0].flatten(1).abs().sum(1)))
+    batch = make_batch(batch=64, size=16)
+    model.train()(batch["cloudy"], batch["sar"], batch["mask"])
+    dropped = (seen[-1] == 0).float().mean().item()
+    assert abs(dropped - sscr_lite.SAR_DROPOUT) < 0.15  # about a quarter of the samples train without S1
+    model.eval()(batch["cloudy"], batch["sar"], batch["mask"])
+    assert (seen[-1] > 0).all()  # at inference the S1 given is always used
