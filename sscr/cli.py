@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sscr.config import (
+    MASK_KINDS,
     PUBLISHED_PROTOCOL,
     ConfigError,
     Params,
@@ -526,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--overlap", type=int, default=32, help="overlap between tiles in px (blended)")
     infer.add_argument("--batch-size", dest="tiles_per_pass", type=int, default=None,
                        help="tiles per forward pass (default: 1 on CPU, 4 on a GPU)")
-    infer.add_argument("--mask-kind", choices=["s2cloudless_mask", "s2cloudless_map", "cloud_cloudshadow_mask"],
+    infer.add_argument("--mask-kind", choices=list(MASK_KINDS),
                        default=None, help="kind of cloud mask fed to the model (default: the one it was trained with)")
     infer.add_argument("--device", dest="infer_device", default="auto", help="auto, cpu or cuda")
     infer.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sscr.layout import MODALITIES, SEASONS, season_name
 
-MaskKind = Literal["s2cloudless_mask", "s2cloudless_map", "cloud_cloudshadow_mask"]
-MASK_KINDS: tuple[str, ...] = ("s2cloudless_mask", "s2cloudless_map", "cloud_cloudshadow_mask")
+MaskKind = Literal["s2cloudless_mask", "s2cloudless_map", "cloud_cloudshadow_mask", "s2cloudless_shadow_map"]
+MASK_KINDS: tuple[str, ...] = ("s2cloudless_mask", "s2cloudless_map", "cloud_cloudshadow_mask", "s2cloudless_shadow_map")
 DEFAULT_MASK_KIND: MaskKind = "s2cloudless_map"
 """The mask the models see unless ``masks.use`` says otherwise (and the one an old checkpoint was trained with)."""
 DEFAULT_PARAMS = Path("params.yaml")

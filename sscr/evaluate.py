@@ -1,7 +1,8 @@
 """Evaluation (stage ``evaluate``): benchmark metrics on the test split, where the work is.
 
 Reports, for the model and for the "cloudy input as prediction" baseline:
-overall, inside clouds and on clear pixels; by cloud-coverage bin and by
+overall, inside clouds, on clear pixels, in cloud shadows and in the ring around
+clouds; by cloud-coverage bin and by
 season; UCE/AUCE for variance-predicting models. Writes ``metrics.json``
 (DVC metrics, with the SHA-256 of the checkpoint it scored) and CSV tables
 (DVC plots) into the run's record directory (:func:`sscr.config.record_dir`,
@@ -40,7 +41,9 @@ from sscr.models import for_inference
 from sscr.quality import mlflow_tags, quality_check
 from sscr.validation import SUMMARY_FILE, headline_metrics, score_split
 
-REGIONS = ("all", "cloudy", "clear")
+REGIONS = ("all", "cloudy", "clear", "shadow", "ring")
+"""Regions scored: all pixels, inside clouds, clear, cloud shadows and the ring around clouds
+(:func:`sscr.metrics.shadow_region`, :func:`sscr.metrics.cloud_ring`)."""
 #: The figure of PSNR inside clouds by coverage bin, in ``evaluate.out_dir`` (a DVC image plot).
 COVERAGE_FIGURE = "psnr_by_coverage.png"
 
@@ -209,8 +212,9 @@ def _predict_split(model: torch.nn.Module, loader: DataLoader, cfg: EvaluateConf
         run.has_variance = var is not None
         groups = [[f"season={season}", f"coverage={coverage_bin(float(cov), cfg.coverage_bins)}"]
                   for season, cov in zip(batch["meta"]["season"], batch["coverage"], strict=True)]
-        run.model.add_batch(cloud_metrics(target, pred, mask, var=var), groups)
-        run.baseline.add_batch(cloud_metrics(target, batch["cloudy"], mask), groups)
+        cloudy = batch["cloudy"]
+        run.model.add_batch(cloud_metrics(target, pred, mask, var=var, cloudy=cloudy), groups)
+        run.baseline.add_batch(cloud_metrics(target, cloudy, mask, cloudy=cloudy), groups)
         for i in range(pred.shape[0]):
             sample = {k: (v[i] if k != "meta" else {m: batch["meta"][m][i] for m in batch["meta"]})
                       for k, v in batch.items()}

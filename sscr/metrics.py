@@ -44,6 +44,11 @@ SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
 UCE_BINS = 20  # UnCRtainTS: percent=5 -> 100 // 5 bins
 MASK_THRESHOLD = 0.5  # soft masks (e.g. s2cloudless_map) count as cloud where >= this
+RING_WIDTH = 5  # px (50 m): the ring around clouds where a soft mask edge can leave a rim
+SHADOW_BANDS = (1, 2, 3, 7, 11)  # B2 B3 B4 B8 B11: a cloud shadow darkens visible, NIR and SWIR alike
+SHADOW_DARKENING = 0.7  # shadow: cloudy / target below 70 % of the image's usual ratio ...
+SHADOW_REFERENCE_QUANTILE = 0.75  # ... taken as this quantile over its clear pixels (robust to the shadows)
+SHADOW_MIN_REFLECTANCE = 0.06  # targets darker than this (water) are never shadow: their ratio is noise
 
 
 # ---------------------------------------------------------------------------
@@ -259,7 +264,7 @@ def image_metrics(target: Tensor, pred: Tensor, mask: Tensor | None = None, redu
 
 
 def cloud_metrics(target: Tensor, pred: Tensor, mask: Tensor, reduce: bool = False,
-                  var: Tensor | None = None) -> dict[str, dict[str, Any]]:
+                  var: Tensor | None = None, cloudy: Tensor | None = None) -> dict[str, dict[str, Any]]:
     """Metrics overall, inside clouds and on clear pixels, from one pass over the images.
 
     Returns ``{"all": ..., "cloudy": ..., "clear": ...}``, each shaped like
@@ -268,14 +273,77 @@ def cloud_metrics(target: Tensor, pred: Tensor, mask: Tensor, reduce: bool = Fal
     ``clear`` the rest. A region an image does not have is NaN for that
     image. :func:`flatten_metrics` turns the result into flat names
     (``PSNR``, ``cloudy/PSNR``, ``clear/PSNR``) for logging.
+
+    With ``cloudy`` (the cloudy input, shaped like ``target``) two more regions, where clouds
+    leave traces outside the mask: ``shadow`` (:func:`shadow_region`) and ``ring`` (the
+    :data:`RING_WIDTH` px around the clouds, :func:`cloud_ring`). They depend on the cloudy
+    input, the target and the mask only, so the cloudy input scored as a prediction has the
+    same regions as the model.
     """
     single = torch.as_tensor(target).ndim == 3
     target, pred = _as_batch(target, pred)
     maps = metric_maps(target, pred, var)  # the SSIM map is computed once for the three regions
     batch, _, height, width = target.shape
-    cloudy = _cloud_pixels(mask, batch, height, width, target.device)
-    regions = {"all": None, "cloudy": cloudy, "clear": ~cloudy}
+    clouds = _cloud_pixels(mask, batch, height, width, target.device)
+    regions = {"all": None, "cloudy": clouds, "clear": ~clouds}
+    if cloudy is not None:
+        cloudy = torch.as_tensor(cloudy).to(target.device).reshape(target.shape)  # one image: (C, H, W) -> (1, ...)
+        regions["shadow"] = shadow_region(cloudy, target, clouds)
+        regions["ring"] = cloud_ring(clouds)
     return {name: _package(_reduce_maps(maps, pixels), single, reduce) for name, pixels in regions.items()}
+
+
+# ---------------------------------------------------------------------------
+# Where clouds leave their traces outside the cloud mask: shadows and edges
+# ---------------------------------------------------------------------------
+
+
+def cloud_ring(mask: Any, width: int = RING_WIDTH) -> Tensor:
+    """The ring around the clouds: bool (B, H, W), not cloud but within ``width`` px of a cloud pixel.
+
+    ``mask`` as in :func:`cloud_metrics` (cloud where >= 0.5). Distance is the chessboard
+    distance (a square dilation), pixels outside the image count as clear.
+    """
+    mask = torch.as_tensor(mask)
+    if mask.ndim == 4:
+        mask = mask[:, 0]
+    cloudy = (mask.double() >= MASK_THRESHOLD).reshape(-1, *mask.shape[-2:])
+    near = F.max_pool2d(cloudy[:, None].double(), 2 * width + 1, stride=1, padding=width)[:, 0] > 0
+    return near & ~cloudy
+
+
+def shadow_region(cloudy: Tensor, target: Tensor, mask: Any) -> Tensor:
+    """Cloud shadows, from the cloudy image and its clear target: bool (B, H, W).
+
+    A pixel is shadow when the cloudy image is markedly darker there than the target: the ratio
+    of their means over B2, B3, B4, B8 and B11 (visible, NIR, SWIR: a shadow darkens them all) is
+    below :data:`SHADOW_DARKENING` times the same ratio's :data:`SHADOW_REFERENCE_QUANTILE`
+    quantile over the image's clear pixels (mask < 0.5; the two dates differ in illumination and
+    phenology everywhere, a shadow differs from that). A cloud brightens, so cloud pixels are
+    never shadow, and a shadow the mask covers (``s2cloudless_shadow_map``) is still one: the
+    region does not depend on what the mask detected. Dark targets (mean below
+    :data:`SHADOW_MIN_REFLECTANCE`: water, where the ratio is noise) are left out, and a 3 x 3
+    opening removes single pixels. Computable on any pair (real or synthetic); the generator's
+    own shadow truth is not needed.
+    """
+    target, cloudy = _as_batch(target, cloudy)
+    target, cloudy = target.double(), cloudy.double()
+    batch, _, height, width = target.shape
+    clouds = _cloud_pixels(mask, batch, height, width, target.device)
+    bands = list(SHADOW_BANDS)
+    target_mean = target[:, bands].mean(dim=1)
+    ratio = cloudy[:, bands].mean(dim=1) / target_mean.clamp_min(1e-3)
+    valid = target_mean >= SHADOW_MIN_REFLECTANCE
+    clear = valid & ~clouds
+    shadow = torch.zeros_like(valid)
+    for i in range(batch):
+        if clear[i].sum() < 16:
+            continue
+        reference = torch.quantile(ratio[i][clear[i]], SHADOW_REFERENCE_QUANTILE)
+        shadow[i] = valid[i] & (ratio[i] < SHADOW_DARKENING * reference)
+    # opening: erode then dilate with a 3 x 3 square (max-pooling pads with -inf: the border erodes nothing)
+    eroded = -F.max_pool2d(-shadow[:, None].double(), 3, stride=1, padding=1)
+    return (F.max_pool2d(eroded, 3, stride=1, padding=1)[:, 0] > 0) & shadow
 
 
 def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:

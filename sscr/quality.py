@@ -2,8 +2,10 @@
 
 A cloud-removal model must not make an image worse than leaving it alone. The
 check compares the model with the cloudy input used as the prediction on
-PSNR, SSIM, SAM and MAE, over all pixels and inside clouds, and on PSNR inside
-clouds in every coverage bin that holds test images with cloud pixels. Each row
+PSNR, SSIM, SAM and MAE, over all pixels and inside clouds, on PSNR in cloud
+shadows and in the ring around clouds (where a kept shadow or a rim at the mask's
+edge shows), and on PSNR inside clouds in every coverage bin that holds test
+images with cloud pixels. Each row
 gets a verdict: ``beats``, ``ties`` (the two differ by less than the precision
 the table prints, :data:`TIE_TOLERANCE`) or ``worse``. The check passes when no
 row is worse; a tie is reported as a tie, not as a win.
@@ -29,6 +31,10 @@ METRICS: tuple[tuple[str, bool, str], ...] = (
 TIE_TOLERANCE: dict[str, float] = {"PSNR": 0.01, "SSIM": 0.001, "SAM": 0.01, "MAE": 0.0001}
 """A difference smaller than this is a tie: one unit of the precision the table prints."""
 DECIMALS: dict[str, int] = {"PSNR": 2, "SSIM": 3, "SAM": 2, "MAE": 4}
+TRACE_ROWS: tuple[tuple[str, str], ...] = (
+    ("shadow", "in cloud shadows"), ("ring", "in the 5 px ring around clouds"),
+)
+"""Where clouds leave traces outside the mask (``sscr.metrics.shadow_region``, ``cloud_ring``): PSNR rows."""
 
 
 @dataclass(frozen=True)
@@ -104,9 +110,10 @@ def quality_check(metrics: Mapping[str, Any], coverage_rows: Sequence[Mapping[st
     """The check from an evaluation's metrics and its coverage-bin rows.
 
     ``metrics``: ``test``, ``test_cloudy``, ``baseline``, ``baseline_cloudy`` (metric -> value), as
-    ``sscr.evaluate`` builds them. ``coverage_rows``: per bin ``bin``, ``n``, ``n_cloudy`` (images
-    with cloud pixels), ``model_PSNR`` and ``baseline_PSNR`` inside clouds; a bin without an image
-    with cloud pixels has no PSNR inside clouds and is no row.
+    ``sscr.evaluate`` builds them, and optionally ``test_shadow`` / ``baseline_shadow`` and
+    ``test_ring`` / ``baseline_ring`` (a region no image has is no row). ``coverage_rows``: per bin
+    ``bin``, ``n``, ``n_cloudy`` (images with cloud pixels), ``model_PSNR`` and ``baseline_PSNR``
+    inside clouds; a bin without an image with cloud pixels has no PSNR inside clouds and is no row.
     """
     check = QualityCheck()
     for region, label in (("", "overall"), ("_cloudy", "inside clouds")):
@@ -114,6 +121,13 @@ def quality_check(metrics: Mapping[str, Any], coverage_rows: Sequence[Mapping[st
             model, cloudy_input = float(metrics[f"test{region}"][metric]), float(metrics[f"baseline{region}"][metric])
             name = f"{metric} {label}" + (f" ({unit})" if unit else "")
             check.rows.append(QualityRow(name, metric, model, cloudy_input, verdict(metric, model, cloudy_input)))
+    for region, label in TRACE_ROWS:
+        model, cloudy_input = (float((metrics.get(f"{prefix}_{region}") or {}).get("PSNR", math.nan))
+                               for prefix in ("test", "baseline"))
+        if math.isnan(cloudy_input):
+            continue  # no test image has pixels in that region
+        name = f"PSNR {label} (dB)"
+        check.rows.append(QualityRow(name, "PSNR", model, cloudy_input, verdict("PSNR", model, cloudy_input)))
     for row in coverage_rows:
         if not row.get("n_cloudy"):
             continue

@@ -28,6 +28,7 @@ BENCHMARKS = [
     "inference_speedup",
     "mask_resolution",
     "mask_stamp",
+    "realism",
     "seed_spread",
 ]
 NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+( ?(s|ms|MiB|MB/s|GB/s|GFLOP/s|%))?$")
@@ -278,3 +279,51 @@ DRY_RUN = ["gpu_check"]
 def test_every_benchmark_script_has_a_smoke_test():
     scripts = sorted(p.stem for p in (REPO / "benchmarks").glob("*.py") if not p.stem.startswith("_"))
     assert scripts == sorted(BENCHMARKS + NEEDS_PUBLISHED_CODE + DRY_RUN)
+
+
+def test_realism_smoke(tmp_path, cache):
+    text = run_benchmark("realism", tmp_path / "realism.md", cache)
+    assert "**Smoke run: the 'real' column is a synthetic stand-in (seed 1), not real data.**" in text
+    clear, cloud, shadow, edges, sar = tables(text)
+    assert [row["class: statistic"] for row in clear][:2] == ["water: share", "water: B2"]
+    shares = [float(row["synthetic"]) for row in clear if row["class: statistic"].endswith(": share")]
+    assert len(shares) == 5 and abs(sum(shares) - 1.0) < 0.01  # every clear pixel is in one class
+    assert [row["band"] for row in cloud][:3] == ["pixels", "B1", "B2"] and len(cloud) == 14
+    assert all(is_number(row["real"]) and is_number(row["synthetic"]) for row in edges[:1])
+    looks = next(row for row in sar if row["statistic"].startswith("ENL"))
+    assert 1.0 < float(looks["synthetic"]) < 100.0  # speckle: a finite number of looks
+    # the JSON beside the report is what --before reads: a second column, before and after
+    before = tmp_path / "realism.json"
+    assert before.is_file()
+
+
+def test_real_patches_are_fetched_into_the_layout_only_when_their_sha256_matches(tmp_path, monkeypatch):
+    import hashlib
+    import importlib
+    import subprocess
+
+    monkeypatch.syspath_prepend(str(REPO))
+    real = importlib.import_module("benchmarks._real_patches")
+
+    # a git mirror as `fetch` (the search tool) lays them out: <owner>+<name>/repo
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "s2.tif").write_bytes(b"not really a GeoTIFF")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(work)]
+    subprocess.run(["git", "init", "-q", str(work)], check=True)
+    subprocess.run([*git, "add", "s2.tif"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a patch"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    mirror = tmp_path / "mirror"
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(mirror / "someone+patches" / "repo")], check=True)
+    monkeypatch.setitem(real.REPOSITORIES, "someone/patches", (commit, "CC-BY-4.0"))
+    digest = hashlib.sha256(b"not really a GeoTIFF").hexdigest()
+    good = real.RealPatch("someone/patches", "s2.tif", "s2", "ROIs1868_summer", 7, 12, digest)
+    root = real.fetch(tmp_path / "out", mirror, [good])
+    assert (root / "ROIs1868_summer_s2" / "s2_7" / "ROIs1868_summer_s2_7_p12.tif").read_bytes() == b"not really a GeoTIFF"
+    assert good.url == f"https://raw.githubusercontent.com/someone/patches/{commit}/s2.tif"
+    bad = real.RealPatch("someone/patches", "s2.tif", "s2_cloudy", "ROIs1868_summer", 7, 12, "0" * 64)
+    with pytest.raises(ValueError, match="not the file this benchmark measured"):
+        real.fetch(tmp_path / "out", mirror, [bad])
+    assert not (root / "ROIs1868_summer_s2_cloudy").exists()
+    assert "someone/patches" in real.provenance_table([good]) and "CC-BY-4.0" in real.provenance_table([good])

@@ -530,8 +530,9 @@ def test_one_command_from_an_l1c_product_and_s1_to_a_cog_leaves_nothing_else(tmp
 # ---------------------------------------------------------------- speed: the same output, less work
 
 
-@pytest.mark.parametrize(("height", "width", "kind"), [(301, 421, "s2cloudless_map"), (100, 421, "s2cloudless_mask")],
-                         ids=["irregular-edges", "shorter-than-a-tile"])
+@pytest.mark.parametrize(("height", "width", "kind"), [(301, 421, "s2cloudless_map"), (100, 421, "s2cloudless_mask"),
+                                                      (301, 421, "s2cloudless_shadow_map")],
+                         ids=["irregular-edges", "shorter-than-a-tile", "shadow-map"])
 def test_scene_masker_gives_every_tile_its_own_mask_classifying_each_pixel_once(scene, height, width, kind):
     """s2cloudless at 10 m shared by the tiles of a scene: each tile's mask equals tile_masks' bit for bit (edges,
     padded tiles and a tile left out included), and each scene pixel is classified once."""

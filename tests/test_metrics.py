@@ -10,13 +10,16 @@ import torch
 from skimage.metrics import structural_similarity
 
 from sscr.metrics import (
+    RING_WIDTH,
     MetricAccumulator,
     calibration_bins,
     cloud_metrics,
+    cloud_ring,
     flatten_metrics,
     image_metrics,
     metric_maps,
     sam_map,
+    shadow_region,
     ssim_map,
     uncertainty_calibration,
 )
@@ -264,3 +267,56 @@ def test_variance_metrics_reach_the_accumulator_calibration():
     assert summary["inflated"]["UCE"] > 1e-3
     iso = metric_maps(target[None], pred[None], var=torch.full((1, 1, 16, 16), 0.01))["VAR"]
     assert torch.allclose(iso, torch.full_like(iso, 0.01))
+
+
+def _shadowed_pair(size: int = 48):
+    """A textured clear target; the cloudy image: a bright cloud (rows 4-14), its shadow (rows 30-40, x 0.4)
+    and everywhere else the same ground 5 % darker (another date)."""
+    target, _ = _smooth_images(channels=13, size=size)
+    target = 0.1 + 0.3 * target
+    cloudy = 0.95 * target
+    cloudy[:, 4:14] = 0.6
+    cloudy[:, 30:40, 10:30] = 0.4 * target[:, 30:40, 10:30]
+    mask = torch.zeros(size, size)
+    mask[4:14] = 1.0
+    return target, cloudy, mask
+
+
+def test_shadow_region_is_where_the_cloudy_image_is_darker_than_usual():
+    target, cloudy, mask = _shadowed_pair()
+    shadow = shadow_region(cloudy, target, mask)[0]
+    truth = torch.zeros_like(shadow)
+    truth[30:40, 10:30] = True
+    assert torch.equal(shadow, truth)  # the 5 % darker date is not shadow, the cloud never is
+    # a shadow the mask covers is still one (the region does not depend on the detector)
+    covered = mask.clone()
+    covered[30:40, 10:30] = 1.0
+    assert torch.equal(shadow_region(cloudy, target, covered)[0], truth)
+    # water (a dark target) is never shadow: its ratio is noise
+    dark = target.clone()
+    dark[:, 30:40, 10:30] = 0.02
+    assert not shadow_region(0.4 * dark, dark, mask)[0][30:40, 10:30].any()
+
+
+def test_cloud_ring_is_the_band_around_the_clouds():
+    mask = torch.zeros(1, 40, 40)
+    mask[0, 15:25, 15:25] = 0.9
+    ring = cloud_ring(mask)[0]
+    near = torch.zeros(40, 40, dtype=torch.bool)
+    near[15 - RING_WIDTH:25 + RING_WIDTH, 15 - RING_WIDTH:25 + RING_WIDTH] = True
+    near[15:25, 15:25] = False
+    assert torch.equal(ring, near)
+
+
+def test_cloud_metrics_score_shadows_and_ring_when_given_the_cloudy_input():
+    target, cloudy, mask = _shadowed_pair()
+    repaired = cloudy.clone()
+    repaired[:, 30:40, 10:30] = target[:, 30:40, 10:30]  # the shadow repaired, the rest as the input
+    model = cloud_metrics(target, repaired, mask, cloudy=cloudy)
+    kept = cloud_metrics(target, cloudy, mask, cloudy=cloudy)
+    assert set(model) == {"all", "cloudy", "clear", "shadow", "ring"}
+    assert model["shadow"]["PSNR"] == math.inf and kept["shadow"]["PSNR"] < 20
+    assert model["ring"]["PSNR"] == pytest.approx(kept["ring"]["PSNR"])  # the ring (rows 14-18) untouched
+    assert set(cloud_metrics(target, cloudy, mask)) == {"all", "cloudy", "clear"}  # without it: as before
+    # an image without shadow has NaN there, so a split's mean skips it
+    assert math.isnan(cloud_metrics(target, target, mask, cloudy=target)["shadow"]["PSNR"])

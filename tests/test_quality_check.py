@@ -87,3 +87,16 @@ def test_evaluate_writes_the_check_beside_the_metrics_and_tags_the_run(in_worksp
     tags = MlflowClient().get_run(run_id).data.tags
     assert tags["quality_check"] == ("pass" if stored["passed"] else "fail")
     assert tags["quality_rows"] == f"{stored['beats']} beat, {stored['ties']} tie, {stored['worse']} worse"
+
+
+def test_shadow_and_ring_rows_join_the_check_when_the_split_has_them():
+    metrics = {**_metrics(), "test_shadow": {"PSNR": 24.0}, "baseline_shadow": {"PSNR": 18.0},
+               "test_ring": {"PSNR": 25.0}, "baseline_ring": {"PSNR": 27.5}}
+    check = quality_check(metrics, [])
+    assert [row.row for row in check.rows[-2:]] == ["PSNR in cloud shadows (dB)",
+                                                    "PSNR in the 5 px ring around clouds (dB)"]
+    assert check.names("worse") == ["PSNR in the 5 px ring around clouds (dB)"]  # a pale rim fails the check
+    assert "| PSNR in cloud shadows (dB) | 24.00 | 18.00 | beats |" in check.markdown()
+    # no test image with a shadow (NaN): no row, as for an empty coverage bin
+    metrics["baseline_shadow"] = {"PSNR": math.nan}
+    assert "PSNR in cloud shadows (dB)" not in [row.row for row in quality_check(metrics, []).rows]

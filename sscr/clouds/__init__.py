@@ -6,7 +6,9 @@ from sscr.clouds.detect import (
     s2cloudless_map,
     s2cloudless_mask,
     s2cloudless_probability,
+    shadow_map_from_probability,
 )
+from sscr.clouds.shadows import shadow_map, shadow_mask
 
 __all__ = [
     "cloud_shadow_mask",
@@ -14,4 +16,7 @@ __all__ = [
     "s2cloudless_map",
     "s2cloudless_mask",
     "s2cloudless_probability",
+    "shadow_map",
+    "shadow_map_from_probability",
+    "shadow_mask",
 ]

@@ -1,6 +1,6 @@
 """Cloud masks of one Sentinel-2 L1C patch, as the SEN12MS-CR literature computes them.
 
-Three kinds (``sscr.config.MASK_KINDS``), each an (H, W) float32 array:
+Four kinds (``sscr.config.MASK_KINDS``), each an (H, W) float32 array:
 
 ``s2cloudless_mask``
     Binary mask of Sentinel Hub's pixel classifier *s2cloudless* (a LightGBM
@@ -10,6 +10,10 @@ Three kinds (``sscr.config.MASK_KINDS``), each an (H, W) float32 array:
 ``s2cloudless_map``
     The s2cloudless cloud probability with values below 0.5 set to 0, then a
     Gaussian blur with sigma 2: a soft mask in [0, 1].
+``s2cloudless_shadow_map``
+    ``s2cloudless_map`` with the cloud shadows added: the maximum of the map and the
+    cloud footprint matched to dark pixels (:mod:`sscr.clouds.shadows`), blurred alike.
+    The mask the default model is fed: a shadow is repainted, not kept.
 ``cloud_cloudshadow_mask``
     The spectral cloud and cloud-shadow heuristic of DSen2-CR (Meraner et al.,
     "Cloud removal in Sentinel-2 imagery using a deep residual neural network and
@@ -36,6 +40,7 @@ import numpy as np
 from scipy import ndimage
 
 from sscr.bands import S2_CHANNELS, S2_DN_MAX, s2_index
+from sscr.clouds.shadows import shadow_map
 from sscr.config import MASK_KINDS
 
 THREADS_ENV = "SSCR_S2CLOUDLESS_THREADS"
@@ -43,6 +48,8 @@ THREADS_ENV = "SSCR_S2CLOUDLESS_THREADS"
 S2CLOUDLESS_SETTINGS: dict[str, Any] = {
     "threshold": 0.4, "all_bands": True, "average_over": 4, "dilation_size": 2,
 }
+S2CLOUDLESS_KINDS: tuple[str, ...] = ("s2cloudless_mask", "s2cloudless_map", "s2cloudless_shadow_map")
+"""The kinds made from s2cloudless' probability (s2cloudless runs once for all of them)."""
 MAP_PROBABILITY_FLOOR = 0.5
 MAP_BLUR_SIGMA = 2.0
 HEURISTIC_CLOUD_THRESHOLD = 0.2
@@ -205,26 +212,38 @@ def compute_masks(dn: np.ndarray, kinds: Sequence[str], threads: int | None = No
     if is_blank(clipped):
         return {kind: _all_cloudy(clipped) for kind in kinds}
     masks: dict[str, np.ndarray] = {}
-    if {"s2cloudless_mask", "s2cloudless_map"} & set(kinds):
-        probability = _probability(clipped, threads)
-        if "s2cloudless_mask" in kinds:
-            masks["s2cloudless_mask"] = _mask_from_probability(probability)
-        if "s2cloudless_map" in kinds:
-            masks["s2cloudless_map"] = _map_from_probability(probability)
+    wanted = [kind for kind in kinds if kind in S2CLOUDLESS_KINDS]
+    if wanted:
+        masks.update(masks_from_probability(_probability(clipped, threads), wanted, clipped))
     if "cloud_cloudshadow_mask" in kinds:
         masks["cloud_cloudshadow_mask"] = cloud_shadow_mask(clipped)
     return {kind: masks[kind] for kind in kinds}
 
 
-def masks_from_probability(probability: np.ndarray, kinds: Sequence[str]) -> dict[str, np.ndarray]:
-    """The s2cloudless kinds (``s2cloudless_mask``, ``s2cloudless_map``) from an (H, W) cloud probability.
+def shadow_map_from_probability(probability: np.ndarray, dn: np.ndarray) -> np.ndarray:
+    """``s2cloudless_shadow_map`` (H, W): the maximum of ``s2cloudless_map`` and the soft cloud-shadow map.
+
+    ``probability`` is s2cloudless' cloud probability of the (13, H, W) DN patch ``dn``; the
+    shadow is its cloud footprint matched to dark pixels (:func:`sscr.clouds.shadows.shadow_map`).
+    """
+    reflectance = _clipped_dn(dn) / S2_DN_MAX
+    return np.maximum(_map_from_probability(probability), shadow_map(reflectance, probability)).astype(np.float32)
+
+
+def masks_from_probability(probability: np.ndarray, kinds: Sequence[str],
+                           dn: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The s2cloudless kinds (:data:`S2CLOUDLESS_KINDS`) from an (H, W) cloud probability.
 
     The post-processing of :func:`compute_masks`, for a probability computed elsewhere
-    (e.g. on a coarser grid and upsampled, :mod:`sscr.data.scene_masks`).
+    (e.g. on a coarser grid and upsampled, :mod:`sscr.data.scene_masks`). ``s2cloudless_shadow_map``
+    also needs the patch's DN (``dn``, (13, H, W)), where the shadows are found.
     """
     probability = np.asarray(probability, np.float32)
-    makers = {"s2cloudless_mask": _mask_from_probability, "s2cloudless_map": _map_from_probability}
-    unknown = [kind for kind in kinds if kind not in makers]
+    unknown = [kind for kind in kinds if kind not in S2CLOUDLESS_KINDS]
     if unknown:
-        raise ValueError(f"{unknown} are not s2cloudless mask kinds; expected names from {list(makers)}")
+        raise ValueError(f"{unknown} are not s2cloudless mask kinds; expected names from {list(S2CLOUDLESS_KINDS)}")
+    if "s2cloudless_shadow_map" in kinds and dn is None:
+        raise ValueError("s2cloudless_shadow_map needs the patch's DN (dn=...) to find the shadows in")
+    makers = {"s2cloudless_mask": _mask_from_probability, "s2cloudless_map": _map_from_probability,
+              "s2cloudless_shadow_map": lambda p: shadow_map_from_probability(p, dn)}
     return {kind: makers[kind](probability) for kind in kinds}

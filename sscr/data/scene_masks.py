@@ -36,6 +36,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from sscr.clouds.detect import (
+    S2CLOUDLESS_KINDS,
     _clipped_dn,
     _probability,
     cloud_shadow_mask,
@@ -51,7 +52,6 @@ from sscr.data.regrid import BandSource, Grid, GridReader
 MASK_SOURCES: tuple[str, ...] = ("s2cloudless-10m", "s2cloudless-60m", "file", "none")
 #: 10 m pixels per 60 m pixel, per side.
 COARSE_FACTOR = 6
-_S2CLOUDLESS_KINDS = ("s2cloudless_mask", "s2cloudless_map")
 
 
 def block_mean(dn: np.ndarray, factor: int) -> np.ndarray:
@@ -91,7 +91,8 @@ def compute_masks_at(dn: np.ndarray, kinds: Sequence[str], resolution_m: int = 1
 
     At 60 m the probability comes from :func:`s2cloudless_probability_coarse`; the binary
     mask and the map are then made at 10 m as the benchmark makes them. The DSen2-CR
-    heuristic (``cloud_cloudshadow_mask``) is cheap and always computed at 10 m.
+    heuristic (``cloud_cloudshadow_mask``) is cheap and always computed at 10 m, and so are the
+    shadows of ``s2cloudless_shadow_map`` (matched on the 10 m DN to the 60 m probability's clouds).
     """
     if resolution_m == 10:
         return compute_masks(dn, kinds, threads)
@@ -104,9 +105,10 @@ def compute_masks_at(dn: np.ndarray, kinds: Sequence[str], resolution_m: int = 1
     if is_blank(clipped):
         return {kind: np.ones(clipped.shape[1:], np.float32) for kind in kinds}
     masks: dict[str, np.ndarray] = {}
-    wanted = [kind for kind in kinds if kind in _S2CLOUDLESS_KINDS]
+    wanted = [kind for kind in kinds if kind in S2CLOUDLESS_KINDS]
     if wanted:
-        masks.update(masks_from_probability(s2cloudless_probability_coarse(clipped, COARSE_FACTOR, threads), wanted))
+        probability = s2cloudless_probability_coarse(clipped, COARSE_FACTOR, threads)
+        masks.update(masks_from_probability(probability, wanted, clipped))
     if "cloud_cloudshadow_mask" in kinds:
         masks["cloud_cloudshadow_mask"] = cloud_shadow_mask(clipped)
     return {kind: masks[kind] for kind in kinds}
@@ -280,7 +282,7 @@ class SceneMasker:
     def __init__(self, kind: str, choice: MaskChoice, width: int, threads: int | None = None,
                  share: bool = True) -> None:
         self.kind, self.choice, self.threads = kind, choice, threads
-        shared = share and choice.source == "s2cloudless-10m" and kind in _S2CLOUDLESS_KINDS
+        shared = share and choice.source == "s2cloudless-10m" and kind in S2CLOUDLESS_KINDS
         self.scene = SceneProbability(width, threads) if shared else None
 
     @property
@@ -301,5 +303,5 @@ class SceneMasker:
             height, width = rows[1] - rows[0], cols[1] - cols[0]
             probability = self.scene.window(rows, cols, clipped[:, :height, :width])
             probability = pad_to(probability, clipped.shape[1:])
-            masks.append(masks_from_probability(probability, [self.kind])[self.kind])
+            masks.append(masks_from_probability(probability, [self.kind], clipped)[self.kind])
         return np.stack(masks).astype(np.float32)

@@ -63,19 +63,22 @@ GRID_COLUMNS = 8
 CLOUD_TRUTH_OPACITY = 0.15
 #: A pixel is shadow in the truth mask where this fraction of the direct sunlight is blocked.
 SHADOW_TRUTH_DARKENING = 0.3
+#: Haze thinner than this opacity (far below the DN noise) is no haze: the ground there is clear.
+HAZE_FLOOR = 0.005
 
-# Surface (bottom-of-atmosphere) reflectance, bands B1 B2 B3 B4 B5 B6 B7 B8 B8A B9 B10 B11 B12.
+# Surface (bottom-of-atmosphere) reflectance, bands B1 B2 B3 B4 B5 B6 B7 B8 B8A B9 B10 B11 B12. SWIR of soil and
+# vegetation and the brightness of snow are set to the real SEN12MS-CR patches (benchmarks/results/realism.md).
 # B9 and B10 hold the surface value; the atmosphere below removes most of it (water vapour).
 _SPECTRA = {
     "water": [0.045, 0.040, 0.035, 0.020, 0.012, 0.008, 0.007, 0.006, 0.005, 0.004, 0.003, 0.003, 0.002],
-    "forest_on": [0.020, 0.025, 0.045, 0.025, 0.070, 0.200, 0.260, 0.290, 0.300, 0.300, 0.150, 0.150, 0.070],
+    "forest_on": [0.020, 0.025, 0.045, 0.025, 0.070, 0.200, 0.260, 0.290, 0.300, 0.300, 0.140, 0.140, 0.055],
     "forest_off": [0.030, 0.040, 0.060, 0.060, 0.085, 0.130, 0.160, 0.180, 0.190, 0.190, 0.180, 0.190, 0.120],
-    "grass": [0.025, 0.030, 0.075, 0.040, 0.110, 0.270, 0.330, 0.360, 0.370, 0.370, 0.210, 0.220, 0.110],
-    "dry_grass": [0.050, 0.070, 0.100, 0.120, 0.150, 0.180, 0.200, 0.220, 0.230, 0.230, 0.290, 0.300, 0.220],
-    "crop": [0.020, 0.030, 0.070, 0.035, 0.100, 0.300, 0.380, 0.420, 0.430, 0.430, 0.190, 0.200, 0.090],
-    "soil": [0.060, 0.080, 0.110, 0.150, 0.180, 0.200, 0.220, 0.240, 0.250, 0.260, 0.310, 0.320, 0.260],
+    "grass": [0.025, 0.030, 0.075, 0.040, 0.110, 0.270, 0.330, 0.360, 0.370, 0.370, 0.200, 0.200, 0.085],
+    "dry_grass": [0.050, 0.070, 0.100, 0.120, 0.150, 0.180, 0.200, 0.220, 0.230, 0.230, 0.250, 0.250, 0.160],
+    "crop": [0.020, 0.030, 0.070, 0.035, 0.100, 0.300, 0.380, 0.420, 0.430, 0.430, 0.180, 0.180, 0.070],
+    "soil": [0.060, 0.080, 0.110, 0.150, 0.180, 0.200, 0.220, 0.240, 0.250, 0.260, 0.260, 0.260, 0.190],
     "urban": [0.080, 0.090, 0.100, 0.110, 0.120, 0.130, 0.140, 0.150, 0.155, 0.160, 0.170, 0.180, 0.160],
-    "snow": [0.850, 0.850, 0.830, 0.800, 0.780, 0.750, 0.720, 0.700, 0.680, 0.600, 0.080, 0.080, 0.050],
+    "snow": [0.700, 0.700, 0.680, 0.660, 0.640, 0.620, 0.600, 0.580, 0.570, 0.500, 0.060, 0.060, 0.040],
 }
 # What suspended sediment adds to water (at most): green and red, hardly any NIR.
 _SEDIMENT = np.array([0.010, 0.015, 0.030, 0.030, 0.020, 0.010, 0.006, 0.004, 0.003, 0.002, 0.0, 0.0, 0.0],
@@ -97,15 +100,20 @@ _TRANSMITTANCE = np.array([0.75, 0.80, 0.85, 0.88, 0.88, 0.90, 0.90, 0.90, 0.90,
 # Share of the ground irradiance coming straight from the sun (what a cloud shadow removes); the
 # diffuse sky light that remains in a shadow is bluish, so shadows darken NIR and SWIR most.
 _DIRECT = np.array([0.55, 0.60, 0.68, 0.74, 0.77, 0.80, 0.82, 0.84, 0.85, 0.85, 0.85, 0.90, 0.92], np.float32)
-# Cloud-top reflectance relative to its visible brightness; B10 is set per cloud (cloud-top height).
-_CLOUD = np.array([1.03, 1.00, 0.98, 0.96, 0.96, 0.95, 0.95, 0.94, 0.94, 0.62, 0.0, 0.72, 0.48], np.float32)
+# Cloud-top reflectance relative to its blue brightness; B10 is set per cloud (cloud-top height). Thick clouds of
+# the real SEN12MS-CR patches are brighter in red, NIR and SWIR than in blue (benchmarks/results/realism.md).
+_CLOUD = np.array([1.00, 1.00, 0.97, 1.05, 1.08, 1.10, 1.12, 1.11, 1.15, 0.66, 0.0, 0.95, 0.78], np.float32)
 _CIRRUS = np.array([1.00, 1.00, 0.98, 0.97, 0.97, 0.96, 0.96, 0.95, 0.95, 0.85, 0.90, 0.80, 0.65], np.float32)
 
 # Sentinel-1 sigma0 (dB) per class for VV and VH before terrain, moisture and vegetation terms.
-_VV_DB = np.array([-22.0, -7.5, -12.0, -13.0, -13.0, -5.0, -14.0], np.float32)
-_VH_DB = np.array([-29.0, -13.5, -19.5, -21.0, -21.0, -12.0, -22.0], np.float32)
-_S1_LOOKS = 4.4  # equivalent number of looks of Sentinel-1 IW GRD
-_S1_NOISE_FLOOR_DB = -26.0
+_VV_DB = np.array([-25.0, -7.5, -12.0, -13.0, -13.0, -5.0, -14.0], np.float32)
+_VH_DB = np.array([-30.0, -13.5, -19.5, -21.0, -21.0, -12.0, -22.0], np.float32)
+# Speckle as in the real SEN12MS-CR S1 patches (benchmarks/results/realism.md): GRD resampled to 10 m pixels, so
+# neighbouring pixels share their speckle (correlation about 0.6) and homogeneous areas read about 12 looks. Drawn
+# single-look per pixel and smoothed with this Gaussian, it has both.
+_S1_LOOKS = 1.0
+_S1_SPECKLE_SIGMA_PX = 0.8
+_S1_NOISE_FLOOR_DB = -28.0
 #: S1 is written on a grid of 1/1024 dB, far finer than speckle (dB) or the sensor's calibration (0.1 dB).
 #: NumPy runs log10, power and arctan with the SIMD code the CPU offers (AVX-512, AVX2, SSE), whose results
 #: differ in the last bits: computed in float64 and rounded to this grid, the written values are the same on
@@ -341,13 +349,13 @@ def _scene(rng: np.random.Generator, n: int, roi: _Roi, snow: bool) -> _Scene:
     canopy = ndimage.gaussian_filter(rng.standard_normal((n, n)).astype(np.float32), 0.8) * 2.5
     lc[forest] = FOREST
     vegetation = np.where(forest, np.clip(roi.evergreen + (1 - roi.evergreen) * g, 0, 1), vegetation)
-    brightness = np.where(forest, 1.0 + 0.12 * canopy, brightness)
+    brightness = np.where(forest, 1.0 + 0.08 * canopy, brightness)
 
     urban = _top(urban_field, frac["urban"])
     # Buildings, yards and streets: blocks of a few pixels, each with its own albedo and radar return.
     cell = int(rng.integers(3, 7))
     cells = (n + cell - 1) // cell
-    building_albedo = _blocks(rng.lognormal(0.0, 0.35, (cells, cells)), cell, n)
+    building_albedo = _blocks(rng.lognormal(0.0, 0.25, (cells, cells)), cell, n)
     building_vv = _blocks(rng.normal(0.0, 3.0, (cells, cells)), cell, n)
     urban_green = _blocks(rng.uniform(0.0, 0.35, (cells, cells)) * g, cell, n)
     lc[urban] = URBAN
@@ -372,7 +380,7 @@ def _scene(rng: np.random.Generator, n: int, roi: _Roi, snow: bool) -> _Scene:
     lc[lakes] = WATER
     turbidity = rng.uniform(0.0, 1.0)
     brightness = np.where(lakes, 1.0 + 0.05 * fine[1], brightness)
-    vv_offset = np.where(lakes, rng.uniform(-3.0, 4.0) + 0.8 * fine[1], vv_offset)  # wind roughens water
+    vv_offset = np.where(lakes, rng.uniform(-2.0, 3.0) + 0.8 * fine[1], vv_offset)  # wind roughens water
 
     vegetation = vegetation.astype(np.float32)
     vegetation[(lc == WATER) | (lc == SNOW)] = 0.0
@@ -466,7 +474,7 @@ def _sar(scene: _Scene, roi: _Roi, rng: np.random.Generator) -> np.ndarray:
     bands = []
     for sigma_db in (scene.vv_db, scene.vh_db):
         power = ndimage.gaussian_filter(10.0 ** ((sigma_db.astype(np.float64) + terrain) / 10.0), 0.7) + floor
-        power = power * rng.gamma(_S1_LOOKS, 1.0 / _S1_LOOKS, (n, n))
+        power = power * ndimage.gaussian_filter(rng.gamma(_S1_LOOKS, 1.0 / _S1_LOOKS, (n, n)), _S1_SPECKLE_SIGMA_PX)
         bands.append(10.0 * np.log10(power))
     s1 = (np.round(np.stack(bands) / S1_DB_STEP) * S1_DB_STEP).astype(np.float32)
     # Real patches sometimes hold NaN: a swath edge or a few bad pixels.
@@ -501,22 +509,27 @@ def _clouds(rng: np.random.Generator, n: int, zenith: float, azimuth: float) -> 
     density = density.astype(np.float64)
     inner = density[crop]
     threshold = float(np.quantile(inner, 1.0 - coverage)) if coverage < 1.0 else float(inner.min()) - 0.5
-    softness = rng.uniform(0.15, 0.6)  # width of the cloud edge, in std of the density field
+    softness = rng.uniform(0.3, 1.2)  # width of the cloud edge, in std of the density field
     steepness = 3.0
     # Shift so that opacity equals the truth level exactly on the threshold contour.
     offset = -math.log(1.0 - CLOUD_TRUTH_OPACITY / max_opacity) / steepness
     thickness = np.maximum((density - threshold) / softness + offset, 0.0)
     opacity = max_opacity * (1.0 - np.exp(-steepness * thickness))
+    # Haze: real clouds thin out over tens of metres, and a skirt of haze reaches past their visible edge
+    # (at 1-12 px outside the detected cloud, 13-4 % of its brightness: benchmarks/results/realism.md).
+    haze = ndimage.gaussian_filter(opacity, rng.uniform(3.0, 8.0)) * rng.uniform(0.1, 0.3)
+    haze[haze < HAZE_FLOOR] = 0.0  # beyond the skirt the air is clear, not hazy by a trillionth
+    opacity = 1.0 - (1.0 - opacity) * (1.0 - haze)
 
     # Cloud-top brightness: brighter where thicker, textured, lit on the sunward flanks.
     texture = _fractal_noise(rng, size, 1, beta=2.2, scale=24.0)[0].astype(np.float64)
     gy, gx = np.gradient(density)
     a = math.radians(azimuth)
     lit = np.tanh(4.0 * (gx * math.sin(a) - gy * math.cos(a)))
-    brightness = (rng.uniform(0.5, 0.8) * (0.75 + 0.25 * np.tanh(thickness))
+    brightness = (rng.uniform(0.55, 0.9) * (0.75 + 0.25 * np.tanh(thickness))
                   * (1 + 0.08 * texture + 0.06 * lit))
     spectrum = _CLOUD.copy()
-    spectrum[10] = rng.uniform(0.06, 0.3)  # cirrus band: high for high cloud tops
+    spectrum[10] = rng.uniform(0.015, 0.06)  # cirrus band: little for the low, thick clouds (cirrus: below)
     reflectance = spectrum[:, None, None] * brightness[crop]
 
     total = opacity[crop].astype(np.float32)
@@ -537,7 +550,7 @@ def _clouds(rng: np.random.Generator, n: int, zenith: float, azimuth: float) -> 
     d_col = -distance * math.sin(a)
     d_row = distance * math.cos(a)
     cast = np.roll(opacity, (int(round(d_row)), int(round(d_col))), axis=(0, 1))
-    shadow = ndimage.gaussian_filter(cast, 1.5)[crop] * rng.uniform(0.6, 0.9)
+    shadow = ndimage.gaussian_filter(cast, 1.5)[crop] * rng.uniform(0.75, 0.95)
     return {"opacity": total, "reflectance": reflectance.astype(np.float32),
             "shadow": shadow.astype(np.float32)}
 

@@ -46,7 +46,9 @@ def test_s2cloudless_at_60m_agrees_with_10m(cloudy):
     binary_fine, binary_coarse = fine["s2cloudless_mask"] > 0, coarse["s2cloudless_mask"] > 0
     assert 0.05 < binary_fine.mean() < 0.95, "the patch must be partly cloudy for this test to mean something"
     iou = (binary_fine & binary_coarse).sum() / (binary_fine | binary_coarse).sum()
-    assert iou > 0.8 and (binary_fine == binary_coarse).mean() > 0.85
+    # (the synthetic clouds have the real patches' diffuse edges, benchmarks/results/realism.md: at 60 m their
+    # contour moves by a pixel or two more than a sharp edge's would)
+    assert iou > 0.75 and (binary_fine == binary_coarse).mean() > 0.85
     assert np.abs(fine["s2cloudless_map"] - coarse["s2cloudless_map"]).mean() < 0.1
     assert set(np.unique(coarse["s2cloudless_mask"])) <= {0.0, 1.0}
     blank = compute_masks_at(np.zeros((13, 30, 30), np.uint16), KINDS, 60)

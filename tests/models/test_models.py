@@ -168,11 +168,27 @@ def test_sscr_lite_gate_starts_steep_in_the_cloud_probability():
     batch = make_batch()
     batch["mask"] = torch.linspace(0, 1, SIZE).expand(2, 1, SIZE, SIZE).contiguous()  # every probability
     _, gate = _gate_of(model, batch)
-    expected = torch.sigmoid(12 * (batch["mask"] - 0.3))
+    near = torch.nn.functional.max_pool2d(batch["mask"], 9, stride=1, padding=4)  # the highest probability within 4 px
+    expected = torch.sigmoid(12 * (batch["mask"] - 0.3) + 6 * (near - 0.6))
     torch.testing.assert_close(gate, expected, atol=0.05, rtol=0)
     assert gate[..., 0].max() < 0.08 and gate[..., -1].min() > 0.99  # clear: kept; cloud: replaced
     # a blurred cloud edge at probability 0.5 is already replaced almost entirely: no halo of cloud kept
     assert gate[..., SIZE // 2].min() > 0.85
+
+
+def test_sscr_lite_gate_opens_wider_near_a_cloud_than_far_from_it():
+    # the haze beyond a cloud's 0.5 contour: at the same low probability, a pixel 3 px from a cloud body starts
+    # with a far more open gate than one far from every cloud (no pale rim of blended haze)
+    torch.manual_seed(0)
+    model = build_model("sscr_lite").eval()
+    batch = make_batch()
+    mask = torch.zeros(2, 1, SIZE, SIZE)
+    mask[..., :, : SIZE // 4] = 1.0  # a cloud over the left quarter
+    mask[..., :, SIZE // 4:] = 0.05  # a faint skirt everywhere else
+    batch["mask"] = mask
+    _, gate = _gate_of(model, batch)
+    beside, far = gate[..., SIZE // 4 + 3], gate[..., -1]
+    assert beside.min() > 5 * far.max() and far.max() < 0.01
 
 
 def test_sscr_lite_starts_from_the_clear_land_spectrum():
@@ -389,3 +405,18 @@ def test_published_unet_mean_is_a_sigmoid_not_times_scale_by():
         model.out_conv.conv.conv[0].bias.fill_(50.0)  # saturate the sigmoid
         out = model(**make_batch(size=16))
     torch.testing.assert_close(out["mean"], torch.full_like(out["mean"], 0.1))
+
+
+def test_sscr_lite_drops_sar_for_some_training_samples_only():
+    from sscr.models import sscr_lite
+
+    torch.manual_seed(0)
+    model = build_model("sscr_lite")
+    seen = []
+    model.sar.stem.register_forward_hook(lambda module, args, output: seen.append(args[0].flatten(1).abs().sum(1)))
+    batch = make_batch(batch=64, size=16)
+    model.train()(batch["cloudy"], batch["sar"], batch["mask"])
+    dropped = (seen[-1] == 0).float().mean().item()
+    assert abs(dropped - sscr_lite.SAR_DROPOUT) < 0.15  # about a quarter of the samples train without S1
+    model.eval()(batch["cloudy"], batch["sar"], batch["mask"])
+    assert (seen[-1] > 0).all()  # at inference the S1 given is always used
