@@ -90,7 +90,7 @@ def _inputs(size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(1, 13, size, size, generator=generator) * 0.5, torch.rand(1, 2, size, size, generator=generator)
 
 
-def test_published_checkpoint_imported_evaluated_and_registered(in_published, tmp_path):
+def test_published_checkpoint_imported_evaluated_and_registered(in_published, tmp_path, capsys):
     """``sscr import-published`` -> ``sscr evaluate`` -> ``sscr register``, as the README shows it."""
     workspace, tiny_params, printed = in_published
     params_file = _params_file(tmp_path, tiny_params)
