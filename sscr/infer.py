@@ -533,6 +533,10 @@ def _run(model: nn.Module, scene: Any, sar_inputs: SceneInputs | None, outputs: 
                                             batch_size, masker, speed, clock, progress)
             for dataset in staged.values():
                 dataset.close()
+            # libtiff reports a block it could not flush at close as a GDAL error message, not an exception
+            full = next((paths[key] for key in specs if disk_full(paths[key].parent)), None)
+            if full is not None:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(full))
             faults.checkpoint("infer.cog")  # tests stop or kill the run here: tiles done, no COG yet
             with clock("cog"):
                 # all or nothing: every COG under a temporary name first, then all renamed into place

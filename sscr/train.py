@@ -288,6 +288,8 @@ def _start(params: Params, resume: bool) -> _Session:
                          "val samples; check data.root, data.seasons and train.min_cov/max_cov")
 
     model = _build_model(params, device, pretrained=state is None)
+    if model.use_sar:  # S1 left out of some samples, as the model asks (see its train_sar_dropout)
+        train_set.sar_dropout = model.train_sar_dropout
     # Through the module, so that a fault-injection test can swap the loss for one that turns NaN.
     loss_fn = losses.build_loss(params.loss, model.scale_by).to(device)
     loss_fn.check_outputs(model.output_keys, params.model.name)  # a loss the model cannot feed fails here, not mid-run

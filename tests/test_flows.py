@@ -353,6 +353,9 @@ def test_prefect_cli_lists_inspects_and_runs_the_served_deployments(prefect_api,
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(tiny_clone / "params.yaml", project / "params.yaml")
+    with get_client(sync_client=True) as client:  # a deployment of this name left by the module's earlier tests
+        for deployment in client.read_deployments():  # goes, so that the run below is this test's deployment's
+            client.delete_deployment(deployment.id)
     env = flow_env(PREFECT_API_URL=prefect_api, PREFECT_HOME=str(tmp_path / "prefect"),
                    PREFECT_RUNNER_POLL_FREQUENCY="2")
     prefect = str(Path(sys.executable).parent / "prefect")

@@ -357,8 +357,10 @@ def test_request_written_from_a_patch_is_answered_by_the_served_model(served, tm
     raw = Path("request.json").read_bytes()
     body = json.loads(raw)
     cloudy = np.asarray(body["inputs"]["cloudy"], np.float64)
-    np.testing.assert_array_equal(np.rint(cloudy[0] * 10000), arrays["s2_cloudy"])  # whole DN survive the 4 decimals
-    assert np.abs(cloudy[0] * 10000 - arrays["s2_cloudy"]).max() < 1e-6
+    expected = np.clip(arrays["s2_cloudy"], 0, 10000)  # the data set's normalisation: DN clipped to [0, 10000]
+    assert (arrays["s2_cloudy"] > 10000).any()  # bright cloud tops above it are in this patch
+    np.testing.assert_array_equal(np.rint(cloudy[0] * 10000), expected)  # whole DN survive the 4 decimals
+    assert np.abs(cloudy[0] * 10000 - expected).max() < 1e-6
     sar = np.asarray(body["inputs"]["sar"], dtype=object)
     assert sar.shape == (1, 2, 48, 48) and (sar[:, :, :6] == None).all()  # noqa: E711 (null, not NaN: strict JSON)
     expected = (np.clip(db[:, 6:], -25, 0) + 25) / 25

@@ -1,4 +1,4 @@
-"""The training view of a data set: random crops and flips, reproducible from (seed, epoch, index)."""
+"""The training view of a data set: random crops, flips and S1 dropout, reproducible from (seed, epoch, index)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ class TrainingView(Dataset):
     makes a resumed run see exactly the batches an uninterrupted run would.
     With neither crops nor flips nor repeats (the published protocol) the items are the data set's own.
 
+    ``sar_dropout`` is the share of samples whose S1 is replaced by the missing-S1 value (0, as the
+    data set's normalisation writes NaN backscatter), decided per sample like the crops, so that
+    two DDP processes train on exactly the samples one process would.
+
     ``repeats`` > 1 takes that many random crops of every patch per epoch (index ``i`` is
     patch ``i % len(dataset)``): a small data set then gives more optimiser steps per
     epoch without reading a file more often, because a repeated patch is read once and
@@ -27,14 +31,17 @@ class TrainingView(Dataset):
     """
 
     def __init__(self, dataset: Dataset, crop_size: int | None, seed: int, flip: bool = True,
-                 repeats: int = 1) -> None:
+                 repeats: int = 1, sar_dropout: float = 0.0) -> None:
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
+        if not 0.0 <= sar_dropout < 1.0:
+            raise ValueError(f"sar_dropout must be in [0, 1), got {sar_dropout}")
         self.dataset = dataset
         self.crop_size = crop_size
         self.seed = seed
         self.flip = flip
         self.repeats = repeats
+        self.sar_dropout = sar_dropout
         self.epoch = 0
         self._cache: dict[int, dict[str, Any]] = {}
         self._cached_bytes = 0
@@ -56,7 +63,7 @@ class TrainingView(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = dict(self._patch(index % len(self.dataset)))  # type: ignore[arg-type]
-        if not self.flip and not self.crop_size:
+        if not self.flip and not self.crop_size and not self.sar_dropout:
             return item
         rng = np.random.default_rng([self.seed, self.epoch, index])
         height, width = item["cloudy"].shape[-2:]
@@ -73,4 +80,7 @@ class TrainingView(Dataset):
             if flips[1]:
                 item[key] = item[key].flip(-2)
             item[key] = item[key].contiguous()
+        # drawn after the crop and the flips, so that those stay what they were without dropout
+        if self.sar_dropout and "sar" in item and rng.random() < self.sar_dropout:
+            item["sar"] = torch.zeros_like(item["sar"])
         return item

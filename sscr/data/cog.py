@@ -196,6 +196,10 @@ def finish_cogs(layers: Sequence[tuple[str | Path, LayerSpec]], tags: Mapping[st
                 if disk_full(partial.parent):  # name the output whose conversion ran out of space
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
                 raise
+            if disk_full(partial.parent):
+                # a block libtiff could not write in one of GDAL's compression threads is only a logged
+                # message: the copy "succeeds" with a truncated file, which must not replace the output
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
             staging.unlink()
     return paths
 

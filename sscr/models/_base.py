@@ -190,6 +190,8 @@ class CloudRemovalModel(nn.Module):
     """The backbone's values for the fields left ``None``."""
     extra_outputs: ClassVar[frozenset[str]] = frozenset()
     """Output keys besides ``mean`` and ``var``."""
+    train_sar_dropout: ClassVar[float] = 0.0
+    """Share of training samples whose S1 the training view blanks (the published networks: none)."""
 
     def __init__(self, config: BackboneConfig = BackboneConfig()) -> None:  # noqa: B008 - frozen, never mutated
         super().__init__()

@@ -79,7 +79,8 @@ NEAR_GATE_CENTRE = 0.6
 the gate starts at sigmoid(12 * -0.3 + 6 * 0.4) = 0.23, at probability 0.1 with near 0.9 at 0.35 (learned from
 there)."""
 SAR_DROPOUT = 0.25
-"""Share of training samples whose S1 is replaced by the missing-S1 value (0 after normalisation). Without it the
+"""Share of training samples whose S1 is replaced by the missing-S1 value (0 after normalisation; the training
+view draws it per sample, :class:`sscr.data.augment.TrainingView`, from :attr:`SSCRLite.train_sar_dropout`). Without it the
 default leaned on S1: on 50 real SEN12MS-CR pairs without S1 it reached 18.71 dB PSNR and 17.88 deg SAM inside
 clouds, with it 23.79 dB and 14.58 deg (cloudy input 12.06 dB, 14.72 deg), for 1.1 dB less PSNR inside clouds on
 the synthetic test split, where S1 is always there (benchmarks/results/sar_dropout.md)."""
@@ -177,6 +178,7 @@ class SSCRLite(CloudRemovalModel):
     """
 
     extra_outputs = frozenset({"structure"})
+    train_sar_dropout = SAR_DROPOUT
     defaults: ClassVar[dict[str, Any]] = {
         "use_mask": True, "encoder_widths": DEFAULT_ENCODER_WIDTHS, "n_head": DEFAULT_N_HEAD,
     }
@@ -251,11 +253,6 @@ class SSCRLite(CloudRemovalModel):
         cloud = inputs.mask[:, 0] if inputs.mask is not None else None
         optical_in = cloudy * self.scale_by if cloud is None else torch.cat((cloudy * self.scale_by, cloud), 1)
         sar_features = inputs.sar[:, 0] * self.scale_by if inputs.sar is not None else None
-        if self.training and sar_features is not None and SAR_DROPOUT > 0:
-            # S1 is missing now and then (swath edges, a scene without a co-located S1: NaN, normalised to 0);
-            # trained with it always there, the model leans on it and falls apart without it
-            present = torch.rand(sar_features.shape[0], 1, 1, 1, device=sar_features.device) >= SAR_DROPOUT
-            sar_features = sar_features * present.to(sar_features.dtype)
 
         levels = len(self.optical.blocks)
         # cloud probability per scale: the fraction of cloudy pixels under each cell

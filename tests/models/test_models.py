@@ -407,16 +407,30 @@ def test_published_unet_mean_is_a_sigmoid_not_times_scale_by():
     torch.testing.assert_close(out["mean"], torch.full_like(out["mean"], 0.1))
 
 
-def test_sscr_lite_drops_sar_for_some_training_samples_only():
+def test_sscr_lite_trains_a_quarter_of_its_samples_without_sar_decided_per_sample():
+    """S1 dropout lives in the training view, drawn from (seed, epoch, index) like the crops: the same samples
+    lose their S1 whatever the batch or the number of DDP processes, and the crops and flips stay as they were."""
+    from sscr.data.augment import TrainingView
     from sscr.models import sscr_lite
+    from sscr.models._registry import model_class
 
-    torch.manual_seed(0)
-    model = build_model("sscr_lite")
-    seen = []
-    model.sar.stem.register_forward_hook(lambda module, args, output: seen.append(args[0].flatten(1).abs().sum(1)))
-    batch = make_batch(batch=64, size=16)
-    model.train()(batch["cloudy"], batch["sar"], batch["mask"])
-    dropped = (seen[-1] == 0).float().mean().item()
-    assert abs(dropped - sscr_lite.SAR_DROPOUT) < 0.15  # about a quarter of the samples train without S1
-    model.eval()(batch["cloudy"], batch["sar"], batch["mask"])
-    assert (seen[-1] > 0).all()  # at inference the S1 given is always used
+    assert model_class("sscr_lite").train_sar_dropout == sscr_lite.SAR_DROPOUT == 0.25
+    assert all(model_class(name).train_sar_dropout == 0.0 for name in ("uncrtaints", "multisarv2", "unet", "utae"))
+    generator = torch.Generator().manual_seed(0)
+    patches = [{"sar": torch.rand(2, 16, 16, generator=generator) + 0.1,
+                "cloudy": torch.rand(13, 16, 16, generator=generator),
+                "target": torch.rand(13, 16, 16, generator=generator),
+                "mask": torch.rand(1, 16, 16, generator=generator)} for _ in range(400)]
+    plain = TrainingView(patches, crop_size=8, seed=3)
+    dropping = TrainingView(patches, crop_size=8, seed=3, sar_dropout=sscr_lite.SAR_DROPOUT)
+    blanked = [bool((dropping[i]["sar"] == 0).all()) for i in range(len(patches))]
+    assert abs(sum(blanked) / len(blanked) - sscr_lite.SAR_DROPOUT) < 0.06
+    assert [bool((dropping[i]["sar"] == 0).all()) for i in range(len(patches))] == blanked  # reproducible
+    for i in range(40):
+        a, b = plain[i], dropping[i]
+        assert all(torch.equal(a[key], b[key]) for key in ("cloudy", "target", "mask"))
+        assert torch.equal(a["sar"], b["sar"]) != blanked[i]
+    dropping.epoch = 1  # another epoch, other samples
+    assert [bool((dropping[i]["sar"] == 0).all()) for i in range(len(patches))] != blanked
+    with pytest.raises(ValueError, match="sar_dropout"):
+        TrainingView(patches, crop_size=8, seed=3, sar_dropout=1.0)
