@@ -80,6 +80,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import psutil
 import torch
@@ -444,11 +445,10 @@ def train_and_evaluate(ctx: Context, section: str) -> list[Row]:
     from sscr.evaluate import evaluate
     from sscr.train import train
 
-    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL",
-                                                  "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING")}
-    os.environ.update({"MLFLOW_TRACKING_URI": f"sqlite:///{ctx.work / 'mlflow.db'}",
-                       "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
-                       "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "1"})
+    environment = mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": f"sqlite:///{ctx.work / 'mlflow.db'}",
+                                               "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
+                                               "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "1"})
+    environment.start()
     rows: list[Row] = []
     try:
         tracking.configure()
@@ -478,11 +478,7 @@ def train_and_evaluate(ctx: Context, section: str) -> list[Row]:
                             f"({', '.join(system[:2]) or 'none yet: the run was shorter than a sample'}); GPU: none "
                             "on CPU", "-", "measured"))
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        environment.stop()
         with contextlib.suppress(Exception):
             mlflow.set_tracking_uri(tracking.tracking_uri())
     return rows

@@ -57,6 +57,22 @@ def log_and_register(root: Path, name: str, use_mask: bool = False) -> tuple[str
     return tracking.tracking_uri(), checkpoint
 
 
+def registered_server_env(root: Path, name: str) -> dict[str, str]:
+    """:func:`log_and_register` in a store under ``root``, this process's ``MLFLOW_TRACKING_URI`` left as it was;
+    the environment for a server process of that store (this interpreter's scripts first on ``PATH``)."""
+    import sys
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        uri, _ = log_and_register(root, name)
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if previous is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    return {**os.environ, "MLFLOW_TRACKING_URI": uri,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
 def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 240) -> None:
     """Poll ``url`` until it answers 200; fail (with the server's last output) if it dies or ``timeout`` passes."""
     deadline = time.monotonic() + timeout

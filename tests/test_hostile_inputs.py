@@ -483,19 +483,11 @@ def guarded(tmp_path_factory):
     """`sscr serve` of a registered tiny SAR model on 127.0.0.1: (base URL, the uvicorn process, its log file)."""
     import psutil
 
-    from servers import free_port, log_and_register, stop_group, wait_until_up
+    from servers import free_port, registered_server_env, stop_group, wait_until_up
 
     root = tmp_path_factory.mktemp("guarded")
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        uri, _ = log_and_register(root, "hostile")
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-        if previous is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
+    env = registered_server_env(root, "hostile")
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     log = root / "server.log"
     with log.open("w") as output:
         server = subprocess.Popen(

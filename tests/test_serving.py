@@ -23,7 +23,7 @@ from sscr.models import build_model
 from sscr.serving import load_model
 from sscr.train import MLFLOW_RUN_FILE
 
-from servers import free_port, log_and_register, stop_group, wait_until_up
+from servers import free_port, log_and_register, registered_server_env, stop_group, wait_until_up
 
 
 @pytest.mark.slow
@@ -110,16 +110,8 @@ def test_load_model_from_mlflow_run(tmp_path, monkeypatch):
 def served(tmp_path_factory):
     """A real `mlflow models serve` process serving a registered tiny SAR model: (base URL, model directory)."""
     root = tmp_path_factory.mktemp("served")
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        uri, _ = log_and_register(root, "contract")
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-        if previous is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
+    env = registered_server_env(root, "contract")
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/contract/1", "--env-manager", "local",
          "--host", "127.0.0.1", "--port", str(port)],
