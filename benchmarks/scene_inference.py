@@ -21,8 +21,9 @@ raise it. Models are randomly initialised: throughput does not depend on the wei
 
 Full mode (and ``--quick`` at 1024 px) measures what ``sscr infer`` does by default for each
 network, in one run: ``sscr_lite`` takes a cloud mask, so it gets s2cloudless at 10 m (the
-benchmark's, the ``--mask`` default; also shown at 60 m), while ``multisarv2`` and
-``uncrtaints`` take none and get none; every run writes its COG. It estimates a whole
+benchmark's, the ``--mask`` default; also shown at 60 m), at its own default widths and at
+``params.yaml``'s (``sscr_lite_cpu``: the champion ``dvc repro`` registers), while ``multisarv2``
+and ``uncrtaints`` take none and get none; every run writes its COG. It estimates a whole
 10980 px tile from each rate. ``--memory`` measures the default ``sscr_lite`` at 2048 px with
 the mask on and off, and runs the 10980 px scene itself with the costliest configuration
 that fits ``--budget-minutes``; if none does, it runs the memory comparison (2048 vs 10980
@@ -39,7 +40,8 @@ round-robin, and for the project's CPU-sized ``sscr_lite`` (``params.yaml``: wid
 conversion) and compares the outputs of the two paths (max abs difference, PSNR).
 ``--whole-tile`` (``scene_inference_whole_tile.md``) runs the fast path once on a whole
 10980 px tile and once at 2048 px, for the time and the peak-memory ratio, recording the
-load average at start and end. ``--cog`` (``scene_inference_cog.md``) writes a 2048 px
+load average at start and end and the busy time per pixel of s2cloudless and per tile of
+the network (``--model``, ``--mask``: which network and mask). ``--cog`` (``scene_inference_cog.md``) writes a 2048 px
 13-band staging file by the inference's windows with each candidate codec and converts it
 to the COG, round-robin, and checks that the COGs hold the same pixels.
 """
@@ -89,9 +91,10 @@ MODELS = {
 }
 MODEL_NAMES = {"sscr_lite": "sscr_lite", "multisarv2": "multisarv2", "uncrtaints": "uncrtaints", "tiny-unet": "mask_unet",
                "sscr_lite_cpu": "sscr_lite"}
-DEFAULTS = [("sscr_lite", "default"), ("sscr_lite", "s2cloudless-60m"), ("multisarv2", "default"),
-            ("uncrtaints", "default")]
-"""(model, --mask) pairs of the defaults run: each network as `sscr infer` runs it, and sscr_lite's faster mask."""
+DEFAULTS = [("sscr_lite", "default"), ("sscr_lite", "s2cloudless-60m"), ("sscr_lite_cpu", "default"),
+            ("sscr_lite_cpu", "s2cloudless-60m"), ("multisarv2", "default"), ("uncrtaints", "default")]
+"""(model, --mask) pairs of the defaults run: each network as `sscr infer` runs it, and sscr_lite's faster mask,
+at its own default widths and at ``params.yaml``'s (the champion `dvc repro` registers)."""
 DEFAULT_SIZE, QUICK_SIZE = 2048, 1024
 PROFILE_SIZE, PROFILE_QUICK_SIZE = 1024, 512
 RESULTS_PROFILE = HERE / "results" / "scene_inference_profile.md"
@@ -212,7 +215,7 @@ def write_scene(
     with (
         atomic_path(s2_path) as s2_tmp,
         atomic_path(s1_path) as s1_tmp,
-        rasterio.Env(GDAL_CACHEMAX=64),
+        rasterio.Env(GDAL_CACHEMAX=64 * 2**20),  # bytes
         rasterio.open(s2_tmp, "w", count=S2_CHANNELS, dtype="uint16", predictor=2, **common) as s2,
         rasterio.open(s1_tmp, "w", count=S1_CHANNELS, dtype="float32", predictor=3, **common) as s1,
     ):
@@ -524,17 +527,22 @@ def profile(argv: list[str] | None, quick: bool, repeats: int, out: Path | None,
     return 0
 
 
-def whole_tile(argv: list[str] | None, model_key: str, out: Path | None) -> int:
-    """The default on the fast path at 2048 px and on a whole 10980 px tile: time, stages, peak memory."""
+def whole_tile(argv: list[str] | None, model_key: str, out: Path | None, mask: str = "default") -> int:
+    """``model_key`` with ``--mask mask`` on the fast path at 2048 px and on a whole 10980 px tile.
+
+    Time, stages, peak memory, and the cost per scene pixel of the two stages that set the
+    floor: s2cloudless (mask busy seconds per pixel classified) and the network (per tile).
+    """
     load = os.getloadavg()
-    runs = [measure(2048, model_key, "default"), measure(SENTINEL2_TILE, model_key, "default")]
+    runs = [measure(2048, model_key, mask), measure(SENTINEL2_TILE, model_key, mask)]
     small, big = runs
+    mask_name = "s2cloudless at 10 m" if mask == "default" else f"--mask {mask}"
     lines = [
-        f"# Full-scene inference: a whole {SENTINEL2_TILE} px Sentinel-2 tile, `{model_key}`, s2cloudless at 10 m",
+        f"# Full-scene inference: a whole {SENTINEL2_TILE} px Sentinel-2 tile, `{model_key}`, {mask_name}",
         "",
         f"`{command_line(NAME, argv)}`, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min) at "
-        "start, shared with other jobs; fast path (`sscr.infer.SceneSpeed()`), tile 256, overlap 32, one tile per "
+        "start; fast path (`sscr.infer.SceneSpeed()`), tile 256, overlap 32, one tile per "
         "pass; each run a fresh process.",
         "",
         *table(runs),
@@ -544,10 +552,28 @@ def whole_tile(argv: list[str] | None, model_key: str, out: Path | None) -> int:
         f"- whole tile: **{big.seconds / 60:.1f} min** ({big.tiles} tiles, {big.seconds / big.tiles:.2f} s / tile); "
         f"load average {big.load[0]:.1f} at its start, {big.load[1]:.1f} at its end",
         *memory_ratios(runs),
+        *stage_rates(runs),
         "",
     ]
     write_results(lines, out or RESULTS_WHOLE_TILE)
     return 0
+
+
+def stage_rates(runs: list[Run]) -> list[str]:
+    """Busy time of s2cloudless per pixel it classified and of the network per tile it ran, per run."""
+    lines = []
+    for run in runs:
+        stages = run.stage_seconds or {}
+        parts = []
+        if run.pixels_classified:
+            parts.append(f"s2cloudless {stages.get('mask', 0.0) / run.pixels_classified * 1e6:.2f} us per pixel "
+                         f"classified ({run.pixels_classified / 1e6:.1f} Mpx)")
+        forwarded = run.tiles - run.tiles_passed_through
+        if forwarded:
+            parts.append(f"network {stages.get('forward', 0.0) / forwarded:.3f} s per tile ({forwarded} tiles)")
+        if parts:
+            lines.append(f"- {run.size} px, busy time: " + "; ".join(parts))
+    return lines
 
 
 def staging_codecs(argv: list[str] | None, repeats: int, out: Path | None) -> int:
@@ -648,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the default, fast path, on a whole {SENTINEL2_TILE} px tile (and 2048 px for memory)")
     parser.add_argument("--model", default="sscr_lite", choices=sorted(MODELS),
                         help="--whole-tile: the network (default sscr_lite, its own default widths)")
+    parser.add_argument("--mask", default="default",
+                        help="--whole-tile: `sscr infer --mask` (default: the default, s2cloudless at 10 m)")
     parser.add_argument("--repeats", type=int, default=2, help="--profile, --cog: rounds of the round-robin")
     parser.add_argument("--cog", action="store_true", help="the staging file's codec: write + COG conversion")
     parser.add_argument("--models", default=",".join(PROFILE_MODELS),
@@ -665,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         return profile(argv, args.quick, args.repeats, args.out, tuple(args.models.split(",")))
     if args.whole_tile:
-        return whole_tile(argv, args.model, args.out)
+        return whole_tile(argv, args.model, args.out, args.mask)
     if args.cog:
         return staging_codecs(argv, max(args.repeats, 3), args.out)
 

@@ -25,12 +25,12 @@ import rasterio
 from rasterio.windows import Window
 
 from sscr.bands import S2_BANDS, S2_DN_MAX
+from sscr.data.cog import GDAL_CACHE_BYTES
 from sscr.data.io import PatchError, denormalize_s2
 from sscr.fsutil import atomic_path
 
 BLOCK = 256
 """Side of the windows processed at a time and of the output GeoTIFF blocks."""
-GDAL_CACHE_MB = 64
 
 
 @dataclass
@@ -98,7 +98,7 @@ def ensemble(prediction_paths: Sequence[str | Path], out_mean: str | Path, out_v
 
     started = time.perf_counter()
     bands = list(range(1, len(S2_BANDS) + 1))
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), contextlib.ExitStack() as inputs:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), contextlib.ExitStack() as inputs:
         datasets = [inputs.enter_context(rasterio.open(path)) for path in members]
         _check_members(datasets)
         first = datasets[0]

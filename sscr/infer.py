@@ -47,6 +47,7 @@ from sscr.bands import S2_BANDS
 from sscr.clouds.detect import THREADS_ENV as S2CLOUDLESS_THREADS_ENV
 from sscr.config import DEFAULT_MASK_KIND
 from sscr.data.cog import (
+    GDAL_CACHE_BYTES,
     create_staging,
     finish_cogs,
     mask_spec,
@@ -65,8 +66,6 @@ from sscr.predict import passed_through, passes_through, predict_tensors
 
 log = logging.getLogger(__name__)
 
-GDAL_CACHE_MB = 64
-"""GDAL block cache while a scene is processed: tiles are read once or twice, a big cache only costs RAM."""
 BLOCK_MULTIPLE = 16
 """GeoTIFF tile sizes must be multiples of 16; the tile stride is rounded down to one (see SceneTiling)."""
 _VAR_BANDS = {"diag": len(S2_BANDS), "iso": 1}
@@ -455,7 +454,7 @@ def infer_scene(
         for stale in remove_stale_staging(path):
             log.warning("removed %s, left by an interrupted run that was writing %s", stale, path)
     clock = StageClock()
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
         scene = open_s2(inputs.s2, inputs.s2_resampling, inputs.window, inputs.bbox, inputs.bbox_crs)
         _check_outputs_against(outputs, [Path(s.path) for s in scene.sources if not s.path.startswith("/vsi")])
         decoded = Path(decoded_dir) if decoded_dir is not None else outputs.out.with_name(

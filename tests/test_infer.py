@@ -807,3 +807,45 @@ def test_passes_through_marks_exactly_pixels_whose_output_is_the_input():
     assert passes_through(model, cloudy, clear)
     variance = build_model("sscr_lite", encoder_widths=[8, 16], n_head=2, use_mask=True, variance="diag").eval()
     assert not passes_through(variance, cloudy, clear)  # its variance is needed: it always runs
+
+
+def _gdal_cache_max() -> int:
+    """GDAL's effective block cache in bytes (GDALGetCacheMax64 of the libgdal rasterio loaded)."""
+    import ctypes
+    import glob
+    import os
+
+    libs = glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal*.so*"))
+    if not libs:
+        pytest.skip("rasterio is not a wheel with its own libgdal: GDALGetCacheMax64 is not reachable here")
+    gdal = ctypes.CDLL(libs[0])
+    gdal.GDALGetCacheMax64.restype = ctypes.c_int64
+    return int(gdal.GDALGetCacheMax64())
+
+
+class _CacheProbe(torch.nn.Module):
+    """Passes the cloudy input through and records GDAL's block cache size at each forward pass."""
+
+    use_sar = False
+    use_mask = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.one = torch.nn.Parameter(torch.ones(()))  # a parameter says which device the model is on
+        self.seen: list[int] = []
+
+    def forward(self, cloudy: torch.Tensor, *args: object, **kwargs: object) -> dict[str, torch.Tensor]:
+        self.seen.append(_gdal_cache_max())
+        return {"mean": cloudy * self.one}
+
+
+def test_scene_runs_with_a_block_cache_of_megabytes_not_bytes(scene, tmp_path):
+    """rasterio hands GDAL_CACHEMAX=<int> to GDAL as bytes: 64 meant a 64-byte cache (every block decoded again
+    for each read, a 6x slower COG conversion). While a scene runs, the cache is GDAL_CACHE_BYTES, 64 MiB."""
+    from sscr.data.cog import GDAL_CACHE_BYTES
+
+    probe = _CacheProbe()
+    infer_scene(probe, scene["s2"], None, tmp_path / "out.tif", tile=TILE, overlap=OVERLAP, mask_kind=None,
+                progress=False)
+    assert probe.seen and set(probe.seen) == {GDAL_CACHE_BYTES} == {64 * 2**20}
+    assert _gdal_cache_max() != 64  # and GDAL's own default is back afterwards
