@@ -8,6 +8,7 @@
     python -m benchmarks.scene_inference --profile  # where the default's time goes; the fast path against the plain one
     python -m benchmarks.scene_inference --whole-tile  # the default on a whole 10980 px tile, fast path, one run
     python -m benchmarks.scene_inference --cog      # the staging file's codec: write + COG conversion, 2048 px
+    python -m benchmarks.scene_inference --floor    # s2cloudless per pixel and the network per tile, each alone
 
 Synthetic scenes (cloudy S2, 13 bands uint16 DN, and S1, 2 bands float32 dB, as
 tiled GeoTIFFs in UTM) are written once under ``benchmarks/.cache/`` (or
@@ -100,6 +101,7 @@ PROFILE_SIZE, PROFILE_QUICK_SIZE = 1024, 512
 RESULTS_PROFILE = HERE / "results" / "scene_inference_profile.md"
 RESULTS_WHOLE_TILE = HERE / "results" / "scene_inference_whole_tile.md"
 RESULTS_COG = HERE / "results" / "scene_inference_cog.md"
+RESULTS_FLOOR = HERE / "results" / "scene_inference_floor.md"
 STAGING_CODECS = {"deflate level 1 (before)": {"compress": "deflate", "zlevel": 1},
                   "zstd level 1 (now)": {"compress": "zstd", "zstd_level": 1}, "none": {}}
 STAGES = ("mask", "read", "forward", "blend", "write", "cog", "wait")
@@ -576,6 +578,69 @@ def stage_rates(runs: list[Run]) -> list[str]:
     return lines
 
 
+def floor(argv: list[str] | None, repeats: int, out: Path | None) -> int:
+    """What a whole tile costs at least on this machine: s2cloudless per pixel and each network per tile, alone.
+
+    Interleaved round-robin in this process: s2cloudless's probability at 10 m (LightGBM, 1 and
+    2 threads) of 1024 x 256 px of the 2048 px synthetic scene and, when the realism benchmark
+    has fetched them, of 4 real SEN12MS-CR cloudy patches; and one 256 px tile through each
+    ``sscr_lite`` width. A whole tile needs 120.6 Mpx classified and 2,401 forward passes on
+    the same 2 cores, so their sum is a floor no overlap of the two can beat.
+    """
+    import glob
+
+    import rasterio
+    import torch
+
+    from benchmarks._common import interleaved, machine_line, spread
+    from sscr.clouds.detect import s2cloudless_probability
+    from sscr.models import build_model, for_inference
+    from sscr.predict import predict_tensors
+
+    s2_path, _ = scene_paths(2048)
+    with rasterio.open(s2_path) as scene:
+        inputs = {"synthetic scene": scene.read(window=((0, 256), (0, 1024)))}
+    real = sorted(glob.glob(str(CACHE / "real" / "**" / "*_s2_cloudy" / "**" / "*.tif"), recursive=True))[:4]
+    if real:
+        inputs["real SEN12MS-CR cloudy"] = np.concatenate([rasterio.open(path).read() for path in real], axis=2)
+    candidates: dict[str, object] = {}
+    pixels: dict[str, int] = {}
+    for label, dn in inputs.items():
+        for threads in (1, 2):
+            name = f"s2cloudless 10 m, {label}, {threads} thread(s)"
+            candidates[name] = functools.partial(s2cloudless_probability, dn, threads)
+            pixels[name] = dn.shape[1] * dn.shape[2]
+    torch.manual_seed(0)
+    tile = {"cloudy": torch.rand(1, 13, TILE, TILE), "sar": torch.rand(1, 2, TILE, TILE), "mask": torch.rand(1, TILE, TILE)}
+    for key in ("sscr_lite", "sscr_lite_cpu"):
+        model = for_inference(build_model(MODEL_NAMES[key], **MODELS[key]), "cpu")
+        candidates[f"{key}, one {TILE} px tile, {torch.get_num_threads()} threads"] = functools.partial(
+            predict_tensors, model, tile["cloudy"], tile["sar"], tile["mask"])
+    with torch.no_grad():
+        times = interleaved(candidates, repeats)
+    whole_pixels, whole_tiles = SENTINEL2_TILE**2, tiles_of(SENTINEL2_TILE)
+    lines = [
+        "# Full-scene inference: the floor of a whole tile on this machine (each stage alone)",
+        "",
+        f"`{command_line(NAME, argv)}`, {time.strftime('%Y-%m-%d')}, {machine_line()}. Median of {repeats} "
+        "interleaved rounds after one untimed; a whole tile: "
+        f"{whole_pixels / 1e6:.1f} Mpx classified once each, {whole_tiles} forward passes.",
+        "",
+        "| stage | median | spread | per unit | a whole tile at this rate |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, seconds in times.items():
+        mid = median(seconds)
+        if name in pixels:
+            per, whole = f"{mid / pixels[name] * 1e6:.2f} us / px", mid / pixels[name] * whole_pixels
+        else:
+            per, whole = f"{mid:.3f} s / tile", mid * whole_tiles
+        lines.append(f"| {name} | {mid:.2f} s | {spread(seconds)} | {per} | {whole / 60:.1f} min |")
+    lines.append("")
+    write_results(lines, out or RESULTS_FLOOR)
+    return 0
+
+
 def staging_codecs(argv: list[str] | None, repeats: int, out: Path | None) -> int:
     """Write + COG conversion of a 2048 px prediction-sized staging file per codec, round-robin; same pixels."""
     import rasterio
@@ -678,6 +743,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="--whole-tile: `sscr infer --mask` (default: the default, s2cloudless at 10 m)")
     parser.add_argument("--repeats", type=int, default=2, help="--profile, --cog: rounds of the round-robin")
     parser.add_argument("--cog", action="store_true", help="the staging file's codec: write + COG conversion")
+    parser.add_argument("--floor", action="store_true",
+                        help="s2cloudless per pixel and the network per tile, each alone: a whole tile's floor")
     parser.add_argument("--models", default=",".join(PROFILE_MODELS),
                         help="--profile: comma-separated networks (e.g. multisarv2,uncrtaints: no mask)")
     parser.add_argument(
@@ -696,6 +763,8 @@ def main(argv: list[str] | None = None) -> int:
         return whole_tile(argv, args.model, args.out, args.mask)
     if args.cog:
         return staging_codecs(argv, max(args.repeats, 3), args.out)
+    if args.floor:
+        return floor(argv, max(args.repeats, 3), args.out)
 
     load = os.getloadavg()[0]
     notes: list[str] = []
