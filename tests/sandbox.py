@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -31,3 +32,13 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.update(PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
                MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false", **extra)
     return env
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """``preexec_fn`` of a child that a test sends SIGINT: SIGINT back to its default, as a terminal gives it.
+
+    A job a non-interactive shell starts in the background (``cmd &``, ``nohup``) inherits SIGINT
+    ignored, and Python installs no KeyboardInterrupt handler for an ignored SIGINT: the child
+    would never see the test's Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -429,6 +429,8 @@ def test_ctrl_c_during_a_trial_marks_it_and_exits_130_in_one_line(tiny_params, t
     from optuna.trial import TrialState
     from test_tune import load_study, study_params, trial_runs, write_params
 
+    from sandbox import ctrl_c_as_in_a_terminal
+
     params = study_params(tiny_params, storage="sqlite:///optuna.db")
     params_file = write_params(params, tmp_path / "params.yaml")
     fault_dir = tmp_path / "fault"
@@ -437,7 +439,8 @@ def test_ctrl_c_during_a_trial_marks_it_and_exits_130_in_one_line(tiny_params, t
            "SSCR_FAULT_DIR": str(fault_dir)}
     env.pop("MLFLOW_TRACKING_URI", None)
     worker = subprocess.Popen([sys.executable, "-m", "sscr.cli", "tune", "--params", str(params_file), "--no-progress"],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=ctrl_c_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 300
         while not (fault_dir / "paused").exists():  # trial 0 holds in its first batch

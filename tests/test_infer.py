@@ -676,7 +676,7 @@ def test_a_signal_leaves_no_staging_file_and_one_line(cli_run, tmp_path, signum,
     import subprocess
     import time
 
-    from sandbox import subprocess_env
+    from sandbox import ctrl_c_as_in_a_terminal, subprocess_env
 
     folder = tmp_path / "out"
     shutil.copytree(cli_run["before"], folder)
@@ -684,7 +684,8 @@ def test_a_signal_leaves_no_staging_file_and_one_line(cli_run, tmp_path, signum,
     faults = tmp_path / "faults"
     faults.mkdir()
     process = subprocess.Popen(cli_run["command"]("out"), cwd=tmp_path, stderr=subprocess.PIPE, text=True,
-                               env=subprocess_env(SSCR_FAULT=f"pause:{point}", SSCR_FAULT_DIR=str(faults)))
+                               env=subprocess_env(SSCR_FAULT=f"pause:{point}", SSCR_FAULT_DIR=str(faults)),
+                               preexec_fn=ctrl_c_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 300
         while not (faults / "paused").exists():
