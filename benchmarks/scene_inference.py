@@ -64,7 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import cache_dir, command_line, median
+from benchmarks._common import cache_dir, command_line, median, write_report
 
 NAME = "scene_inference"
 HERE = Path(__file__).resolve().parent
@@ -190,6 +190,7 @@ def write_scene(
     from rasterio.windows import Window
 
     from sscr.bands import S1_BANDS, S1_CHANNELS, S2_BANDS, S2_CHANNELS
+    from sscr.data.cog import GDAL_CACHE_BYTES
     from sscr.data.synth import synth_patch
     from sscr.fsutil import atomic_path
     from sscr.layout import PatchId
@@ -217,7 +218,7 @@ def write_scene(
     with (
         atomic_path(s2_path) as s2_tmp,
         atomic_path(s1_path) as s1_tmp,
-        rasterio.Env(GDAL_CACHEMAX=64 * 2**20),  # bytes
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
         rasterio.open(s2_tmp, "w", count=S2_CHANNELS, dtype="uint16", predictor=2, **common) as s2,
         rasterio.open(s1_tmp, "w", count=S1_CHANNELS, dtype="float32", predictor=3, **common) as s1,
     ):
@@ -602,7 +603,11 @@ def floor(argv: list[str] | None, repeats: int, out: Path | None) -> int:
         inputs = {"synthetic scene": scene.read(window=((0, 256), (0, 1024)))}
     real = sorted(glob.glob(str(CACHE / "real" / "**" / "*_s2_cloudy" / "**" / "*.tif"), recursive=True))[:4]
     if real:
-        inputs["real SEN12MS-CR cloudy"] = np.concatenate([rasterio.open(path).read() for path in real], axis=2)
+        patches = []
+        for path in real:
+            with rasterio.open(path) as patch:
+                patches.append(patch.read())
+        inputs["real SEN12MS-CR cloudy"] = np.concatenate(patches, axis=2)
     candidates: dict[str, object] = {}
     pixels: dict[str, int] = {}
     for label, dn in inputs.items():
@@ -707,11 +712,8 @@ def staging_codecs(argv: list[str] | None, repeats: int, out: Path | None) -> in
 
 
 def write_results(lines: list[str], path: Path) -> None:
-    """Print the report and write it."""
-    text = "\n".join(lines)
-    print("\n" + text)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    """Print the report and write it (:func:`benchmarks._common.write_report`)."""
+    write_report("\n".join(lines), path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -810,8 +812,9 @@ def test_passes_through_marks_exactly_pixels_whose_output_is_the_input():
     assert not passes_through(variance, cloudy, clear)  # its variance is needed: it always runs
 
 
-def _gdal_cache_max() -> int:
-    """GDAL's effective block cache in bytes (GDALGetCacheMax64 of the libgdal rasterio loaded)."""
+@functools.cache
+def _gdal_get_cache_max64() -> Any:
+    """GDALGetCacheMax64 of the libgdal rasterio loaded (looked up once, not at every forward pass)."""
     import ctypes
     import glob
     import os
@@ -819,9 +822,14 @@ def _gdal_cache_max() -> int:
     libs = glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal*.so*"))
     if not libs:
         pytest.skip("rasterio is not a wheel with its own libgdal: GDALGetCacheMax64 is not reachable here")
-    gdal = ctypes.CDLL(libs[0])
-    gdal.GDALGetCacheMax64.restype = ctypes.c_int64
-    return int(gdal.GDALGetCacheMax64())
+    function = ctypes.CDLL(libs[0]).GDALGetCacheMax64
+    function.restype = ctypes.c_int64
+    return function
+
+
+def _gdal_cache_max() -> int:
+    """GDAL's effective block cache in bytes."""
+    return int(_gdal_get_cache_max64()())
 
 
 class _CacheProbe(torch.nn.Module):
